@@ -1,0 +1,152 @@
+//! `keel server`: one store member, serving the peer protocol and the etcd v3 API.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use clap::Args;
+use keel_store::node::Tuning;
+use keel_store::{Bootstrap, Store, StoreConfig};
+use tokio::net::TcpListener;
+
+#[derive(Args, Debug)]
+pub struct ServerArgs {
+    /// Human-readable name of this member, unique in the cluster.
+    #[arg(long)]
+    name: String,
+    /// Where this member keeps its Raft log, state and snapshots.
+    #[arg(long)]
+    data_dir: PathBuf,
+    /// `host:port` for Raft traffic from other members.
+    #[arg(long, default_value = "127.0.0.1:2380")]
+    listen_peer: String,
+    /// `host:port` for the etcd v3 gRPC API.
+    #[arg(long, default_value = "127.0.0.1:2379")]
+    listen_client: String,
+    /// Peer address other members use to reach this one (defaults to --listen-peer).
+    #[arg(long)]
+    advertise_peer: Option<String>,
+    /// Client address announced in the member list (defaults to --listen-client).
+    #[arg(long)]
+    advertise_client: Option<String>,
+    /// Founding members as `name=host:port,...` (peer addresses). Used once, when the data
+    /// directory is new; defaults to this member alone.
+    #[arg(long, conflicts_with = "join")]
+    initial_cluster: Option<String>,
+    /// Join an existing cluster through any of these etcd API endpoints (`host:port,...`).
+    /// Used once, when the data directory is new.
+    #[arg(long)]
+    join: Option<String>,
+    /// Leader heartbeat interval, milliseconds.
+    #[arg(long, default_value_t = 100)]
+    heartbeat_interval: u64,
+    /// Election timeout, milliseconds (elections wait between this and twice this).
+    #[arg(long, default_value_t = 1000)]
+    election_timeout: u64,
+    /// Entries between snapshots.
+    #[arg(long, default_value_t = 20_000)]
+    snapshot_count: u64,
+    /// Entries kept behind a snapshot for followers that lag briefly.
+    #[arg(long, default_value_t = 10_000)]
+    snapshot_catchup_entries: u64,
+    /// History kept for reads at past revisions and watch resumption (e.g. `5m`, `1h`).
+    #[arg(long, default_value = "5m", value_parser = humantime::parse_duration)]
+    auto_compaction_retention: Duration,
+    /// At most this many revisions of history are kept, whatever their age.
+    #[arg(long, default_value_t = 10_000_000)]
+    auto_compaction_revisions: u64,
+    /// How often idle watchers that asked for progress notifications get one.
+    #[arg(long, default_value = "10m", value_parser = humantime::parse_duration)]
+    watch_progress_notify_interval: Duration,
+    /// How long a request waits for a leader and an answer.
+    #[arg(long, default_value = "7s", value_parser = humantime::parse_duration)]
+    request_timeout: Duration,
+}
+
+fn parse_initial_cluster(spec: &str) -> Result<Vec<(String, String)>> {
+    spec.split(',')
+        .filter(|s| !s.trim().is_empty())
+        .map(|entry| {
+            let (name, addr) = entry
+                .split_once('=')
+                .with_context(|| format!("--initial-cluster entry {entry:?} is not name=host:port"))?;
+            let addr = addr.trim().trim_start_matches("http://").to_string();
+            if name.trim().is_empty() || !addr.contains(':') {
+                bail!("--initial-cluster entry {entry:?} is not name=host:port");
+            }
+            Ok((name.trim().to_string(), addr))
+        })
+        .collect()
+}
+
+async fn bind(addr: &str, what: &str) -> Result<TcpListener> {
+    TcpListener::bind(addr).await.with_context(|| format!("cannot listen on {addr} for {what}"))
+}
+
+pub async fn run(args: ServerArgs) -> Result<()> {
+    let peer_addr = args.advertise_peer.clone().unwrap_or_else(|| args.listen_peer.clone());
+    let client_addr = args.advertise_client.clone().unwrap_or_else(|| args.listen_client.clone());
+    let bootstrap = match (&args.initial_cluster, &args.join) {
+        (_, Some(join)) => Bootstrap::Join(join.split(',').map(|s| s.trim().to_string()).collect()),
+        (Some(spec), None) => Bootstrap::InitialCluster(parse_initial_cluster(spec)?),
+        (None, None) => Bootstrap::InitialCluster(vec![(args.name.clone(), peer_addr.clone())]),
+    };
+    if args.election_timeout < 5 * args.heartbeat_interval {
+        bail!("--election-timeout must be at least 5 times --heartbeat-interval");
+    }
+    let peer_listener = bind(&args.listen_peer, "peers").await?;
+    let client_listener = bind(&args.listen_client, "etcd API clients").await?;
+    let config = StoreConfig {
+        name: args.name.clone(),
+        data_dir: args.data_dir.clone(),
+        peer_addr,
+        client_addr,
+        api_addr: String::new(),
+        bootstrap,
+        tuning: Tuning {
+            heartbeat: Duration::from_millis(args.heartbeat_interval),
+            election_timeout: (
+                Duration::from_millis(args.election_timeout),
+                Duration::from_millis(args.election_timeout * 2),
+            ),
+            snapshot_entries: args.snapshot_count,
+            keep_entries: args.snapshot_catchup_entries,
+            request_timeout: args.request_timeout,
+            history_retention: args.auto_compaction_retention,
+            history_max_revisions: args.auto_compaction_revisions,
+        },
+        filter: None,
+    };
+    let store = Store::start(config, peer_listener)
+        .await
+        .with_context(|| format!("member {} cannot start from {}", args.name, args.data_dir.display()))?;
+
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let options = keel_etcd::EtcdOptions { progress_notify_interval: args.watch_progress_notify_interval };
+    let etcd = tokio::spawn(keel_etcd::serve(store.clone(), client_listener, options, async {
+        let _ = stop_rx.await;
+    }));
+    tracing::info!(peer = %args.listen_peer, client = %args.listen_client, "serving");
+
+    wait_for_signal().await?;
+    tracing::info!("stopping");
+    store.shutdown().await;
+    let _ = stop_tx.send(());
+    match tokio::time::timeout(Duration::from_secs(5), etcd).await {
+        Ok(Ok(Err(e))) => tracing::warn!(error = %e, "etcd API server"),
+        Ok(Err(e)) => tracing::warn!(error = %e, "etcd API server task"),
+        _ => {}
+    }
+    Ok(())
+}
+
+async fn wait_for_signal() -> Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).context("install SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("install SIGINT handler")?;
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+    Ok(())
+}

@@ -1,0 +1,18 @@
+//! keel's protobuf contracts and the code generated from them. Nothing else lives here.
+
+#![allow(clippy::all, missing_docs)]
+
+/// The etcd v3 key-value record and event (`mvccpb`).
+pub mod mvccpb {
+    tonic::include_proto!("mvccpb");
+}
+
+/// The etcd v3 client API (`etcdserverpb`) that keel's store serves.
+pub mod etcdserverpb {
+    tonic::include_proto!("etcdserverpb");
+}
+
+/// Member-to-member traffic of the store.
+pub mod peer {
+    tonic::include_proto!("keel.peer");
+}

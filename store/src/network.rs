@@ -1,0 +1,342 @@
+//! The Raft transport between members: gRPC (the `keel.peer.Peer` service) carrying openraft's
+//! messages encoded with postcard. A [`NetworkFilter`] can sit in front of every outgoing call
+//! to drop, delay, partition or isolate, for fault-injection tests; without one, calls go
+//! straight out.
+
+use std::collections::{BTreeSet, HashMap};
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use keel_proto::peer::{self as pb, peer_client::PeerClient};
+use openraft::RPCTypes;
+use openraft::alias::{SnapshotOf, VoteOf};
+use openraft::error::{NetworkError, RPCError, ReplicationClosed, StreamingError, Timeout, Unreachable};
+use openraft::network::{RPCOption, RaftNetworkFactory, RaftNetworkV2};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, TransferLeaderRequest, TransferLeaderResponse,
+    VoteRequest, VoteResponse,
+};
+use parking_lot::{Mutex, RwLock};
+use rand::Rng;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use tokio::io::AsyncReadExt;
+use tonic::transport::{Channel, Endpoint};
+
+use crate::codec::{from_bytes, to_bytes};
+use crate::snapshot::{Manifest, SnapshotDir, list_files};
+use crate::types::{Member, NodeId, TypeConfig};
+
+pub const KIND_APPEND: u32 = 1;
+pub const KIND_VOTE: u32 = 2;
+pub const KIND_PRE_VOTE: u32 = 3;
+pub const KIND_TRANSFER_LEADER: u32 = 4;
+
+/// Bytes of snapshot data per gRPC message.
+const SNAPSHOT_CHUNK: usize = 1 << 20;
+/// Largest message either side accepts: a full batch of log entries of maximum-size values.
+pub const MAX_PEER_MESSAGE: usize = 256 << 20;
+
+/// What the filter decided for one message.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Verdict {
+    Deliver,
+    Drop,
+    Delay(Duration),
+}
+
+/// Fault injection for the transport: one filter is shared by every member of an in-process
+/// cluster, and every message between two members asks it first.
+#[derive(Default)]
+pub struct NetworkFilter {
+    rules: RwLock<Rules>,
+}
+
+#[derive(Default, Clone)]
+struct Rules {
+    /// Members cut off from everyone.
+    isolated: BTreeSet<NodeId>,
+    /// When set, members talk only within their own group.
+    partition: Option<Vec<BTreeSet<NodeId>>>,
+    /// Probability of dropping any message.
+    drop_rate: f64,
+    /// Extra latency for every message.
+    delay: Duration,
+    /// Links cut in one direction only: (from, to).
+    blocked: BTreeSet<(NodeId, NodeId)>,
+}
+
+impl NetworkFilter {
+    pub fn new() -> Arc<NetworkFilter> {
+        Arc::new(NetworkFilter::default())
+    }
+
+    pub fn isolate(&self, node: NodeId) {
+        self.rules.write().isolated.insert(node);
+    }
+
+    pub fn partition(&self, groups: Vec<Vec<NodeId>>) {
+        self.rules.write().partition = Some(groups.into_iter().map(|g| g.into_iter().collect()).collect());
+    }
+
+    pub fn block(&self, from: NodeId, to: NodeId) {
+        self.rules.write().blocked.insert((from, to));
+    }
+
+    pub fn set_drop_rate(&self, rate: f64) {
+        self.rules.write().drop_rate = rate.clamp(0.0, 1.0);
+    }
+
+    pub fn set_delay(&self, delay: Duration) {
+        self.rules.write().delay = delay;
+    }
+
+    /// Removes every fault.
+    pub fn heal(&self) {
+        *self.rules.write() = Rules::default();
+    }
+
+    pub fn check(&self, from: NodeId, to: NodeId) -> Verdict {
+        let rules = self.rules.read().clone();
+        let cut = rules.isolated.contains(&from)
+            || rules.isolated.contains(&to)
+            || rules.blocked.contains(&(from, to))
+            || rules
+                .partition
+                .as_ref()
+                .is_some_and(|groups| !groups.iter().any(|g| g.contains(&from) && g.contains(&to)));
+        if cut {
+            return Verdict::Drop;
+        }
+        if rules.drop_rate > 0.0 && rand::rng().random_bool(rules.drop_rate) {
+            return Verdict::Drop;
+        }
+        if rules.delay > Duration::ZERO {
+            return Verdict::Delay(rules.delay);
+        }
+        Verdict::Deliver
+    }
+}
+
+/// gRPC channels to other members, one per peer address, shared by every user.
+#[derive(Clone, Default)]
+pub struct Channels {
+    channels: Arc<Mutex<HashMap<String, Channel>>>,
+}
+
+impl Channels {
+    pub fn get(&self, addr: &str) -> Result<Channel, tonic::transport::Error> {
+        if let Some(channel) = self.channels.lock().get(addr) {
+            return Ok(channel.clone());
+        }
+        let channel = Endpoint::from_shared(format!("http://{addr}"))?
+            .connect_timeout(Duration::from_millis(500))
+            .tcp_nodelay(true)
+            .http2_keep_alive_interval(Duration::from_secs(5))
+            .keep_alive_timeout(Duration::from_secs(5))
+            .connect_lazy();
+        self.channels.lock().insert(addr.to_string(), channel.clone());
+        Ok(channel)
+    }
+
+    pub fn client(&self, addr: &str) -> Result<PeerClient<Channel>, tonic::transport::Error> {
+        Ok(PeerClient::new(self.get(addr)?)
+            .max_decoding_message_size(MAX_PEER_MESSAGE)
+            .max_encoding_message_size(MAX_PEER_MESSAGE))
+    }
+}
+
+/// Builds the per-peer network clients openraft asks for.
+#[derive(Clone)]
+pub struct Network {
+    pub id: NodeId,
+    pub cluster_id: u64,
+    pub channels: Channels,
+    pub filter: Option<Arc<NetworkFilter>>,
+}
+
+impl RaftNetworkFactory<TypeConfig> for Network {
+    type Network = PeerNetwork;
+
+    async fn new_client(&mut self, target: NodeId, node: &Member) -> PeerNetwork {
+        PeerNetwork {
+            from: self.id,
+            target,
+            addr: node.peer_addr.clone(),
+            cluster_id: self.cluster_id,
+            channels: self.channels.clone(),
+            filter: self.filter.clone(),
+        }
+    }
+}
+
+pub struct PeerNetwork {
+    from: NodeId,
+    target: NodeId,
+    addr: String,
+    cluster_id: u64,
+    channels: Channels,
+    filter: Option<Arc<NetworkFilter>>,
+}
+
+type RpcResult<T> = Result<T, RPCError<TypeConfig>>;
+
+/// Applies the filter for a message from `from` to `to`: `Err` when it must not be delivered.
+pub async fn pass_filter(filter: &Option<Arc<NetworkFilter>>, from: NodeId, to: NodeId) -> Result<(), ()> {
+    match filter.as_ref().map(|f| f.check(from, to)) {
+        None | Some(Verdict::Deliver) => Ok(()),
+        Some(Verdict::Drop) => Err(()),
+        Some(Verdict::Delay(d)) => {
+            tokio::time::sleep(d).await;
+            Ok(())
+        }
+    }
+}
+
+fn unreachable(msg: impl ToString) -> RPCError<TypeConfig> {
+    RPCError::Unreachable(Unreachable::from_string(msg))
+}
+
+impl PeerNetwork {
+    async fn call<Req, Resp>(&mut self, kind: u32, request: &Req, option: &RPCOption) -> RpcResult<Resp>
+    where
+        Req: Serialize,
+        Resp: DeserializeOwned,
+    {
+        if pass_filter(&self.filter, self.from, self.target).await.is_err() {
+            return Err(unreachable(format!("filtered: {} -> {}", self.from, self.target)));
+        }
+        let payload = to_bytes(request).map_err(|e| RPCError::Network(NetworkError::from_string(e)))?;
+        let mut client = self.channels.client(&self.addr).map_err(unreachable)?;
+        let message = pb::RaftRequest { kind, cluster_id: self.cluster_id, payload: payload.into() };
+        let ttl = option.hard_ttl();
+        let reply = match tokio::time::timeout(ttl, client.raft(message)).await {
+            Err(_) => {
+                let action = match kind {
+                    KIND_VOTE | KIND_PRE_VOTE => RPCTypes::Vote,
+                    KIND_TRANSFER_LEADER => RPCTypes::TransferLeader,
+                    _ => RPCTypes::AppendEntries,
+                };
+                return Err(RPCError::Timeout(Timeout { action, id: self.from, target: self.target, timeout: ttl }));
+            }
+            Ok(Err(status)) => return Err(status_error(&status)),
+            Ok(Ok(reply)) => reply.into_inner(),
+        };
+        let decoded: Result<Resp, String> =
+            from_bytes(&reply.payload, "raft reply").map_err(|e| RPCError::Network(NetworkError::from_string(e)))?;
+        // The remote Raft has stopped; to this member it is simply not there.
+        decoded.map_err(unreachable)
+    }
+}
+
+/// Maps a gRPC failure to what openraft should do about it: back off from a member that is
+/// down, retry at once otherwise.
+fn status_error(status: &tonic::Status) -> RPCError<TypeConfig> {
+    match status.code() {
+        tonic::Code::Unavailable | tonic::Code::FailedPrecondition => unreachable(status.message()),
+        _ => RPCError::Network(NetworkError::from_string(format!("{}: {}", status.code(), status.message()))),
+    }
+}
+
+impl RaftNetworkV2<TypeConfig> for PeerNetwork {
+    type SnapshotData = SnapshotDir;
+
+    async fn append_entries(
+        &mut self,
+        rpc: AppendEntriesRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> RpcResult<AppendEntriesResponse<TypeConfig>> {
+        self.call(KIND_APPEND, &rpc, &option).await
+    }
+
+    async fn vote(&mut self, rpc: VoteRequest<TypeConfig>, option: RPCOption) -> RpcResult<VoteResponse<TypeConfig>> {
+        self.call(KIND_VOTE, &rpc, &option).await
+    }
+
+    async fn pre_vote(
+        &mut self,
+        rpc: VoteRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> RpcResult<VoteResponse<TypeConfig>> {
+        self.call(KIND_PRE_VOTE, &rpc, &option).await
+    }
+
+    async fn transfer_leader(
+        &mut self,
+        req: TransferLeaderRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> RpcResult<TransferLeaderResponse<TypeConfig>> {
+        self.call(KIND_TRANSFER_LEADER, &req, &option).await
+    }
+
+    async fn full_snapshot(
+        &mut self,
+        vote: VoteOf<TypeConfig>,
+        snapshot: SnapshotOf<TypeConfig, SnapshotDir>,
+        cancel: impl Future<Output = ReplicationClosed> + Send + 'static,
+        option: RPCOption,
+    ) -> Result<SnapshotResponse<TypeConfig>, StreamingError<TypeConfig>> {
+        let streaming = |e: String| StreamingError::Network(NetworkError::from_string(e));
+        if pass_filter(&self.filter, self.from, self.target).await.is_err() {
+            return Err(StreamingError::Unreachable(Unreachable::from_string("filtered")));
+        }
+        let dir = snapshot.snapshot.path.clone();
+        let files = list_files(&dir).map_err(|e| streaming(e.to_string()))?;
+        let manifest = Manifest { vote, meta: snapshot.meta, files: files.clone() };
+        let manifest = to_bytes(&manifest).map_err(|e| streaming(e.to_string()))?;
+        let (tx, rx) = tokio::sync::mpsc::channel::<pb::SnapshotChunk>(4);
+        let reader = tokio::spawn(async move {
+            if tx.send(pb::SnapshotChunk { manifest: manifest.into(), ..Default::default() }).await.is_err() {
+                return Ok(());
+            }
+            for (name, size) in files {
+                let mut file = tokio::fs::File::open(dir.join(&name)).await?;
+                let mut offset = 0u64;
+                while offset < size {
+                    let mut buf = vec![0u8; SNAPSHOT_CHUNK.min((size - offset) as usize)];
+                    file.read_exact(&mut buf).await?;
+                    let len = buf.len() as u64;
+                    let chunk =
+                        pb::SnapshotChunk { file: name.clone(), offset, data: buf.into(), ..Default::default() };
+                    if tx.send(chunk).await.is_err() {
+                        return Ok(());
+                    }
+                    offset += len;
+                }
+            }
+            Ok::<(), std::io::Error>(())
+        });
+        let mut client =
+            self.channels.client(&self.addr).map_err(|e| StreamingError::Unreachable(Unreachable::from_string(e)))?;
+        let send = client.install_snapshot(tokio_stream::wrappers::ReceiverStream::new(rx));
+        let ttl = option.hard_ttl().max(Duration::from_secs(600));
+        let reply = tokio::select! {
+            closed = cancel => {
+                reader.abort();
+                return Err(StreamingError::Closed(closed));
+            }
+            r = tokio::time::timeout(ttl, send) => r,
+        };
+        let reply = match reply {
+            Err(_) => {
+                return Err(StreamingError::Timeout(Timeout {
+                    action: RPCTypes::InstallSnapshot,
+                    id: self.from,
+                    target: self.target,
+                    timeout: ttl,
+                }));
+            }
+            Ok(Err(status)) => return Err(streaming(format!("{}: {}", status.code(), status.message()))),
+            Ok(Ok(reply)) => reply.into_inner(),
+        };
+        match reader.await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => return Err(streaming(format!("reading snapshot files: {e}"))),
+            Err(e) => return Err(streaming(format!("snapshot reader: {e}"))),
+        }
+        let decoded: Result<SnapshotResponse<TypeConfig>, String> =
+            from_bytes(&reply.payload, "snapshot reply").map_err(|e| streaming(e.to_string()))?;
+        decoded.map_err(|e| StreamingError::Unreachable(Unreachable::from_string(e)))
+    }
+}

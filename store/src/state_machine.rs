@@ -1,0 +1,468 @@
+//! openraft's state machine: applies entries to the MVCC keyspace, builds and installs
+//! snapshots, and tells watchers and the lease table what changed.
+//!
+//! The live database sits in `state/<generation>/`, named by `state/CURRENT`. Installing a
+//! snapshot opens its checkpoint as a new generation and swaps it in; readers holding the old
+//! handle finish on it, and its directory is removed once the last of them is gone.
+
+use std::fs;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use futures::{Stream, TryStreamExt};
+use keel_proto::etcdserverpb as pb;
+use openraft::alias::{LogIdOf, SnapshotOf, StoredMembershipOf};
+use openraft::storage::{EntryResponder, RaftStateMachine};
+use openraft::{EntryPayload, OptionalSend, RaftSnapshotBuilder, StoredMembership};
+use parking_lot::{Mutex, RwLock};
+use rocksdb::checkpoint::Checkpoint;
+use rocksdb::{BlockBasedOptions, Cache, ColumnFamilyDescriptor, DB, Options};
+use tokio::sync::watch;
+
+use crate::codec::to_bytes;
+use crate::error::{Result, StoreError};
+use crate::lease::Lessor;
+use crate::mvcc::{self, ALL_CFS, CF_META, META_APPLIED, META_MEMBERSHIP, View};
+use crate::snapshot::{SnapshotDir, SnapshotMeta, SnapshotStore, list_files, sync_dir};
+use crate::txn::{Applied, Applier, LeaseEffect};
+use crate::types::{Command, CommandResult, Outcome, TypeConfig};
+use crate::watch::{HubMessage, RevisionEvents, WatchHub, WatchSpec, Watcher};
+
+type Snapshot = SnapshotOf<TypeConfig, SnapshotDir>;
+
+/// Events a physical compaction step handles at once.
+const COMPACTION_CHUNK: usize = 10_000;
+
+/// State the state machine shares with readers, watchers and the lease table.
+pub struct SmShared {
+    data_dir: PathBuf,
+    db: RwLock<Arc<DB>>,
+    /// Old generations waiting for their last reader.
+    retired: Mutex<Vec<(Arc<DB>, PathBuf)>>,
+    applied: watch::Sender<i64>,
+    pub(crate) hub: WatchHub,
+    pub(crate) lessor: Arc<Lessor>,
+    snapshots: SnapshotStore,
+    compaction_wanted: std::sync::mpsc::Sender<()>,
+}
+
+impl SmShared {
+    /// The current state machine database.
+    pub fn db(&self) -> Arc<DB> {
+        self.db.read().clone()
+    }
+
+    /// The last applied revision.
+    pub fn applied_revision(&self) -> i64 {
+        *self.applied.borrow()
+    }
+
+    pub fn subscribe_applied(&self) -> watch::Receiver<i64> {
+        self.applied.subscribe()
+    }
+
+    pub fn watch(self: &Arc<Self>, spec: WatchSpec) -> Result<Watcher> {
+        Watcher::new(self.clone(), spec)
+    }
+
+    pub fn hub(&self) -> &WatchHub {
+        &self.hub
+    }
+
+    pub fn lessor(&self) -> &Arc<Lessor> {
+        &self.lessor
+    }
+
+    /// Bytes on disk of the current database.
+    pub fn disk_size(&self) -> u64 {
+        crate::log_store::property_sum(&self.db(), &ALL_CFS)
+    }
+
+    /// Asks the background compactor to remove history below the horizon now.
+    pub fn request_physical_compaction(&self) {
+        let _ = self.compaction_wanted.send(());
+    }
+
+    /// Rewrites the database files to reclaim space (etcd's defragment).
+    pub fn compact_disk(&self) -> Result<()> {
+        let db = self.db();
+        for name in ALL_CFS {
+            if let Some(cf) = db.cf_handle(name) {
+                db.compact_range_cf(cf, None::<&[u8]>, None::<&[u8]>);
+            }
+        }
+        Ok(())
+    }
+
+    /// A consistent checkpoint of the current database at `dest` (which must not exist).
+    pub fn checkpoint_to(&self, dest: &Path) -> Result<()> {
+        let db = self.db();
+        Checkpoint::new(&db)
+            .and_then(|c| c.create_checkpoint(dest))
+            .map_err(|e| StoreError::storage("create checkpoint", e))
+    }
+
+    fn drop_unused_generations(&self) {
+        let mut retired = self.retired.lock();
+        retired.retain(|(db, path)| {
+            if Arc::strong_count(db) > 1 {
+                return true;
+            }
+            let _ = fs::remove_dir_all(path);
+            false
+        });
+    }
+}
+
+pub struct StateMachine {
+    shared: Arc<SmShared>,
+}
+
+impl StateMachine {
+    /// Opens (or, for a brand-new member, creates) the state machine under `data_dir`.
+    pub fn open(data_dir: &Path, create: bool, lessor: Arc<Lessor>) -> Result<StateMachine> {
+        let state_dir = data_dir.join("state");
+        let current_file = state_dir.join("CURRENT");
+        let generation = match fs::read_to_string(&current_file) {
+            Ok(name) => name.trim().to_string(),
+            Err(e) if e.kind() == io::ErrorKind::NotFound && create => {
+                fs::create_dir_all(&state_dir).map_err(|e| StoreError::storage("create state dir", e))?;
+                let name = "sm-000001".to_string();
+                write_current(&state_dir, &name)?;
+                name
+            }
+            Err(e) => {
+                return Err(StoreError::corrupt(format!(
+                    "cannot read {}: {e}; the state machine is missing",
+                    current_file.display()
+                )));
+            }
+        };
+        let path = state_dir.join(&generation);
+        let db = open_db(&path, create)?;
+        // Generations left behind by a crash mid-install.
+        if let Ok(entries) = fs::read_dir(&state_dir) {
+            for entry in entries.flatten() {
+                let name = entry.file_name().to_string_lossy().into_owned();
+                if name.starts_with("sm-") && name != generation {
+                    let _ = fs::remove_dir_all(entry.path());
+                }
+            }
+        }
+        let view = View::live(&db);
+        let revision = view.revision()?;
+        lessor.reset(view.leases()?);
+        drop(view);
+        let (compaction_tx, compaction_rx) = std::sync::mpsc::channel();
+        let shared = Arc::new(SmShared {
+            data_dir: data_dir.to_path_buf(),
+            db: RwLock::new(Arc::new(db)),
+            retired: Mutex::new(Vec::new()),
+            applied: watch::channel(revision).0,
+            hub: WatchHub::default(),
+            lessor,
+            snapshots: SnapshotStore::new(data_dir.join("snapshots"))?,
+            compaction_wanted: compaction_tx,
+        });
+        spawn_compactor(Arc::downgrade(&shared), compaction_rx)?;
+        shared.request_physical_compaction();
+        Ok(StateMachine { shared })
+    }
+
+    pub fn shared(&self) -> Arc<SmShared> {
+        self.shared.clone()
+    }
+
+    fn apply_one(
+        &self,
+        db: &DB,
+        log_id: &LogIdOf<TypeConfig>,
+        payload: &EntryPayload<Command, u64, crate::types::Member>,
+    ) -> Result<CommandResult> {
+        let revision = log_id.index as i64;
+        let mut applier = Applier::new(View::live(db), revision);
+        let mut membership = None;
+        let outcome = match payload {
+            EntryPayload::Blank => Ok(Outcome::Nothing),
+            EntryPayload::Normal(command) => apply_command(&mut applier, command),
+            EntryPayload::Membership(m) => {
+                membership = Some(StoredMembership::new(Some(*log_id), m.clone()));
+                Ok(Outcome::Nothing)
+            }
+        };
+        // An error that says something about this machine rather than about the request must
+        // stop the member: applying differently from the others would fork the replicas.
+        if let Err(e) = &outcome
+            && !is_deterministic(e)
+        {
+            return Err(e.clone());
+        }
+        let Applied { mut batch, events, lease_effects } = if outcome.is_ok() {
+            applier.finish()
+        } else {
+            Applied { batch: rocksdb::WriteBatch::default(), events: Vec::new(), lease_effects: Vec::new() }
+        };
+        let meta = db.cf_handle(CF_META).ok_or_else(|| StoreError::corrupt("no meta column family"))?;
+        batch.put_cf(meta, META_APPLIED, to_bytes(log_id)?);
+        if let Some(m) = &membership {
+            batch.put_cf(meta, META_MEMBERSHIP, to_bytes(m)?);
+        }
+        db.write(batch)?;
+
+        for effect in lease_effects {
+            match effect {
+                LeaseEffect::Granted { id, ttl } => self.shared.lessor.granted(id, ttl),
+                LeaseEffect::Revoked { id } => self.shared.lessor.revoked(id),
+            }
+        }
+        if !events.is_empty() {
+            self.shared.hub.publish(HubMessage::Revision(Arc::new(RevisionEvents { revision, events })));
+        }
+        self.shared.applied.send_replace(revision);
+        if matches!(payload, EntryPayload::Normal(Command::Compact { .. })) && outcome.is_ok() {
+            self.shared.request_physical_compaction();
+        }
+        Ok(CommandResult { revision, outcome })
+    }
+
+    fn build_snapshot_now(&self) -> Result<Snapshot> {
+        let db = self.shared.db();
+        let view = View::live(&db);
+        let meta = SnapshotMeta { last_log_id: view.applied()?, last_membership: view.membership()? };
+        drop(view);
+        if let Some((current, dir)) = self.shared.snapshots.current()?
+            && current.last_log_id == meta.last_log_id
+        {
+            return Ok(Snapshot { meta: current, snapshot: dir });
+        }
+        let staged = self.shared.snapshots.staging_path(&SnapshotStore::name_for(&meta));
+        Checkpoint::new(&db)
+            .and_then(|c| c.create_checkpoint(&staged))
+            .map_err(|e| StoreError::storage("create snapshot checkpoint", e))?;
+        let dir = self.shared.snapshots.commit(&staged, &meta)?;
+        self.shared.drop_unused_generations();
+        Ok(Snapshot { meta, snapshot: dir })
+    }
+
+    fn install(&self, meta: &SnapshotMeta, data: &SnapshotDir) -> Result<()> {
+        let state_dir = self.shared.data_dir.join("state");
+        let generation = next_generation(&state_dir)?;
+        let path = state_dir.join(&generation);
+        fs::create_dir_all(&path).map_err(|e| StoreError::storage("create generation dir", e))?;
+        for (file, _) in list_files(&data.path)? {
+            let from = data.path.join(&file);
+            let to = path.join(&file);
+            if fs::hard_link(&from, &to).is_err() {
+                fs::copy(&from, &to).map_err(|e| StoreError::storage(&format!("copy snapshot file {file}"), e))?;
+            }
+        }
+        sync_dir(&path)?;
+        let db = open_db(&path, false)?;
+        let view = View::live(&db);
+        if view.applied()? != meta.last_log_id {
+            return Err(StoreError::corrupt(format!(
+                "snapshot says it covers {:?} but its data is at {:?}",
+                meta.last_log_id,
+                view.applied()?
+            )));
+        }
+        let revision = view.revision()?;
+        let leases = view.leases()?;
+        drop(view);
+        write_current(&state_dir, &generation)?;
+        let old = std::mem::replace(&mut *self.shared.db.write(), Arc::new(db));
+        let old_path = old.path().to_path_buf();
+        self.shared.retired.lock().push((old, old_path));
+        if data.path.starts_with(self.shared.data_dir.join("incoming")) {
+            let _ = fs::remove_dir_all(&data.path);
+        }
+
+        // The installed state is also this member's newest snapshot.
+        let staged = self.shared.snapshots.staging_path(&SnapshotStore::name_for(meta));
+        self.shared.checkpoint_to(&staged)?;
+        self.shared.snapshots.commit(&staged, meta)?;
+
+        self.shared.lessor.reset(leases);
+        self.shared.hub.publish(HubMessage::Resync);
+        self.shared.applied.send_replace(revision);
+        self.shared.drop_unused_generations();
+        self.shared.request_physical_compaction();
+        Ok(())
+    }
+}
+
+fn apply_command(applier: &mut Applier<'_>, command: &Command) -> Result<Outcome> {
+    match command {
+        Command::Txn(txn) => applier.txn(txn).map(Outcome::Txn),
+        Command::Compact { revision } => applier.compact(*revision).map(|_| Outcome::Compacted),
+        Command::LeaseGrant { id, ttl } => {
+            applier.lease_grant(*id, *ttl).map(|_| Outcome::LeaseGranted { id: *id, ttl: *ttl })
+        }
+        Command::LeaseRevoke { id } => applier.lease_revoke(*id).map(|_| Outcome::LeaseRevoked),
+    }
+}
+
+/// Errors every member reaches the same way from the same log.
+fn is_deterministic(e: &StoreError) -> bool {
+    matches!(
+        e,
+        StoreError::Compacted { .. }
+            | StoreError::FutureRevision
+            | StoreError::LeaseNotFound
+            | StoreError::LeaseExists
+            | StoreError::KeyNotFound
+            | StoreError::InvalidArgument(_)
+    )
+}
+
+fn open_db(path: &Path, create: bool) -> Result<DB> {
+    let mut opts = Options::default();
+    opts.create_if_missing(create);
+    opts.create_missing_column_families(create);
+    opts.set_paranoid_checks(true);
+    opts.set_wal_recovery_mode(rocksdb::DBRecoveryMode::PointInTime);
+    opts.set_max_background_jobs(2);
+    let cache = Cache::new_lru_cache(64 << 20);
+    let cfs = ALL_CFS.map(|name| {
+        let mut cf_opts = Options::default();
+        let mut table = BlockBasedOptions::default();
+        table.set_block_cache(&cache);
+        if name == mvcc::CF_KV {
+            table.set_bloom_filter(10.0, false);
+        }
+        cf_opts.set_block_based_table_factory(&table);
+        ColumnFamilyDescriptor::new(name, cf_opts)
+    });
+    DB::open_cf_descriptors(&opts, path, cfs)
+        .map_err(|e| StoreError::corrupt(format!("cannot open the state machine at {}: {e}", path.display())))
+}
+
+fn write_current(state_dir: &Path, generation: &str) -> Result<()> {
+    let tmp = state_dir.join("CURRENT.tmp");
+    fs::write(&tmp, generation).map_err(|e| StoreError::storage("write state CURRENT", e))?;
+    fs::File::open(&tmp).and_then(|f| f.sync_all()).map_err(|e| StoreError::storage("sync state CURRENT", e))?;
+    fs::rename(&tmp, state_dir.join("CURRENT")).map_err(|e| StoreError::storage("publish state CURRENT", e))?;
+    sync_dir(state_dir)
+}
+
+fn next_generation(state_dir: &Path) -> Result<String> {
+    let mut highest = 0u64;
+    for entry in fs::read_dir(state_dir).map_err(|e| StoreError::storage("list state dir", e))?.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if let Some(n) = name.strip_prefix("sm-").and_then(|n| n.parse::<u64>().ok()) {
+            highest = highest.max(n);
+        }
+    }
+    Ok(format!("sm-{:06}", highest + 1))
+}
+
+/// One thread removes compacted history, whenever a compaction (or an install) asks for it.
+fn spawn_compactor(shared: std::sync::Weak<SmShared>, wanted: std::sync::mpsc::Receiver<()>) -> Result<()> {
+    std::thread::Builder::new()
+        .name("mvcc-compactor".into())
+        .spawn(move || {
+            while wanted.recv().is_ok() {
+                while wanted.try_recv().is_ok() {}
+                let Some(shared) = shared.upgrade() else { return };
+                let db = shared.db();
+                let result = View::live(&db).compacted().and_then(|h| mvcc::compact_physical(&db, h, COMPACTION_CHUNK));
+                if let Err(e) = result {
+                    tracing::error!(error = %e, "physical compaction failed");
+                }
+            }
+        })
+        .map_err(|e| StoreError::Internal(format!("cannot start the compactor: {e}")))?;
+    Ok(())
+}
+
+fn io_err(e: StoreError) -> io::Error {
+    io::Error::other(e.to_string())
+}
+
+async fn blocking<T, F>(f: F) -> std::result::Result<T, io::Error>
+where
+    F: FnOnce() -> Result<T> + Send + 'static,
+    T: Send + 'static,
+{
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| io::Error::other(format!("state machine task failed: {e}")))?
+        .map_err(io_err)
+}
+
+/// Hands openraft a snapshot that was already taken (or why it could not be).
+pub struct SnapshotBuilder {
+    snapshot: std::result::Result<Snapshot, String>,
+}
+
+impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
+    type SnapshotData = SnapshotDir;
+
+    async fn build_snapshot(&mut self) -> std::result::Result<Snapshot, io::Error> {
+        self.snapshot.clone().map_err(io::Error::other)
+    }
+}
+
+impl RaftStateMachine<TypeConfig> for StateMachine {
+    type SnapshotData = SnapshotDir;
+    type SnapshotBuilder = SnapshotBuilder;
+
+    async fn applied_state(
+        &mut self,
+    ) -> std::result::Result<(Option<LogIdOf<TypeConfig>>, StoredMembershipOf<TypeConfig>), io::Error> {
+        let db = self.shared.db();
+        let view = View::live(&db);
+        Ok((view.applied().map_err(io_err)?, view.membership().map_err(io_err)?))
+    }
+
+    async fn apply<Strm>(&mut self, mut entries: Strm) -> std::result::Result<(), io::Error>
+    where
+        Strm: Stream<Item = std::result::Result<EntryResponder<TypeConfig>, io::Error>> + Unpin + OptionalSend,
+    {
+        let db = self.shared.db();
+        while let Some((entry, responder)) = entries.try_next().await? {
+            let result = self.apply_one(&db, &entry.log_id, &entry.payload).map_err(io_err)?;
+            if let Some(responder) = responder {
+                responder.send(result);
+            }
+        }
+        Ok(())
+    }
+
+    async fn try_create_snapshot_builder(&mut self, _force: bool) -> Option<Self::SnapshotBuilder> {
+        Some(self.get_snapshot_builder().await)
+    }
+
+    async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
+        // The checkpoint is taken here, between two applies, so it matches the applied log id
+        // read with it exactly.
+        let sm = StateMachine { shared: self.shared.clone() };
+        let snapshot = blocking(move || sm.build_snapshot_now()).await.map_err(|e| e.to_string());
+        SnapshotBuilder { snapshot }
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMeta,
+        snapshot: SnapshotDir,
+    ) -> std::result::Result<(), io::Error> {
+        let sm = StateMachine { shared: self.shared.clone() };
+        let meta = meta.clone();
+        blocking(move || sm.install(&meta, &snapshot)).await
+    }
+
+    async fn get_current_snapshot(&mut self) -> std::result::Result<Option<Snapshot>, io::Error> {
+        Ok(self.shared.snapshots.current().map_err(io_err)?.map(|(meta, snapshot)| Snapshot { meta, snapshot }))
+    }
+}
+
+/// Answers an etcd range from a consistent view of the current database.
+pub fn range(shared: &SmShared, req: &pb::RangeRequest) -> Result<(pb::RangeResponse, i64)> {
+    let db = shared.db();
+    let view = View::snapshot(&db);
+    let current = view.revision()?;
+    let revision = if req.revision > 0 { req.revision } else { current };
+    view.check_readable(revision)?;
+    Ok((view.range(req, revision)?, current))
+}
