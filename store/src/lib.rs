@@ -27,6 +27,7 @@ pub mod state_machine;
 pub mod txn;
 pub mod types;
 pub mod watch;
+pub mod worker;
 
 pub use error::{Result, StoreError};
 pub use keel_proto::{etcdserverpb as pb, mvccpb};

@@ -23,6 +23,7 @@ use crate::codec::{from_bytes, to_bytes};
 use crate::error::{Result, StoreError};
 use crate::keys::{decode_index_key, index_key};
 use crate::types::TypeConfig;
+use crate::worker::Worker;
 
 const CF_LOGS: &str = "logs";
 const CF_META: &str = "meta";
@@ -37,7 +38,7 @@ type Vote = VoteOf<TypeConfig>;
 #[derive(Clone)]
 pub struct LogStore {
     db: Arc<DB>,
-    flusher: std_mpsc::Sender<IOFlushed<TypeConfig>>,
+    flusher: Arc<Worker<IOFlushed<TypeConfig>>>,
 }
 
 impl LogStore {
@@ -56,7 +57,7 @@ impl LogStore {
         let db = DB::open_cf_descriptors(&opts, path, cfs)
             .map_err(|e| StoreError::corrupt(format!("cannot open the Raft log at {}: {e}", path.display())))?;
         let db = Arc::new(db);
-        let flusher = spawn_flusher(db.clone())?;
+        let flusher = Arc::new(spawn_flusher(db.clone())?);
         let store = LogStore { db, flusher };
         // Every entry must decode and sit at the index its key says.
         store.check_integrity()?;
@@ -134,6 +135,13 @@ impl LogStore {
         Ok(())
     }
 
+    /// Index of the last entry, or of the last purged one when the log is empty.
+    pub fn last_index(&self) -> Result<Option<u64>> {
+        let purged: Option<LogId> = self.get_meta(KEY_LAST_PURGED)?;
+        let last = self.last_entry()?.map(|e| e.index());
+        Ok(last.max(purged.map(|p| p.index())))
+    }
+
     pub fn read_committed_index(&self) -> Result<Option<u64>> {
         Ok(self.get_meta::<LogId>(KEY_COMMITTED)?.map(|l| l.index()))
     }
@@ -172,22 +180,17 @@ fn decode_entry(key: &[u8], value: &[u8]) -> Result<Entry> {
 }
 
 /// One thread that fsyncs the write-ahead log for every append waiting on it.
-fn spawn_flusher(db: Arc<DB>) -> Result<std_mpsc::Sender<IOFlushed<TypeConfig>>> {
-    let (tx, rx) = std_mpsc::channel::<IOFlushed<TypeConfig>>();
-    std::thread::Builder::new()
-        .name("raft-log-fsync".into())
-        .spawn(move || {
-            while let Ok(first) = rx.recv() {
-                let mut waiting = vec![first];
-                waiting.extend(rx.try_iter());
-                let result = db.flush_wal(true);
-                for callback in waiting {
-                    callback.io_completed(result.as_ref().map(|_| ()).map_err(|e| io::Error::other(e.to_string())));
-                }
+fn spawn_flusher(db: Arc<DB>) -> Result<Worker<IOFlushed<TypeConfig>>> {
+    Worker::spawn("raft-log-fsync", move |rx: std_mpsc::Receiver<IOFlushed<TypeConfig>>| {
+        while let Ok(first) = rx.recv() {
+            let mut waiting = vec![first];
+            waiting.extend(rx.try_iter());
+            let result = db.flush_wal(true);
+            for callback in waiting {
+                callback.io_completed(result.as_ref().map(|_| ()).map_err(|e| io::Error::other(e.to_string())));
             }
-        })
-        .map_err(|e| StoreError::Internal(format!("cannot start the log flusher: {e}")))?;
-    Ok(tx)
+        }
+    })
 }
 
 fn io_err(e: StoreError) -> io::Error {
@@ -265,7 +268,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             batch.put_cf(cf, index_key(entry.index()), to_bytes(&entry).map_err(io_err)?);
         }
         self.db.write(batch).map_err(|e| io::Error::other(e.to_string()))?;
-        self.flusher.send(callback).map_err(|_| io::Error::other("the Raft log flusher has stopped"))?;
+        if let Err(callback) = self.flusher.send(callback) {
+            callback.io_completed(Err(io::Error::other("the Raft log flusher has stopped")));
+        }
         Ok(())
     }
 

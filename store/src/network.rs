@@ -277,6 +277,22 @@ impl RaftNetworkV2<TypeConfig> for PeerNetwork {
         cancel: impl Future<Output = ReplicationClosed> + Send + 'static,
         option: RPCOption,
     ) -> Result<SnapshotResponse<TypeConfig>, StreamingError<TypeConfig>> {
+        let result = self.send_snapshot(vote, snapshot, cancel, option).await;
+        if let Err(e) = &result {
+            tracing::warn!(target = %format!("{:x}", self.target), error = %e, "sending a snapshot failed");
+        }
+        result
+    }
+}
+
+impl PeerNetwork {
+    async fn send_snapshot(
+        &mut self,
+        vote: VoteOf<TypeConfig>,
+        snapshot: SnapshotOf<TypeConfig, SnapshotDir>,
+        cancel: impl Future<Output = ReplicationClosed> + Send + 'static,
+        option: RPCOption,
+    ) -> Result<SnapshotResponse<TypeConfig>, StreamingError<TypeConfig>> {
         let streaming = |e: String| StreamingError::Network(NetworkError::from_string(e));
         if pass_filter(&self.filter, self.from, self.target).await.is_err() {
             return Err(StreamingError::Unreachable(Unreachable::from_string("filtered")));
@@ -293,7 +309,9 @@ impl RaftNetworkV2<TypeConfig> for PeerNetwork {
             for (name, size) in files {
                 let mut file = tokio::fs::File::open(dir.join(&name)).await?;
                 let mut offset = 0u64;
-                while offset < size {
+                // An empty file still gets one (empty) chunk, so that it is created.
+                let mut first = true;
+                while offset < size || std::mem::take(&mut first) {
                     let mut buf = vec![0u8; SNAPSHOT_CHUNK.min((size - offset) as usize)];
                     file.read_exact(&mut buf).await?;
                     let len = buf.len() as u64;

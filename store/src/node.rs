@@ -132,6 +132,8 @@ pub struct StoreStatus {
     pub committed_index: u64,
     pub applied_index: u64,
     pub snapshot_index: u64,
+    /// Log entries at or below this index were purged (they live on in the snapshot).
+    pub purged_index: u64,
     pub revision: i64,
     pub compact_revision: i64,
     pub db_size: u64,
@@ -154,7 +156,7 @@ pub(crate) struct Inner {
     channels: Channels,
     read_index: ReadIndexBatcher,
     tasks: Mutex<Vec<JoinHandle<()>>>,
-    stop_peer_server: Mutex<Option<tokio::sync::oneshot::Sender<()>>>,
+    peer_server: Mutex<Option<(tokio::sync::oneshot::Sender<()>, JoinHandle<()>)>>,
 }
 
 impl Store {
@@ -173,6 +175,7 @@ impl Store {
         let lessor = Arc::new(Lessor::new((election_max_secs * 1.5).ceil().max(1.0) as i64));
         let sm = StateMachine::open(&data_dir, fresh, lessor)?;
         let shared = sm.shared();
+        check_log_covers_state(&log, &sm)?;
 
         let tuning = &config.tuning;
         let raft_config = Config {
@@ -192,7 +195,9 @@ impl Store {
 
         let channels = Channels::default();
         let network = Network { id, cluster_id, channels: channels.clone(), filter: config.filter.clone() };
-        let raft = Raft::new(id, Arc::new(raft_config), network, log.clone(), sm)
+        // Built but not yet running: the peer service must be answering before this member
+        // campaigns, or its first votes land on peers that cannot reply yet.
+        let raft = Raft::build(id, Arc::new(raft_config), network, log.clone(), sm)
             .await
             .map_err(|e| StoreError::Internal(format!("start raft: {e}")))?;
 
@@ -220,11 +225,12 @@ impl Store {
                 channels,
                 read_index,
                 tasks: Mutex::new(Vec::new()),
-                stop_peer_server: Mutex::new(None),
+                peer_server: Mutex::new(None),
             }
         });
         let store = Store { inner };
         store.serve_peers(peer_listener);
+        store.inner.raft.run();
 
         if fresh {
             match &config.bootstrap {
@@ -253,11 +259,11 @@ impl Store {
     fn serve_peers(&self, listener: TcpListener) {
         let service = PeerService::new(self.inner.clone());
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-        *self.inner.stop_peer_server.lock() = Some(stop_tx);
-        let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
-        tokio::spawn(async move {
+        // Accepted sockets need TCP_NODELAY set here: the builder's own setting only applies to
+        // listeners tonic binds itself, and Nagle's algorithm would hold small responses back.
+        let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
+        let server = tokio::spawn(async move {
             let result = tonic::transport::Server::builder()
-                .tcp_nodelay(true)
                 .add_service(service.into_server())
                 .serve_with_incoming_shutdown(incoming, async {
                     let _ = stop_rx.await;
@@ -267,6 +273,7 @@ impl Store {
                 tracing::error!(error = %e, "peer server failed");
             }
         });
+        *self.inner.peer_server.lock() = Some((stop_tx, server));
     }
 
     async fn initialize(&self, members: &[(String, String)]) -> Result<()> {
@@ -692,6 +699,7 @@ impl Store {
             committed_index: m.local_committed.as_ref().map_or(0, |l| l.index),
             applied_index: m.last_applied.as_ref().map_or(0, |l| l.index),
             snapshot_index: m.snapshot.as_ref().map_or(0, |l| l.index),
+            purged_index: m.purged.as_ref().map_or(0, |l| l.index),
             revision: view.revision().unwrap_or(0),
             compact_revision: view.compacted().unwrap_or(0),
             db_size: self.inner.sm.disk_size() + self.inner.log.disk_size(),
@@ -711,21 +719,31 @@ impl Store {
     /// Stops the member. A leader first hands leadership to the most up-to-date voter so the
     /// cluster does not wait out an election timeout.
     pub async fn shutdown(&self) {
-        if let Err(e) = self.transfer_leadership_away().await {
+        if let Err(e) = self.step_down().await {
             tracing::warn!(error = %e, "could not hand over leadership before stopping");
         }
-        for task in self.inner.tasks.lock().drain(..) {
+        // Everything that holds the storage open is stopped and awaited, so that once this
+        // returns and the caller drops its handle, the databases close.
+        let tasks: Vec<JoinHandle<()>> = self.inner.tasks.lock().drain(..).collect();
+        for task in tasks {
             task.abort();
+            let _ = task.await;
         }
         if let Err(e) = self.inner.raft.shutdown().await {
             tracing::warn!(error = %e, "raft shutdown");
         }
-        if let Some(stop) = self.inner.stop_peer_server.lock().take() {
+        let server = self.inner.peer_server.lock().take();
+        if let Some((stop, server)) = server {
             let _ = stop.send(());
+            if tokio::time::timeout(Duration::from_secs(5), server).await.is_err() {
+                tracing::warn!("peer server did not stop within 5s");
+            }
         }
     }
 
-    async fn transfer_leadership_away(&self) -> Result<()> {
+    /// If this member leads, hands leadership to the most up-to-date voter and waits until
+    /// another member leads.
+    pub async fn step_down(&self) -> Result<()> {
         let metrics = self.inner.raft.metrics().borrow_watched().clone();
         if metrics.current_leader != Some(self.inner.id) {
             return Ok(());
@@ -826,10 +844,16 @@ impl Store {
     pub(crate) async fn serve_as_leader(&self, request: ForwardRequest) -> Result<ForwardOk> {
         let raft = &self.inner.raft;
         match request {
-            ForwardRequest::Propose(command) => match raft.client_write(command).await {
-                Ok(response) => Ok(ForwardOk::Applied(response.data)),
-                Err(e) => Err(write_error(e)),
-            },
+            ForwardRequest::Propose(command) => {
+                // Without a quorum the entry never commits; the caller learns that its outcome
+                // is unknown rather than waiting forever.
+                let timeout = self.inner.config.tuning.request_timeout;
+                match tokio::time::timeout(timeout, raft.client_write(command)).await {
+                    Ok(Ok(response)) => Ok(ForwardOk::Applied(response.data)),
+                    Ok(Err(e)) => Err(write_error(e)),
+                    Err(_) => Err(StoreError::Timeout),
+                }
+            }
             ForwardRequest::ReadIndex => match raft.get_read_linearizer(ReadPolicy::ReadIndex).await {
                 Ok(linearizer) => Ok(ForwardOk::ReadIndex(linearizer.read_log_id().index())),
                 Err(RaftError::APIError(LinearizableReadError::ForwardToLeader(_))) => Err(StoreError::NoLeader),
@@ -905,28 +929,22 @@ impl Store {
     async fn add_member_as_leader(&self, id: NodeId, member: Member, voter: bool, wait: bool) -> Result<ForwardOk> {
         let raft = &self.inner.raft;
         let existing = raft.metrics().borrow_watched().membership_config.get_node(&id).cloned();
-        match existing {
-            None => {
-                raft.add_learner(id, member, wait).await.map_err(write_error)?;
+        let Some(current) = existing else {
+            raft.add_learner(id, member, wait).await.map_err(write_error)?;
+            if voter {
+                change_membership(raft, ChangeMembers::AddVoterIds([id].into())).await?;
             }
-            Some(current) => {
-                // A member registered with MemberAdd now starting up, or a retried join: bring
-                // its details up to date, then catch it up like a new learner.
-                let merged = Member {
-                    name: if member.name.is_empty() { current.name.clone() } else { member.name.clone() },
-                    ..member
-                };
-                if merged != current {
-                    change_membership(raft, ChangeMembers::SetNodes([(id, merged.clone())].into())).await?;
-                }
-                if wait {
-                    raft.add_learner(id, merged, true).await.map_err(write_error)?;
-                }
-            }
+            return Ok(ForwardOk::Done);
+        };
+        // Registered before (etcd's MemberAdd) and now starting, or a join being retried:
+        // bring its details up to date and catch it up, but keep the role it was given.
+        let merged =
+            Member { name: if member.name.is_empty() { current.name.clone() } else { member.name.clone() }, ..member };
+        if merged != current {
+            change_membership(raft, ChangeMembers::SetNodes([(id, merged.clone())].into())).await?;
         }
-        let is_voter = raft.metrics().borrow_watched().membership_config.voter_ids().any(|v| v == id);
-        if voter && !is_voter {
-            change_membership(raft, ChangeMembers::AddVoterIds([id].into())).await?;
+        if wait {
+            raft.add_learner(id, merged, true).await.map_err(write_error)?;
         }
         Ok(ForwardOk::Done)
     }
@@ -1048,4 +1066,19 @@ async fn load_or_create_identity(config: &StoreConfig) -> Result<(Identity, bool
     let identity = Identity::new(cluster_id, member_id, &config.name);
     identity.save(dir)?;
     Ok((identity, true))
+}
+
+/// The state machine applies only what the log held, so a state machine ahead of the log
+/// means log entries vanished, unless a snapshot install explains it.
+fn check_log_covers_state(log: &LogStore, sm: &StateMachine) -> Result<()> {
+    let applied = View::snapshot(&sm.shared().db()).applied()?.map(|l| l.index);
+    let Some(applied) = applied else { return Ok(()) };
+    let last = log.last_index()?;
+    if last.is_some_and(|l| l >= applied) || sm.snapshot_index()? == Some(applied) {
+        return Ok(());
+    }
+    Err(StoreError::corrupt(format!(
+        "the Raft log ends at {last:?} but the state machine applied entry {applied}: log entries are missing \
+         (the data directory was truncated or damaged)"
+    )))
 }

@@ -163,7 +163,9 @@ impl peer_server::Peer for PeerService {
         &self,
         request: Request<Streaming<pb::SnapshotChunk>>,
     ) -> Result<Response<pb::RaftReply>, Status> {
-        let (manifest, dir) = self.receive_snapshot(request.into_inner()).await?;
+        let (manifest, dir) = self.receive_snapshot(request.into_inner()).await.inspect_err(|e| {
+            tracing::warn!(error = %e.message(), "receiving a snapshot failed");
+        })?;
         let snapshot = Snapshot { meta: manifest.meta, snapshot: SnapshotDir { path: dir.clone() } };
         let result = self.inner.raft.install_full_snapshot(manifest.vote, snapshot).await;
         // On success the state machine took the files; otherwise they are of no further use.

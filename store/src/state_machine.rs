@@ -28,6 +28,7 @@ use crate::snapshot::{SnapshotDir, SnapshotMeta, SnapshotStore, list_files, sync
 use crate::txn::{Applied, Applier, LeaseEffect};
 use crate::types::{Command, CommandResult, Outcome, TypeConfig};
 use crate::watch::{HubMessage, RevisionEvents, WatchHub, WatchSpec, Watcher};
+use crate::worker::Worker;
 
 type Snapshot = SnapshotOf<TypeConfig, SnapshotDir>;
 
@@ -37,14 +38,14 @@ const COMPACTION_CHUNK: usize = 10_000;
 /// State the state machine shares with readers, watchers and the lease table.
 pub struct SmShared {
     data_dir: PathBuf,
-    db: RwLock<Arc<DB>>,
+    db: Arc<RwLock<Arc<DB>>>,
     /// Old generations waiting for their last reader.
     retired: Mutex<Vec<(Arc<DB>, PathBuf)>>,
     applied: watch::Sender<i64>,
     pub(crate) hub: WatchHub,
     pub(crate) lessor: Arc<Lessor>,
     snapshots: SnapshotStore,
-    compaction_wanted: std::sync::mpsc::Sender<()>,
+    compactor: Worker<()>,
 }
 
 impl SmShared {
@@ -81,7 +82,7 @@ impl SmShared {
 
     /// Asks the background compactor to remove history below the horizon now.
     pub fn request_physical_compaction(&self) {
-        let _ = self.compaction_wanted.send(());
+        let _ = self.compactor.send(());
     }
 
     /// Rewrites the database files to reclaim space (etcd's defragment).
@@ -154,20 +155,25 @@ impl StateMachine {
         let revision = view.revision()?;
         lessor.reset(view.leases()?);
         drop(view);
-        let (compaction_tx, compaction_rx) = std::sync::mpsc::channel();
+        let db = Arc::new(RwLock::new(Arc::new(db)));
+        let compactor = spawn_compactor(Arc::downgrade(&db))?;
         let shared = Arc::new(SmShared {
             data_dir: data_dir.to_path_buf(),
-            db: RwLock::new(Arc::new(db)),
+            db,
             retired: Mutex::new(Vec::new()),
             applied: watch::channel(revision).0,
             hub: WatchHub::default(),
             lessor,
             snapshots: SnapshotStore::new(data_dir.join("snapshots"))?,
-            compaction_wanted: compaction_tx,
+            compactor,
         });
-        spawn_compactor(Arc::downgrade(&shared), compaction_rx)?;
         shared.request_physical_compaction();
         Ok(StateMachine { shared })
+    }
+
+    /// Index of the newest snapshot this member holds.
+    pub fn snapshot_index(&self) -> Result<Option<u64>> {
+        Ok(self.shared.snapshots.current()?.and_then(|(meta, _)| meta.last_log_id.map(|l| l.index)))
     }
 
     pub fn shared(&self) -> Arc<SmShared> {
@@ -270,6 +276,13 @@ impl StateMachine {
         let revision = view.revision()?;
         let leases = view.leases()?;
         drop(view);
+        // Publish the installed state as this member's snapshot before switching to it: a
+        // state machine ahead of the log is then always explained by a snapshot.
+        let staged = self.shared.snapshots.staging_path(&SnapshotStore::name_for(meta));
+        Checkpoint::new(&db)
+            .and_then(|c| c.create_checkpoint(&staged))
+            .map_err(|e| StoreError::storage("checkpoint installed snapshot", e))?;
+        self.shared.snapshots.commit(&staged, meta)?;
         write_current(&state_dir, &generation)?;
         let old = std::mem::replace(&mut *self.shared.db.write(), Arc::new(db));
         let old_path = old.path().to_path_buf();
@@ -277,11 +290,6 @@ impl StateMachine {
         if data.path.starts_with(self.shared.data_dir.join("incoming")) {
             let _ = fs::remove_dir_all(&data.path);
         }
-
-        // The installed state is also this member's newest snapshot.
-        let staged = self.shared.snapshots.staging_path(&SnapshotStore::name_for(meta));
-        self.shared.checkpoint_to(&staged)?;
-        self.shared.snapshots.commit(&staged, meta)?;
 
         self.shared.lessor.reset(leases);
         self.shared.hub.publish(HubMessage::Resync);
@@ -358,22 +366,20 @@ fn next_generation(state_dir: &Path) -> Result<String> {
 }
 
 /// One thread removes compacted history, whenever a compaction (or an install) asks for it.
-fn spawn_compactor(shared: std::sync::Weak<SmShared>, wanted: std::sync::mpsc::Receiver<()>) -> Result<()> {
-    std::thread::Builder::new()
-        .name("mvcc-compactor".into())
-        .spawn(move || {
-            while wanted.recv().is_ok() {
-                while wanted.try_recv().is_ok() {}
-                let Some(shared) = shared.upgrade() else { return };
-                let db = shared.db();
-                let result = View::live(&db).compacted().and_then(|h| mvcc::compact_physical(&db, h, COMPACTION_CHUNK));
-                if let Err(e) = result {
-                    tracing::error!(error = %e, "physical compaction failed");
-                }
+/// It sees the current database through a weak handle, so it never keeps one alive.
+fn spawn_compactor(db: std::sync::Weak<RwLock<Arc<DB>>>) -> Result<Worker<()>> {
+    Worker::spawn("mvcc-compactor", move |wanted: std::sync::mpsc::Receiver<()>| {
+        while wanted.recv().is_ok() {
+            while wanted.try_recv().is_ok() {}
+            let Some(current) = db.upgrade() else { return };
+            let db = current.read().clone();
+            drop(current);
+            let result = View::live(&db).compacted().and_then(|h| mvcc::compact_physical(&db, h, COMPACTION_CHUNK));
+            if let Err(e) = result {
+                tracing::error!(error = %e, "physical compaction failed");
             }
-        })
-        .map_err(|e| StoreError::Internal(format!("cannot start the compactor: {e}")))?;
-    Ok(())
+        }
+    })
 }
 
 fn io_err(e: StoreError) -> io::Error {

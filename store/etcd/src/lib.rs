@@ -59,10 +59,11 @@ pub async fn serve(
     options: EtcdOptions,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), tonic::transport::Error> {
-    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    // Accepted sockets need TCP_NODELAY set here: the builder's own setting only applies to
+    // listeners tonic binds itself, and Nagle's algorithm would hold small responses back.
+    let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
     let max_in = MAX_REQUEST_BYTES + GRPC_OVERHEAD_BYTES;
     tonic::transport::Server::builder()
-        .tcp_nodelay(true)
         .http2_keepalive_interval(Some(Duration::from_secs(10)))
         .trace_fn(|req| tracing::info_span!("etcd", method = %req.uri().path()))
         .add_service(

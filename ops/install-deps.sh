@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Installs what building, running and testing keel needs on Debian 12: protoc, clang (RocksDB
+# is compiled from source), etcd and etcdctl 3.4 (compatibility tests and side-by-side
+# benchmarks), and cargo-nextest. Safe to run again.
+set -euo pipefail
+
+packages=(protobuf-compiler clang libclang-dev etcd-server etcd-client python3)
+missing=()
+for p in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ "${#missing[@]}" -gt 0 ]; then
+  sudo=""
+  [ "$(id -u)" -eq 0 ] || sudo="sudo"
+  echo "installing: ${missing[*]}" >&2
+  $sudo apt-get update -q
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -q --no-install-recommends "${missing[@]}"
+  # Debian starts etcd as a service on 127.0.0.1:2379 where systemd runs; keel's own
+  # defaults use that port, and the tests start their own etcd when they need one.
+  if [ -d /run/systemd/system ]; then
+    $sudo systemctl disable --now etcd >/dev/null 2>&1 || true
+  fi
+fi
+
+if ! cargo nextest --version >/dev/null 2>&1; then
+  echo "installing cargo-nextest" >&2
+  cargo install cargo-nextest --locked
+fi

@@ -1,0 +1,224 @@
+//! Bad input never half-writes and never starts a damaged member: malformed and oversized
+//! requests get gRPC errors; corrupted or truncated data directories are refused at start
+//! with a message that says what is wrong.
+
+mod support;
+
+use std::path::Path;
+use std::time::Duration;
+
+use keel_proto::etcdserverpb as pb;
+use support::processes::Cluster;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_and_oversized_requests_are_refused() {
+    let cluster = Cluster::start(1, &[]).await;
+    let etcd = cluster.members[0].etcd();
+    let mut kv = etcd.kv.clone();
+
+    let too_big = pb::PutRequest { key: b"big".to_vec(), value: vec![b'x'; 1_600_000], ..Default::default() };
+    let err = kv.put(too_big).await.expect_err("oversized value");
+    assert_eq!(err.code(), tonic::Code::InvalidArgument);
+    assert_eq!(err.message(), "etcdserver: request is too large");
+
+    let huge = pb::PutRequest { key: b"huge".to_vec(), value: vec![b'x'; 3_000_000], ..Default::default() };
+    let err = kv.put(huge).await.expect_err("value over the gRPC limit");
+    assert_ne!(err.code(), tonic::Code::Ok);
+
+    let err = kv.put(pb::PutRequest::default()).await.expect_err("empty key");
+    assert_eq!(err.message(), "etcdserver: key is not provided");
+
+    let dup = pb::TxnRequest {
+        compare: vec![],
+        success: vec![
+            pb::RequestOp {
+                request: Some(pb::request_op::Request::RequestPut(pb::PutRequest {
+                    key: b"d".to_vec(),
+                    ..Default::default()
+                })),
+            },
+            pb::RequestOp {
+                request: Some(pb::request_op::Request::RequestDeleteRange(pb::DeleteRangeRequest {
+                    key: b"a".to_vec(),
+                    range_end: b"z".to_vec(),
+                    ..Default::default()
+                })),
+            },
+        ],
+        failure: vec![],
+    };
+    let err = kv.txn(dup).await.expect_err("a key written twice in one txn");
+    assert_eq!(err.message(), "etcdserver: duplicate key given in txn request");
+
+    let lease_missing = pb::PutRequest { key: b"l".to_vec(), lease: 12345, ..Default::default() };
+    let err = kv.put(lease_missing).await.expect_err("unknown lease");
+    assert_eq!(err.message(), "etcdserver: requested lease not found");
+
+    // A garbage gRPC body is a decode error, not a crash.
+    let raw =
+        reqwest_free_post(&cluster.members[0].client, "/etcdserverpb.KV/Put", &[0, 0, 0, 0, 3, 0xff, 0xff, 0xff]).await;
+    assert!(raw.contains("grpc-status"), "{raw}");
+
+    for key in ["big", "huge", "d", "l"] {
+        assert!(etcd.get(key).await.expect("read").is_none(), "{key} was written");
+    }
+    assert!(etcd.put("still", "works").await.is_ok());
+}
+
+/// Sends one HTTP/2 gRPC request with a hand-made body and returns the response headers and
+/// trailers as text.
+async fn reqwest_free_post(endpoint: &str, path: &str, body: &[u8]) -> String {
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{endpoint}"))
+        .expect("url")
+        .connect()
+        .await
+        .expect("connect");
+    let mut grpc = tonic::client::Grpc::new(channel);
+    grpc.ready().await.expect("ready");
+    let codec = RawCodec;
+    let result: Result<tonic::Response<Vec<u8>>, tonic::Status> =
+        grpc.unary(tonic::Request::new(body[5..].to_vec()), path.parse().expect("path"), codec).await;
+    match result {
+        Ok(r) => format!("ok grpc-status: 0 {:?}", r.into_inner()),
+        Err(status) => format!("grpc-status: {:?} {}", status.code(), status.message()),
+    }
+}
+
+/// Passes bytes through unchanged, to send a body that is not a valid message.
+#[derive(Clone, Copy)]
+struct RawCodec;
+
+impl tonic::codec::Codec for RawCodec {
+    type Encode = Vec<u8>;
+    type Decode = Vec<u8>;
+    type Encoder = RawCodec;
+    type Decoder = RawCodec;
+    fn encoder(&mut self) -> Self::Encoder {
+        RawCodec
+    }
+    fn decoder(&mut self) -> Self::Decoder {
+        RawCodec
+    }
+}
+
+impl tonic::codec::Encoder for RawCodec {
+    type Item = Vec<u8>;
+    type Error = tonic::Status;
+    fn encode(&mut self, item: Vec<u8>, dst: &mut tonic::codec::EncodeBuf<'_>) -> Result<(), tonic::Status> {
+        use bytes::BufMut;
+        dst.put_slice(&item);
+        Ok(())
+    }
+}
+
+impl tonic::codec::Decoder for RawCodec {
+    type Item = Vec<u8>;
+    type Error = tonic::Status;
+    fn decode(&mut self, src: &mut tonic::codec::DecodeBuf<'_>) -> Result<Option<Vec<u8>>, tonic::Status> {
+        use bytes::Buf;
+        let mut out = vec![0; src.remaining()];
+        src.copy_to_slice(&mut out);
+        Ok(Some(out))
+    }
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).expect("mkdir");
+    for entry in std::fs::read_dir(from).expect("read dir") {
+        let entry = entry.expect("entry");
+        let target = to.join(entry.file_name());
+        if entry.file_type().expect("type").is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), &target).expect("copy");
+        }
+    }
+}
+
+fn files_with_extension(dir: &Path, ext: &str) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).expect("read dir").flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            out.extend(files_with_extension(&path, ext));
+        } else if path.extension().is_some_and(|e| e == ext) {
+            out.push(path);
+        }
+    }
+    out
+}
+
+fn truncate_half(path: &Path) {
+    let len = std::fs::metadata(path).expect("stat").len();
+    let file = std::fs::OpenOptions::new().write(true).open(path).expect("open");
+    file.set_len(len / 2).expect("truncate");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn damaged_data_directories_are_refused_at_start() {
+    let mut cluster = Cluster::start(1, &[]).await;
+    let etcd = cluster.members[0].etcd();
+    for n in 0..200 {
+        etcd.put(&format!("k{n}"), &"v".repeat(100)).await.expect("write");
+    }
+    // Push the state machine into SST files so there is one to damage.
+    etcd.maintenance.clone().defragment(pb::DefragmentRequest {}).await.expect("defragment");
+    let status = cluster.members[0].terminate();
+    assert!(status.success(), "clean stop: {status:?}");
+    let pristine = cluster.dir().join("pristine");
+    copy_dir(&cluster.members[0].data_dir, &pristine);
+
+    type Damage = fn(&Path);
+    let cases: Vec<(&str, Damage, &str)> = vec![
+        ("member.json removed", |d| std::fs::remove_file(d.join("member.json")).expect("rm"), "no member.json"),
+        ("member.json garbled", |d| std::fs::write(d.join("member.json"), b"{not json").expect("write"), "damaged"),
+        (
+            "state pointer garbled",
+            |d| std::fs::write(d.join("state/CURRENT"), b"sm-999").expect("write"),
+            "cannot open the state machine",
+        ),
+        (
+            "state machine table truncated",
+            |d| {
+                let ssts = files_with_extension(&d.join("state"), "sst");
+                assert!(!ssts.is_empty(), "no SST files to damage");
+                for sst in ssts {
+                    truncate_half(&sst);
+                }
+            },
+            "cannot open the state machine",
+        ),
+        (
+            "Raft log truncated",
+            |d| {
+                for wal in files_with_extension(&d.join("raft"), "log") {
+                    std::fs::OpenOptions::new().write(true).open(&wal).expect("open").set_len(0).expect("truncate");
+                }
+            },
+            "log entries are missing",
+        ),
+        ("Raft log removed", |d| std::fs::remove_dir_all(d.join("raft")).expect("rm"), "cannot open the Raft log"),
+    ];
+    for (what, damage, expected) in cases {
+        let data_dir = &cluster.members[0].data_dir;
+        std::fs::remove_dir_all(data_dir).expect("reset");
+        copy_dir(&pristine, data_dir);
+        damage(data_dir);
+        std::fs::write(&cluster.members[0].log, b"").expect("clear log");
+        cluster.members[0].start();
+        let (status, log) = cluster.members[0]
+            .wait_exit(Duration::from_secs(20))
+            .unwrap_or_else(|| panic!("{what}: the member kept running on a damaged data directory"));
+        assert!(!status.success(), "{what}: exited successfully");
+        assert!(log.contains(expected), "{what}: expected {expected:?} in:\n{log}");
+    }
+
+    // The undamaged copy still starts and serves everything.
+    let data_dir = cluster.members[0].data_dir.clone();
+    std::fs::remove_dir_all(&data_dir).expect("reset");
+    copy_dir(&pristine, &data_dir);
+    cluster.members[0].start();
+    cluster.wait_for_leader().await;
+    let kv = cluster.members[0].etcd().get("k199").await.expect("read");
+    assert!(kv.is_some());
+}

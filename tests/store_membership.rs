@@ -1,0 +1,136 @@
+//! Membership changes with real processes: members join (`keel server --join`), are
+//! registered etcd-style (`member add`, then started), promoted, removed and replaced
+//! online; a five-member cluster survives two failures; a lagging member catches up from a
+//! snapshot after a restart.
+
+mod support;
+
+use std::process::Command;
+use std::time::Duration;
+
+use support::eventually;
+use support::processes::{Cluster, keel_binary};
+
+fn keel_member(endpoints: &[String], args: &[&str]) -> String {
+    let out = Command::new(keel_binary())
+        .args(["member", "--endpoints", &endpoints.join(",")])
+        .args(args)
+        .output()
+        .expect("keel member runs");
+    assert!(out.status.success(), "keel member {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Voters as a running member sees them (`None` while it cannot answer).
+async fn voters(cluster: &Cluster) -> Option<usize> {
+    let member = cluster.members.iter().find(|m| m.is_running())?;
+    let members = member.etcd().members().await.ok()?;
+    Some(members.iter().filter(|m| !m.is_learner).count())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn members_join_leave_and_are_replaced_online() {
+    let mut cluster = Cluster::start(3, &[]).await;
+    let etcd = cluster.members[0].etcd();
+    etcd.put("before", "3 members").await.expect("write");
+
+    // Grow to five: each joins as a learner, catches up, and becomes a voter.
+    let m4 = cluster.join_new("m4");
+    let m5 = cluster.join_new("m5");
+    eventually(Duration::from_secs(60), "five voters", || async { (voters(&cluster).await == Some(5)).then_some(()) })
+        .await;
+    let listed = keel_member(&cluster.endpoints(), &["list"]);
+    assert_eq!(listed.lines().filter(|l| l.contains("voter")).count(), 5, "{listed}");
+    for name in ["m4", "m5"] {
+        assert!(listed.contains(name), "{listed}");
+    }
+    let kv = cluster.members[m5].etcd().get("before").await.expect("read on a joined member");
+    assert!(kv.is_some(), "the joined member has the data written before it joined");
+
+    // Five members tolerate two failures.
+    let leader = cluster.wait_for_leader().await;
+    cluster.members[leader].kill();
+    let other = (0..5).find(|&i| i != leader && i != m4).expect("another member");
+    cluster.members[other].kill();
+    let survivor = (0..5).find(|&i| cluster.members[i].is_running()).expect("survivor");
+    eventually(Duration::from_secs(20), "a write with two of five members down", || async {
+        cluster.members[survivor].etcd().put("during", "two down").await.ok()
+    })
+    .await;
+
+    // Remove one dead member for good and replace the other with a new one.
+    let dead_id = {
+        let members = cluster.members[survivor].etcd().members().await.expect("list");
+        members.iter().find(|m| m.name == cluster.members[leader].name).expect("dead member listed").id
+    };
+    keel_member(&cluster.endpoints(), &["remove", &format!("{dead_id:x}")]);
+    cluster.members[other].start();
+    let m6 = cluster.join_new("m6");
+    eventually(Duration::from_secs(60), "five voters again", || async {
+        (voters(&cluster).await == Some(5)).then_some(())
+    })
+    .await;
+    let listed = keel_member(&cluster.endpoints(), &["list"]);
+    assert!(!listed.contains(&cluster.members[leader].peer), "removed member still listed: {listed}");
+    let kv = cluster.members[m6].etcd().get("during").await.expect("read on the replacement");
+    assert!(kv.is_some());
+
+    let revision = cluster.members[m6].etcd().put("after", "x").await.expect("write");
+    cluster.wait_applied(revision).await;
+    let mut hashes = Vec::new();
+    for m in cluster.members.iter().filter(|m| m.is_running()) {
+        hashes.push(m.etcd().hash_kv(revision).await.expect("hash").hash);
+    }
+    assert!(hashes.windows(2).all(|w| w[0] == w[1]), "replicas differ: {hashes:x?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn etcd_style_add_then_start_then_promote() {
+    let mut cluster = Cluster::start(3, &[]).await;
+    let host = 40;
+    let peer = cluster.subnet.free_addr(host);
+    let client = cluster.subnet.free_addr(host);
+    let added = keel_member(&cluster.endpoints(), &["add", &peer, "--learner"]);
+    assert!(added.contains("added member"), "{added}");
+    assert!(added.contains("(unstarted)"), "{added}");
+
+    let endpoints = cluster.endpoints().join(",");
+    let mut member = cluster.member("m4", &peer, &client, &["--join", &endpoints]);
+    member.start();
+    cluster.members.push(member);
+    let id = eventually(Duration::from_secs(30), "the learner to start and announce itself", || async {
+        let members = cluster.members[0].etcd().members().await.ok()?;
+        members.iter().find(|m| m.name == "m4" && m.is_learner).map(|m| m.id)
+    })
+    .await;
+    eventually(Duration::from_secs(30), "the learner to be promoted", || async {
+        let out = Command::new(keel_binary())
+            .args(["member", "--endpoints", &endpoints, "promote", &format!("{id:x}")])
+            .output()
+            .ok()?;
+        out.status.success().then_some(())
+    })
+    .await;
+    assert_eq!(voters(&cluster).await, Some(4));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_member_that_fell_far_behind_installs_a_snapshot() {
+    let mut cluster = Cluster::start(3, &["--snapshot-count", "300", "--snapshot-catchup-entries", "50"]).await;
+    let leader = cluster.wait_for_leader().await;
+    let lagging = (leader + 1) % 3;
+    let before = std::fs::read_to_string(cluster.members[lagging].data_dir.join("state/CURRENT")).expect("CURRENT");
+    cluster.members[lagging].kill();
+    let etcd = cluster.members[leader].etcd();
+    let mut revision = 0;
+    for n in 0..1000 {
+        revision = etcd.put(&format!("bulk/{n}"), "value").await.expect("write");
+    }
+    cluster.members[lagging].start();
+    cluster.wait_applied(revision).await;
+    let after = std::fs::read_to_string(cluster.members[lagging].data_dir.join("state/CURRENT")).expect("CURRENT");
+    assert_ne!(before, after, "the member caught up without installing a snapshot");
+    let a = cluster.members[lagging].etcd().hash_kv(revision).await.expect("hash").hash;
+    let b = etcd.hash_kv(revision).await.expect("hash").hash;
+    assert_eq!(a, b);
+}
