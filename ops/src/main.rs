@@ -7,6 +7,11 @@ mod server;
 
 use clap::{Parser, Subcommand};
 
+/// Requests allocate many small buffers on many threads; mimalloc handles that pattern with
+/// far less contention than glibc's allocator (it showed as ~10% of a member's CPU).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(name = "keel", version, about = "A Kubernetes-style orchestrator on a purpose-built Raft store")]
 struct Cli {
@@ -32,7 +37,11 @@ fn main() -> std::process::ExitCode {
     let filter = tracing_subscriber::EnvFilter::try_new(&cli.log_level)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let threads = match &cli.command {
+        Command::Server(args) => args.runtime_threads,
+        _ => 0,
+    };
+    let runtime = match build_runtime(threads) {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");
@@ -53,4 +62,19 @@ fn main() -> std::process::ExitCode {
             std::process::ExitCode::FAILURE
         }
     }
+}
+
+/// One thread runs everything when asked for one (no cross-thread hand-offs at all); otherwise
+/// a work-stealing pool of `threads` (0: one per core).
+fn build_runtime(threads: usize) -> std::io::Result<tokio::runtime::Runtime> {
+    let mut builder = if threads == 1 {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        let mut b = tokio::runtime::Builder::new_multi_thread();
+        if threads > 1 {
+            b.worker_threads(threads);
+        }
+        b
+    };
+    builder.enable_all().build()
 }

@@ -61,6 +61,10 @@ pub struct ServerArgs {
     /// How long a request waits for a leader and an answer.
     #[arg(long, default_value = "7s", value_parser = humantime::parse_duration)]
     request_timeout: Duration,
+    /// Threads serving requests (0: one per core). Members sharing a machine's cores with
+    /// other members do better with fewer (1 runs everything on one thread).
+    #[arg(long, default_value_t = 0)]
+    pub runtime_threads: usize,
 }
 
 fn parse_initial_cluster(spec: &str) -> Result<Vec<(String, String)>> {

@@ -13,6 +13,7 @@
 
 pub mod codec;
 pub mod error;
+pub mod forward;
 pub mod keys;
 pub mod lease;
 pub mod log_store;

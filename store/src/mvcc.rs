@@ -465,6 +465,10 @@ pub fn compact_physical(db: &DB, horizon: i64, chunk: usize) -> Result<()> {
         // The event index keeps the horizon revision itself: a watch may start there.
         batch.delete_range_cf(cf_events, event_key(from, 0), event_key(reached, 0));
         batch.put_cf(view.cf(CF_META)?, META_COMPACTED_PHYSICAL, crate::codec::to_bytes(&reached)?);
-        db.write(batch)?;
+        // Unlogged like every state machine write (see state_machine::unlogged): a crash then
+        // never keeps these deletions while losing the horizon that allowed them.
+        let mut unlogged = rocksdb::WriteOptions::default();
+        unlogged.disable_wal(true);
+        db.write_opt(batch, &unlogged)?;
     }
 }

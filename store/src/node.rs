@@ -154,6 +154,7 @@ pub(crate) struct Inner {
     pub(crate) data_dir: PathBuf,
     log: LogStore,
     channels: Channels,
+    forwarders: crate::forward::Forwarders,
     read_index: ReadIndexBatcher,
     tasks: Mutex<Vec<JoinHandle<()>>>,
     peer_server: Mutex<Option<(tokio::sync::oneshot::Sender<()>, JoinHandle<()>)>>,
@@ -188,6 +189,7 @@ impl Store {
             install_snapshot_timeout: 600_000,
             max_payload_entries: 1024,
             enable_pre_vote: Some(true),
+            broadcast_submitted_on_append: Some(true),
             ..Default::default()
         }
         .validate()
@@ -223,6 +225,7 @@ impl Store {
                 data_dir: data_dir.clone(),
                 log,
                 channels,
+                forwarders: Default::default(),
                 read_index,
                 tasks: Mutex::new(Vec::new()),
                 peer_server: Mutex::new(None),
@@ -506,8 +509,7 @@ impl Store {
             let db = self.inner.sm.db();
             let view = View::snapshot(&db);
             let revision = view.revision()?;
-            let mut applier = txn::Applier::new(view, revision + 1);
-            let response = applier.txn(&request)?;
+            let response = txn::read_only(&view, &request)?;
             return Ok((response, revision));
         }
         let result = self.propose(Command::Txn(request)).await?;
@@ -525,6 +527,11 @@ impl Store {
         }
         if !request.serializable {
             self.linearize().await?;
+        }
+        // A single key is a point lookup, cheaper than a hop to the blocking pool; a range
+        // may scan many keys and must not hold up the async workers.
+        if request.range_end.is_empty() {
+            return crate::state_machine::range(&self.inner.sm, request);
         }
         let shared = self.inner.sm.clone();
         let request = request.clone();
@@ -780,7 +787,8 @@ impl Store {
                 Ok(leader) => match self.leader_addr(leader) {
                     Some(addr) => {
                         let left = deadline.saturating_duration_since(Instant::now());
-                        self.forward_to(&addr, &request, left.max(Duration::from_millis(100))).await
+                        self.forward_streamed(leader, &addr, request.clone(), left.max(Duration::from_millis(100)))
+                            .await
                     }
                     None => Err(StoreError::NoLeader),
                 },
@@ -819,6 +827,21 @@ impl Store {
         self.inner.raft.metrics().borrow_watched().membership_config.get_node(&leader).map(|m| m.peer_addr.clone())
     }
 
+    /// Forwards over the multiplexed stream to the leader (see [`crate::forward`]).
+    async fn forward_streamed(
+        &self,
+        leader: NodeId,
+        addr: &str,
+        request: ForwardRequest,
+        timeout: Duration,
+    ) -> Result<ForwardOk> {
+        if pass_filter(&self.inner.config.filter, self.inner.id, leader).await.is_err() {
+            return Err(StoreError::NoLeader);
+        }
+        self.inner.forwarders.call(&self.inner.channels, self.inner.cluster_id, addr, request, timeout).await
+    }
+
+    /// Forwards one request with its own call (for joins, which take long).
     async fn forward_to(&self, addr: &str, request: &ForwardRequest, timeout: Duration) -> Result<ForwardOk> {
         let target = member_id_for(addr);
         if pass_filter(&self.inner.config.filter, self.inner.id, target).await.is_err() {
@@ -930,7 +953,7 @@ impl Store {
         let raft = &self.inner.raft;
         let existing = raft.metrics().borrow_watched().membership_config.get_node(&id).cloned();
         let Some(current) = existing else {
-            raft.add_learner(id, member, wait).await.map_err(write_error)?;
+            add_learner(raft, id, member, wait).await?;
             if voter {
                 change_membership(raft, ChangeMembers::AddVoterIds([id].into())).await?;
             }
@@ -944,15 +967,37 @@ impl Store {
             change_membership(raft, ChangeMembers::SetNodes([(id, merged.clone())].into())).await?;
         }
         if wait {
-            raft.add_learner(id, merged, true).await.map_err(write_error)?;
+            add_learner(raft, id, merged, true).await?;
         }
         Ok(ForwardOk::Done)
     }
 }
 
 async fn change_membership(raft: &Raft, change: ChangeMembers<NodeId, Member>) -> Result<ForwardOk> {
-    raft.change_membership(change, false).await.map_err(write_error)?;
+    retry_while_in_progress(|| raft.change_membership(change.clone(), false)).await?;
     Ok(ForwardOk::Done)
+}
+
+async fn add_learner(raft: &Raft, id: NodeId, member: Member, wait: bool) -> Result<()> {
+    retry_while_in_progress(|| raft.add_learner(id, member.clone(), wait)).await.map(|_| ())
+}
+
+/// Runs a membership change, waiting out another change still in flight (members announcing
+/// their addresses at start-up, or two operators at once) for up to ten seconds.
+async fn retry_while_in_progress<F, Fut, T>(mut change: F) -> Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = std::result::Result<T, RaftError<TypeConfig, ClientWriteError<TypeConfig>>>>,
+{
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match change().await {
+            Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(
+                openraft::error::ChangeMembershipError::InProgress(_),
+            ))) if Instant::now() < deadline => tokio::time::sleep(Duration::from_millis(50)).await,
+            other => return other.map_err(write_error),
+        }
+    }
 }
 
 fn write_error(e: RaftError<TypeConfig, ClientWriteError<TypeConfig>>) -> StoreError {

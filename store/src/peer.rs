@@ -107,6 +107,57 @@ fn encode<T: serde::Serialize, E: ToString>(result: Result<T, E>) -> Result<Resp
 }
 
 type ReplyStream = Pin<Box<dyn Stream<Item = Result<pb::RaftReply, Status>> + Send>>;
+type ForwardFrames = Pin<Box<dyn Stream<Item = Result<pb::ForwardFrame, Status>> + Send>>;
+
+/// Serves one member's stream of forwarded requests: each runs as soon as it arrives, and
+/// whatever has finished when the stream is free goes back as one frame.
+async fn serve_forward_stream(
+    inner: Arc<Inner>,
+    mut input: Streaming<pb::ForwardFrame>,
+    output: tokio::sync::mpsc::Sender<Result<pb::ForwardFrame, Status>>,
+) {
+    use futures::stream::FuturesUnordered;
+    let cluster_id = inner.cluster_id;
+    let store = Store::from_inner(inner);
+    let mut running = FuturesUnordered::new();
+    let mut input_open = true;
+    loop {
+        tokio::select! {
+            frame = input.next(), if input_open => {
+                let Some(Ok(frame)) = frame else {
+                    input_open = false;
+                    continue;
+                };
+                if frame.cluster_id != cluster_id {
+                    let _ = output.send(Err(Status::failed_precondition("message for another cluster"))).await;
+                    return;
+                }
+                let requests: Vec<(u64, ForwardRequest)> = match from_bytes(&frame.payload, "forwarded requests") {
+                    Ok(r) => r,
+                    Err(e) => {
+                        let _ = output.send(Err(Status::invalid_argument(e.to_string()))).await;
+                        return;
+                    }
+                };
+                for (id, request) in requests {
+                    let store = store.clone();
+                    running.push(async move { (id, store.serve_as_leader(request).await) });
+                }
+            }
+            Some(done) = running.next(), if !running.is_empty() => {
+                let mut replies = vec![done];
+                while let Some(Some(more)) = futures::FutureExt::now_or_never(running.next()) {
+                    replies.push(more);
+                }
+                let frame = to_bytes(&replies).map(|payload| pb::ForwardFrame { cluster_id, payload: payload.into() });
+                if output.send(frame.map_err(internal)).await.is_err() {
+                    return;
+                }
+            }
+            else => return,
+        }
+    }
+}
 
 #[tonic::async_trait]
 impl peer_server::Peer for PeerService {
@@ -171,6 +222,18 @@ impl peer_server::Peer for PeerService {
         // On success the state machine took the files; otherwise they are of no further use.
         let _ = tokio::fs::remove_dir_all(&dir).await;
         encode(result)
+    }
+
+    type ForwardStreamStream = ForwardFrames;
+
+    async fn forward_stream(
+        &self,
+        request: Request<Streaming<pb::ForwardFrame>>,
+    ) -> Result<Response<Self::ForwardStreamStream>, Status> {
+        let inner = self.inner.clone();
+        let (tx, rx) = tokio::sync::mpsc::channel(64);
+        tokio::spawn(serve_forward_stream(inner, request.into_inner(), tx));
+        Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))))
     }
 
     #[tracing::instrument(level = "debug", skip_all)]

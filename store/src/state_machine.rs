@@ -25,12 +25,40 @@ use crate::error::{Result, StoreError};
 use crate::lease::Lessor;
 use crate::mvcc::{self, ALL_CFS, CF_META, META_APPLIED, META_MEMBERSHIP, View};
 use crate::snapshot::{SnapshotDir, SnapshotMeta, SnapshotStore, list_files, sync_dir};
-use crate::txn::{Applied, Applier, LeaseEffect};
+use crate::txn::{Applied, Applier, KeyIndex, LeaseEffect};
 use crate::types::{Command, CommandResult, Outcome, TypeConfig};
 use crate::watch::{HubMessage, RevisionEvents, WatchHub, WatchSpec, Watcher};
 use crate::worker::Worker;
 
 type Snapshot = SnapshotOf<TypeConfig, SnapshotDir>;
+
+/// Writes one apply batch collects before it is flushed.
+const MAX_BATCH_WRITES: usize = 4096;
+
+/// Entries applied but not yet written: the state machine applies a run of committed entries
+/// into one `WriteBatch` and one write, instead of one per entry.
+#[derive(Default)]
+struct Pending {
+    batch: crate::txn::BatchOps,
+    /// Values written by the batch, for later entries that read them.
+    values: std::collections::HashMap<Vec<u8>, Vec<u8>>,
+    membership: Option<StoredMembershipOf<TypeConfig>>,
+    last_applied: Option<LogIdOf<TypeConfig>>,
+    lease_effects: Vec<LeaseEffect>,
+    revisions: Vec<RevisionEvents>,
+    replies: Vec<(openraft::storage::ApplyResponder<TypeConfig>, CommandResult)>,
+    compacted: bool,
+}
+
+/// Whether an entry reads what only the database shows (leases, the compaction horizon,
+/// history at a past revision) and so must see every earlier entry written.
+fn needs_own_write(payload: &EntryPayload<Command, u64, crate::types::Member>) -> bool {
+    match payload {
+        EntryPayload::Normal(Command::Txn(txn)) => crate::txn::reads_history(txn),
+        EntryPayload::Normal(_) => true,
+        _ => false,
+    }
+}
 
 /// Events a physical compaction step handles at once.
 const COMPACTION_CHUNK: usize = 10_000;
@@ -118,6 +146,8 @@ impl SmShared {
 
 pub struct StateMachine {
     shared: Arc<SmShared>,
+    /// The live keys, for applying writes without reading history (see [`KeyIndex`]).
+    index: KeyIndex,
 }
 
 impl StateMachine {
@@ -154,6 +184,7 @@ impl StateMachine {
         let view = View::live(&db);
         let revision = view.revision()?;
         lessor.reset(view.leases()?);
+        let index = KeyIndex::build(&view)?;
         drop(view);
         let db = Arc::new(RwLock::new(Arc::new(db)));
         let compactor = spawn_compactor(Arc::downgrade(&db))?;
@@ -168,7 +199,7 @@ impl StateMachine {
             compactor,
         });
         shared.request_physical_compaction();
-        Ok(StateMachine { shared })
+        Ok(StateMachine { shared, index })
     }
 
     /// Index of the newest snapshot this member holds.
@@ -180,22 +211,32 @@ impl StateMachine {
         self.shared.clone()
     }
 
-    fn apply_one(
-        &self,
+    /// Applies one entry into `pending`: its writes join the batch, the in-memory index moves
+    /// on at once (later entries of the batch read it), and everything others can observe
+    /// (the write, events, the applied revision, the reply) waits for [`Self::flush`].
+    fn apply_entry(
+        &mut self,
         db: &DB,
         log_id: &LogIdOf<TypeConfig>,
         payload: &EntryPayload<Command, u64, crate::types::Member>,
+        pending: &mut Pending,
     ) -> Result<CommandResult> {
         let revision = log_id.index as i64;
-        let mut applier = Applier::new(View::live(db), revision);
-        let mut membership = None;
+        let mut applier = Applier::new(View::live(db), &self.index, &pending.values, revision);
         let outcome = match payload {
             EntryPayload::Blank => Ok(Outcome::Nothing),
             EntryPayload::Normal(command) => apply_command(&mut applier, command),
             EntryPayload::Membership(m) => {
-                membership = Some(StoredMembership::new(Some(*log_id), m.clone()));
+                pending.membership = Some(StoredMembership::new(Some(*log_id), m.clone()));
                 Ok(Outcome::Nothing)
             }
+        };
+        // A failed entry changes nothing.
+        let applied = if outcome.is_ok() {
+            applier.finish()
+        } else {
+            drop(applier);
+            Applied::empty()
         };
         // An error that says something about this machine rather than about the request must
         // stop the member: applying differently from the others would fork the replicas.
@@ -204,55 +245,76 @@ impl StateMachine {
         {
             return Err(e.clone());
         }
-        let Applied { mut batch, events, lease_effects } = if outcome.is_ok() {
-            applier.finish()
-        } else {
-            Applied { batch: rocksdb::WriteBatch::default(), events: Vec::new(), lease_effects: Vec::new() }
+        let Applied { batch, events, lease_effects, index_changes, values } = applied;
+        pending.batch.extend(batch);
+        pending.values.extend(values);
+        self.index.update(index_changes);
+        pending.lease_effects.extend(lease_effects);
+        if !events.is_empty() {
+            pending.revisions.push(RevisionEvents::new(revision, events));
+        }
+        pending.last_applied = Some(*log_id);
+        if matches!(payload, EntryPayload::Normal(Command::Compact { .. })) && outcome.is_ok() {
+            pending.compacted = true;
+        }
+        Ok(CommandResult { revision, outcome })
+    }
+
+    /// Writes the pending batch with the applied log id, then tells the world: lease table,
+    /// watchers (revision by revision), the applied revision, and the waiting clients.
+    fn flush(&mut self, db: &DB, pending: &mut Pending) -> Result<()> {
+        let Some(last_applied) = pending.last_applied.take() else {
+            return Ok(());
         };
         let meta = db.cf_handle(CF_META).ok_or_else(|| StoreError::corrupt("no meta column family"))?;
-        batch.put_cf(meta, META_APPLIED, to_bytes(log_id)?);
-        if let Some(m) = &membership {
-            batch.put_cf(meta, META_MEMBERSHIP, to_bytes(m)?);
+        let mut batch = std::mem::take(&mut pending.batch).into_write_batch(db)?;
+        batch.put_cf(meta, META_APPLIED, to_bytes(&last_applied)?);
+        if let Some(m) = pending.membership.take() {
+            batch.put_cf(meta, META_MEMBERSHIP, to_bytes(&m)?);
         }
-        db.write(batch)?;
-
-        for effect in lease_effects {
+        db.write_opt(batch, &unlogged())?;
+        pending.values.clear();
+        for effect in pending.lease_effects.drain(..) {
             match effect {
                 LeaseEffect::Granted { id, ttl } => self.shared.lessor.granted(id, ttl),
                 LeaseEffect::Revoked { id } => self.shared.lessor.revoked(id),
             }
         }
-        if !events.is_empty() {
-            self.shared.hub.publish(HubMessage::Revision(Arc::new(RevisionEvents { revision, events })));
+        for events in pending.revisions.drain(..) {
+            self.shared.hub.publish(HubMessage::Revision(Arc::new(events)));
         }
-        self.shared.applied.send_replace(revision);
-        if matches!(payload, EntryPayload::Normal(Command::Compact { .. })) && outcome.is_ok() {
+        self.shared.applied.send_replace(last_applied.index as i64);
+        if std::mem::take(&mut pending.compacted) {
             self.shared.request_physical_compaction();
         }
-        Ok(CommandResult { revision, outcome })
+        for (responder, result) in pending.replies.drain(..) {
+            responder.send(result);
+        }
+        Ok(())
     }
 
-    fn build_snapshot_now(&self) -> Result<Snapshot> {
-        let db = self.shared.db();
+    fn build_snapshot_now(shared: &SmShared) -> Result<Snapshot> {
+        let db = shared.db();
         let view = View::live(&db);
         let meta = SnapshotMeta { last_log_id: view.applied()?, last_membership: view.membership()? };
         drop(view);
-        if let Some((current, dir)) = self.shared.snapshots.current()?
+        if let Some((current, dir)) = shared.snapshots.current()?
             && current.last_log_id == meta.last_log_id
         {
             return Ok(Snapshot { meta: current, snapshot: dir });
         }
-        let staged = self.shared.snapshots.staging_path(&SnapshotStore::name_for(&meta));
+        let staged = shared.snapshots.staging_path(&SnapshotStore::name_for(&meta));
         Checkpoint::new(&db)
             .and_then(|c| c.create_checkpoint(&staged))
             .map_err(|e| StoreError::storage("create snapshot checkpoint", e))?;
-        let dir = self.shared.snapshots.commit(&staged, &meta)?;
-        self.shared.drop_unused_generations();
+        let dir = shared.snapshots.commit(&staged, &meta)?;
+        shared.drop_unused_generations();
         Ok(Snapshot { meta, snapshot: dir })
     }
 
-    fn install(&self, meta: &SnapshotMeta, data: &SnapshotDir) -> Result<()> {
-        let state_dir = self.shared.data_dir.join("state");
+    /// Swaps in the state of a received snapshot; returns the index of its keys.
+    fn install(shared: &SmShared, meta: &SnapshotMeta, data: &SnapshotDir) -> Result<KeyIndex> {
+        let state_dir = shared.data_dir.join("state");
         let generation = next_generation(&state_dir)?;
         let path = state_dir.join(&generation);
         fs::create_dir_all(&path).map_err(|e| StoreError::storage("create generation dir", e))?;
@@ -275,28 +337,29 @@ impl StateMachine {
         }
         let revision = view.revision()?;
         let leases = view.leases()?;
+        let index = KeyIndex::build(&view)?;
         drop(view);
         // Publish the installed state as this member's snapshot before switching to it: a
         // state machine ahead of the log is then always explained by a snapshot.
-        let staged = self.shared.snapshots.staging_path(&SnapshotStore::name_for(meta));
+        let staged = shared.snapshots.staging_path(&SnapshotStore::name_for(meta));
         Checkpoint::new(&db)
             .and_then(|c| c.create_checkpoint(&staged))
             .map_err(|e| StoreError::storage("checkpoint installed snapshot", e))?;
-        self.shared.snapshots.commit(&staged, meta)?;
+        shared.snapshots.commit(&staged, meta)?;
         write_current(&state_dir, &generation)?;
-        let old = std::mem::replace(&mut *self.shared.db.write(), Arc::new(db));
+        let old = std::mem::replace(&mut *shared.db.write(), Arc::new(db));
         let old_path = old.path().to_path_buf();
-        self.shared.retired.lock().push((old, old_path));
-        if data.path.starts_with(self.shared.data_dir.join("incoming")) {
+        shared.retired.lock().push((old, old_path));
+        if data.path.starts_with(shared.data_dir.join("incoming")) {
             let _ = fs::remove_dir_all(&data.path);
         }
 
-        self.shared.lessor.reset(leases);
-        self.shared.hub.publish(HubMessage::Resync);
-        self.shared.applied.send_replace(revision);
-        self.shared.drop_unused_generations();
-        self.shared.request_physical_compaction();
-        Ok(())
+        shared.lessor.reset(leases);
+        shared.hub.publish(HubMessage::Resync);
+        shared.applied.send_replace(revision);
+        shared.drop_unused_generations();
+        shared.request_physical_compaction();
+        Ok(index)
     }
 }
 
@@ -324,8 +387,19 @@ fn is_deterministic(e: &StoreError) -> bool {
     )
 }
 
+/// The state machine writes without its own write-ahead log: the Raft log is that log. After
+/// a crash the database comes back as of its last flush (atomic across column families) and
+/// openraft re-applies the committed entries after it, which are still in the Raft log because
+/// the log is only purged behind snapshots, and taking a snapshot flushes.
+fn unlogged() -> rocksdb::WriteOptions {
+    let mut opts = rocksdb::WriteOptions::default();
+    opts.disable_wal(true);
+    opts
+}
+
 fn open_db(path: &Path, create: bool) -> Result<DB> {
     let mut opts = Options::default();
+    opts.set_atomic_flush(true);
     opts.create_if_missing(create);
     opts.create_missing_column_families(create);
     opts.set_paranoid_checks(true);
@@ -427,13 +501,22 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         Strm: Stream<Item = std::result::Result<EntryResponder<TypeConfig>, io::Error>> + Unpin + OptionalSend,
     {
         let db = self.shared.db();
+        let mut pending = Pending::default();
         while let Some((entry, responder)) = entries.try_next().await? {
-            let result = self.apply_one(&db, &entry.log_id, &entry.payload).map_err(io_err)?;
+            // Entries that read state the batch may not show yet get a write of their own.
+            let alone = needs_own_write(&entry.payload);
+            if alone {
+                self.flush(&db, &mut pending).map_err(io_err)?;
+            }
+            let result = self.apply_entry(&db, &entry.log_id, &entry.payload, &mut pending).map_err(io_err)?;
             if let Some(responder) = responder {
-                responder.send(result);
+                pending.replies.push((responder, result));
+            }
+            if alone || pending.batch.len() >= MAX_BATCH_WRITES {
+                self.flush(&db, &mut pending).map_err(io_err)?;
             }
         }
-        Ok(())
+        self.flush(&db, &mut pending).map_err(io_err)
     }
 
     async fn try_create_snapshot_builder(&mut self, _force: bool) -> Option<Self::SnapshotBuilder> {
@@ -443,8 +526,8 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
         // The checkpoint is taken here, between two applies, so it matches the applied log id
         // read with it exactly.
-        let sm = StateMachine { shared: self.shared.clone() };
-        let snapshot = blocking(move || sm.build_snapshot_now()).await.map_err(|e| e.to_string());
+        let shared = self.shared.clone();
+        let snapshot = blocking(move || StateMachine::build_snapshot_now(&shared)).await.map_err(|e| e.to_string());
         SnapshotBuilder { snapshot }
     }
 
@@ -453,9 +536,10 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         meta: &SnapshotMeta,
         snapshot: SnapshotDir,
     ) -> std::result::Result<(), io::Error> {
-        let sm = StateMachine { shared: self.shared.clone() };
+        let shared = self.shared.clone();
         let meta = meta.clone();
-        blocking(move || sm.install(&meta, &snapshot)).await
+        self.index = blocking(move || StateMachine::install(&shared, &meta, &snapshot)).await?;
+        Ok(())
     }
 
     async fn get_current_snapshot(&mut self) -> std::result::Result<Option<Snapshot>, io::Error> {

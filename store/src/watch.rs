@@ -4,9 +4,9 @@
 //! under it) goes back to replaying history from the revision it needs next, so it never skips
 //! or repeats an event. A start below the compaction horizon is reported, never skipped.
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
-use keel_proto::mvccpb::{self, event::EventType};
+use keel_proto::mvccpb::{self, KeyValue, event::EventType};
 use tokio::sync::broadcast;
 
 use crate::error::{Result, StoreError};
@@ -23,8 +23,36 @@ const REPLAY_BATCH: usize = 1000;
 #[derive(Debug)]
 pub struct RevisionEvents {
     pub revision: i64,
-    /// Every event carries its previous record; watchers that did not ask drop it.
+    /// Without `prev_kv`: applying a write does not read the value it replaces.
     pub events: Vec<mvccpb::Event>,
+    /// The records the events replaced, read once, by the first watcher that wants them.
+    previous: OnceLock<Vec<Option<KeyValue>>>,
+}
+
+impl RevisionEvents {
+    pub fn new(revision: i64, events: Vec<mvccpb::Event>) -> RevisionEvents {
+        RevisionEvents { revision, events, previous: OnceLock::new() }
+    }
+
+    /// For each event, the key as it was just before this revision (`None` if it did not
+    /// exist, or that history is already compacted).
+    fn previous(&self, shared: &SmShared) -> Result<&[Option<KeyValue>]> {
+        if let Some(p) = self.previous.get() {
+            return Ok(p);
+        }
+        let db = shared.db();
+        let view = View::snapshot(&db);
+        let mut found = Vec::with_capacity(self.events.len());
+        for event in &self.events {
+            let key = event.kv.as_ref().map(|kv| kv.key.as_slice()).unwrap_or_default();
+            found.push(match view.get_kv(key, self.revision - 1) {
+                Ok(kv) => kv,
+                Err(StoreError::Compacted { .. }) => None,
+                Err(e) => return Err(e),
+            });
+        }
+        Ok(self.previous.get_or_init(|| found))
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -120,7 +148,15 @@ impl Watcher {
                         continue;
                     }
                     self.next_revision = batch.revision + 1;
-                    let events: Vec<mvccpb::Event> = batch.events.iter().filter_map(|e| self.select(e)).collect();
+                    let mut events: Vec<mvccpb::Event> = Vec::new();
+                    for (i, event) in batch.events.iter().enumerate() {
+                        if let Some(mut event) = self.select(event) {
+                            if self.spec.prev_kv {
+                                event.prev_kv = batch.previous(&self.shared)?[i].clone();
+                            }
+                            events.push(event);
+                        }
+                    }
                     if !events.is_empty() {
                         return Ok(events);
                     }
