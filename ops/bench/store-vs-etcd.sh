@@ -53,7 +53,11 @@ for eps in "$keel_eps" "$etcd_eps"; do
     ETCDCTL_API=3 etcdctl --endpoints "$eps" endpoint health >/dev/null 2>&1 && break
     sleep 0.2
   done
-  ETCDCTL_API=3 etcdctl --endpoints "$eps" endpoint health >/dev/null
+  if ! ETCDCTL_API=3 etcdctl --endpoints "$eps" endpoint health >/dev/null 2>&1; then
+    echo "cluster at $eps did not become healthy; member logs:" >&2
+    tail -n 5 "$work"/*.log >&2
+    exit 1
+  fi
 done
 
 # name|flags
