@@ -134,3 +134,28 @@ async fn a_restarted_member_that_fell_far_behind_installs_a_snapshot() {
     let b = etcd.hash_kv(revision).await.expect("hash").hash;
     assert_eq!(a, b);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_joining_after_the_log_was_purged_is_caught_up_by_snapshot() {
+    let mut cluster = Cluster::start(3, &["--snapshot-count", "300", "--snapshot-catchup-entries", "50"]).await;
+    let etcd = cluster.members[0].etcd();
+    let mut revision = 0;
+    for n in 0..800 {
+        revision = etcd.put(&format!("early/{n}"), "v").await.expect("write");
+    }
+    let m4 = cluster.join_new("m4");
+    eventually(Duration::from_secs(60), "four voters", || async { (voters(&cluster).await == Some(4)).then_some(()) })
+        .await;
+    cluster.wait_applied(revision).await;
+    let generation = std::fs::read_to_string(cluster.members[m4].data_dir.join("state/CURRENT")).expect("CURRENT");
+    assert_ne!(
+        generation.trim(),
+        "sm-000001",
+        "the new member replayed the whole log instead of installing a snapshot"
+    );
+    let kv = cluster.members[m4].etcd().get_with("early/0", true).await.expect("read");
+    assert!(kv.is_some(), "the joined member has the data written before it joined");
+    let a = cluster.members[m4].etcd().hash_kv(revision).await.expect("hash").hash;
+    let b = etcd.hash_kv(revision).await.expect("hash").hash;
+    assert_eq!(a, b);
+}

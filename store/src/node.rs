@@ -117,6 +117,8 @@ pub enum ForwardOk {
     ReadIndex(u64),
     KeepAlive(Option<i64>),
     TimeToLive(Option<(i64, i64)>),
+    /// The membership after a change, as the leader sees it once the change is committed.
+    Members(Vec<MemberInfo>),
     Done,
 }
 
@@ -260,7 +262,7 @@ impl Store {
     }
 
     fn serve_peers(&self, listener: TcpListener) {
-        let service = PeerService::new(self.inner.clone());
+        let service = PeerService::new(&self.inner);
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
         // Accepted sockets need TCP_NODELAY set here: the builder's own setting only applies to
         // listeners tonic binds itself, and Nagle's algorithm would hold small responses back.
@@ -441,7 +443,9 @@ impl Store {
                     continue;
                 }
             };
-            if target > compacted {
+            // A compaction entry is itself a revision: an idle store would otherwise compact
+            // the one before it, forever.
+            if target > compacted + 1 {
                 match self.propose(Command::Compact { revision: target }).await {
                     Ok(_) => tracing::info!(revision = target, "compacted history"),
                     Err(e) => tracing::warn!(revision = target, error = %e, "automatic compaction failed"),
@@ -641,27 +645,35 @@ impl Store {
         members_of(&self.inner.raft.metrics().borrow_watched().membership_config)
     }
 
-    /// etcd's MemberAdd: registers a member by peer address; it joins when started.
-    pub async fn add_member(&self, peer_addr: &str, as_learner: bool) -> Result<MemberInfo> {
+    /// etcd's MemberAdd: registers a member by peer address; it joins when started. Returns
+    /// the new member and the membership after the change.
+    pub async fn add_member(&self, peer_addr: &str, as_learner: bool) -> Result<(MemberInfo, Vec<MemberInfo>)> {
         let id = member_id_for(peer_addr);
         let member = Member { peer_addr: peer_addr.to_string(), ..Default::default() };
-        self.route(ForwardRequest::AddMember { id, member: member.clone(), voter: !as_learner, wait_caught_up: false })
-            .await?;
-        Ok(MemberInfo { id, member, is_learner: as_learner })
+        let members = membership_reply(
+            self.route(ForwardRequest::AddMember {
+                id,
+                member: member.clone(),
+                voter: !as_learner,
+                wait_caught_up: false,
+            })
+            .await?,
+        )?;
+        Ok((MemberInfo { id, member, is_learner: as_learner }, members))
     }
 
-    pub async fn promote_member(&self, id: NodeId) -> Result<()> {
-        self.route(ForwardRequest::PromoteMember(id)).await.map(|_| ())
+    pub async fn promote_member(&self, id: NodeId) -> Result<Vec<MemberInfo>> {
+        membership_reply(self.route(ForwardRequest::PromoteMember(id)).await?)
     }
 
-    pub async fn remove_member(&self, id: NodeId) -> Result<()> {
-        self.route(ForwardRequest::RemoveMember(id)).await.map(|_| ())
+    pub async fn remove_member(&self, id: NodeId) -> Result<Vec<MemberInfo>> {
+        membership_reply(self.route(ForwardRequest::RemoveMember(id)).await?)
     }
 
-    pub async fn update_member_peer(&self, id: NodeId, peer_addr: &str) -> Result<()> {
+    pub async fn update_member_peer(&self, id: NodeId, peer_addr: &str) -> Result<Vec<MemberInfo>> {
         let mut member = self.members().into_iter().find(|m| m.id == id).ok_or(StoreError::MemberNotFound)?.member;
         member.peer_addr = peer_addr.to_string();
-        self.route(ForwardRequest::UpdateMember(id, member)).await.map(|_| ())
+        membership_reply(self.route(ForwardRequest::UpdateMember(id, member)).await?)
     }
 
     /// Hands leadership to `to`.
@@ -742,8 +754,11 @@ impl Store {
         let server = self.inner.peer_server.lock().take();
         if let Some((stop, server)) = server {
             let _ = stop.send(());
-            if tokio::time::timeout(Duration::from_secs(5), server).await.is_err() {
-                tracing::warn!("peer server did not stop within 5s");
+            // Streams from other members keep their connections open; they hold the member
+            // only weakly, so the server is not waited for longer than a moment.
+            let abort = server.abort_handle();
+            if tokio::time::timeout(Duration::from_secs(1), server).await.is_err() {
+                abort.abort();
             }
         }
     }
@@ -894,7 +909,8 @@ impl Store {
                 Ok(ForwardOk::TimeToLive(self.inner.sm.lessor().time_to_live(id)))
             }
             ForwardRequest::AddMember { id, member, voter, wait_caught_up } => {
-                self.add_member_as_leader(id, member, voter, wait_caught_up).await
+                self.add_member_as_leader(id, member, voter, wait_caught_up).await?;
+                Ok(ForwardOk::Members(self.members()))
             }
             ForwardRequest::PromoteMember(id) => {
                 let m = raft.metrics().borrow_watched().clone();
@@ -911,7 +927,8 @@ impl Store {
                         "can only promote a learner member which is in sync with leader".into(),
                     ));
                 }
-                change_membership(raft, ChangeMembers::AddVoterIds([id].into())).await
+                change_membership(raft, ChangeMembers::AddVoterIds([id].into())).await?;
+                Ok(ForwardOk::Members(self.members()))
             }
             ForwardRequest::RemoveMember(id) => {
                 let m = raft.metrics().borrow_watched().clone();
@@ -919,16 +936,18 @@ impl Store {
                     return Err(StoreError::MemberNotFound);
                 }
                 if m.membership_config.voter_ids().any(|v| v == id) {
-                    change_membership(raft, ChangeMembers::RemoveVoters([id].into())).await
+                    change_membership(raft, ChangeMembers::RemoveVoters([id].into())).await?;
                 } else {
-                    change_membership(raft, ChangeMembers::RemoveNodes([id].into())).await
+                    change_membership(raft, ChangeMembers::RemoveNodes([id].into())).await?;
                 }
+                Ok(ForwardOk::Members(self.members()))
             }
             ForwardRequest::UpdateMember(id, member) => {
                 if raft.metrics().borrow_watched().membership_config.get_node(&id).is_none() {
                     return Err(StoreError::MemberNotFound);
                 }
-                change_membership(raft, ChangeMembers::SetNodes([(id, member)].into())).await
+                change_membership(raft, ChangeMembers::SetNodes([(id, member)].into())).await?;
+                Ok(ForwardOk::Members(self.members()))
             }
             ForwardRequest::TransferLeader(to) => {
                 self.ensure_leader()?;
@@ -970,6 +989,13 @@ impl Store {
             add_learner(raft, id, merged, true).await?;
         }
         Ok(ForwardOk::Done)
+    }
+}
+
+fn membership_reply(reply: ForwardOk) -> Result<Vec<MemberInfo>> {
+    match reply {
+        ForwardOk::Members(members) => Ok(members),
+        other => Err(StoreError::Internal(format!("membership change answered {other:?}"))),
     }
 }
 

@@ -3,7 +3,7 @@
 
 use std::path::PathBuf;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 
 use futures::{Stream, StreamExt};
 use keel_proto::peer::{self as pb, peer_server};
@@ -17,13 +17,20 @@ use crate::network::{KIND_APPEND, KIND_PRE_VOTE, KIND_TRANSFER_LEADER, KIND_VOTE
 use crate::node::{ForwardRequest, Inner, Store};
 use crate::snapshot::{Manifest, SnapshotDir, sync_dir};
 
+/// Holds the member weakly: connections from other members outlive a shutdown for a while,
+/// and must not keep the member's storage open meanwhile.
 pub struct PeerService {
-    inner: Arc<Inner>,
+    member: Weak<Inner>,
+    cluster_id: u64,
 }
 
 impl PeerService {
-    pub(crate) fn new(inner: Arc<Inner>) -> PeerService {
-        PeerService { inner }
+    pub(crate) fn new(inner: &Arc<Inner>) -> PeerService {
+        PeerService { member: Arc::downgrade(inner), cluster_id: inner.cluster_id }
+    }
+
+    fn inner(&self) -> Result<Arc<Inner>, Status> {
+        self.member.upgrade().ok_or_else(|| Status::unavailable("member is stopping"))
     }
 
     pub fn into_server(self) -> peer_server::PeerServer<PeerService> {
@@ -33,10 +40,10 @@ impl PeerService {
     }
 
     fn check_cluster(&self, cluster_id: u64) -> Result<(), Status> {
-        if cluster_id != self.inner.cluster_id {
+        if cluster_id != self.cluster_id {
             return Err(Status::failed_precondition(format!(
                 "message for cluster {cluster_id:x}, this member belongs to {:x}",
-                self.inner.cluster_id
+                self.cluster_id
             )));
         }
         Ok(())
@@ -46,7 +53,7 @@ impl PeerService {
         let first = stream.next().await.ok_or_else(|| Status::invalid_argument("empty snapshot stream"))??;
         let manifest: Manifest =
             from_bytes(&first.manifest, "snapshot manifest").map_err(|e| Status::invalid_argument(e.to_string()))?;
-        let dir = self.inner.data_dir.join("incoming").join(format!("{:016x}", rand::random::<u64>()));
+        let dir = self.inner()?.data_dir.join("incoming").join(format!("{:016x}", rand::random::<u64>()));
         tokio::fs::create_dir_all(&dir).await.map_err(internal)?;
         let result = async {
             let mut current: Option<(String, tokio::fs::File)> = None;
@@ -112,13 +119,12 @@ type ForwardFrames = Pin<Box<dyn Stream<Item = Result<pb::ForwardFrame, Status>>
 /// Serves one member's stream of forwarded requests: each runs as soon as it arrives, and
 /// whatever has finished when the stream is free goes back as one frame.
 async fn serve_forward_stream(
-    inner: Arc<Inner>,
+    member: Weak<Inner>,
+    cluster_id: u64,
     mut input: Streaming<pb::ForwardFrame>,
     output: tokio::sync::mpsc::Sender<Result<pb::ForwardFrame, Status>>,
 ) {
     use futures::stream::FuturesUnordered;
-    let cluster_id = inner.cluster_id;
-    let store = Store::from_inner(inner);
     let mut running = FuturesUnordered::new();
     let mut input_open = true;
     loop {
@@ -139,8 +145,12 @@ async fn serve_forward_stream(
                         return;
                     }
                 };
+                let Some(inner) = member.upgrade() else {
+                    let _ = output.send(Err(Status::unavailable("member is stopping"))).await;
+                    return;
+                };
                 for (id, request) in requests {
-                    let store = store.clone();
+                    let store = Store::from_inner(inner.clone());
                     running.push(async move { (id, store.serve_as_leader(request).await) });
                 }
             }
@@ -165,7 +175,8 @@ impl peer_server::Peer for PeerService {
     async fn raft(&self, request: Request<pb::RaftRequest>) -> Result<Response<pb::RaftReply>, Status> {
         let request = request.into_inner();
         self.check_cluster(request.cluster_id)?;
-        let raft = &self.inner.raft;
+        let inner = self.inner()?;
+        let raft = &inner.raft;
         match request.kind {
             KIND_APPEND => {
                 let rpc: AppendEntriesRequest<_> = decode(&request.payload)?;
@@ -193,7 +204,7 @@ impl peer_server::Peer for PeerService {
         &self,
         request: Request<Streaming<pb::RaftRequest>>,
     ) -> Result<Response<Self::StreamAppendStream>, Status> {
-        let inner = self.inner.clone();
+        let inner = self.inner()?;
         let cluster_id = inner.cluster_id;
         let input = request.into_inner().filter_map(move |msg| async move {
             let msg = msg.ok()?;
@@ -218,7 +229,7 @@ impl peer_server::Peer for PeerService {
             tracing::warn!(error = %e.message(), "receiving a snapshot failed");
         })?;
         let snapshot = Snapshot { meta: manifest.meta, snapshot: SnapshotDir { path: dir.clone() } };
-        let result = self.inner.raft.install_full_snapshot(manifest.vote, snapshot).await;
+        let result = self.inner()?.raft.install_full_snapshot(manifest.vote, snapshot).await;
         // On success the state machine took the files; otherwise they are of no further use.
         let _ = tokio::fs::remove_dir_all(&dir).await;
         encode(result)
@@ -230,9 +241,9 @@ impl peer_server::Peer for PeerService {
         &self,
         request: Request<Streaming<pb::ForwardFrame>>,
     ) -> Result<Response<Self::ForwardStreamStream>, Status> {
-        let inner = self.inner.clone();
+        let member = self.member.clone();
         let (tx, rx) = tokio::sync::mpsc::channel(64);
-        tokio::spawn(serve_forward_stream(inner, request.into_inner(), tx));
+        tokio::spawn(serve_forward_stream(member, self.cluster_id, request.into_inner(), tx));
         Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))))
     }
 
@@ -241,7 +252,7 @@ impl peer_server::Peer for PeerService {
         let request = request.into_inner();
         self.check_cluster(request.cluster_id)?;
         let forwarded: ForwardRequest = decode(&request.payload)?;
-        let store = Store::from_inner(self.inner.clone());
+        let store = Store::from_inner(self.inner()?);
         let result = store.serve_as_leader(forwarded).await;
         let payload = to_bytes(&result).map_err(internal)?;
         Ok(Response::new(pb::ForwardReply { payload: payload.into() }))

@@ -63,11 +63,11 @@ impl Cluster for ClusterService {
         if self.store.members().iter().any(|m| m.member.peer_addr == addr) {
             return Err(to_status(StoreError::Membership("Peer URLs already exists".into())));
         }
-        let added = self.store.add_member(&addr, request.is_learner).await.map_err(to_status)?;
+        let (added, members) = self.store.add_member(&addr, request.is_learner).await.map_err(to_status)?;
         Ok(Response::new(pb::MemberAddResponse {
             header: self.header(),
             member: Some(to_member(&added)),
-            members: self.members(),
+            members: members.iter().map(to_member).collect(),
         }))
     }
 
@@ -75,8 +75,11 @@ impl Cluster for ClusterService {
         &self,
         request: Request<pb::MemberRemoveRequest>,
     ) -> Result<Response<pb::MemberRemoveResponse>, Status> {
-        self.store.remove_member(request.into_inner().id).await.map_err(to_status)?;
-        Ok(Response::new(pb::MemberRemoveResponse { header: self.header(), members: self.members() }))
+        let members = self.store.remove_member(request.into_inner().id).await.map_err(to_status)?;
+        Ok(Response::new(pb::MemberRemoveResponse {
+            header: self.header(),
+            members: members.iter().map(to_member).collect(),
+        }))
     }
 
     async fn member_update(
@@ -85,8 +88,11 @@ impl Cluster for ClusterService {
     ) -> Result<Response<pb::MemberUpdateResponse>, Status> {
         let request = request.into_inner();
         let addr = peer_addr(&request.peer_ur_ls)?;
-        self.store.update_member_peer(request.id, &addr).await.map_err(to_status)?;
-        Ok(Response::new(pb::MemberUpdateResponse { header: self.header(), members: self.members() }))
+        let members = self.store.update_member_peer(request.id, &addr).await.map_err(to_status)?;
+        Ok(Response::new(pb::MemberUpdateResponse {
+            header: self.header(),
+            members: members.iter().map(to_member).collect(),
+        }))
     }
 
     async fn member_list(
@@ -103,7 +109,10 @@ impl Cluster for ClusterService {
         &self,
         request: Request<pb::MemberPromoteRequest>,
     ) -> Result<Response<pb::MemberPromoteResponse>, Status> {
-        self.store.promote_member(request.into_inner().id).await.map_err(to_status)?;
-        Ok(Response::new(pb::MemberPromoteResponse { header: self.header(), members: self.members() }))
+        let members = self.store.promote_member(request.into_inner().id).await.map_err(to_status)?;
+        Ok(Response::new(pb::MemberPromoteResponse {
+            header: self.header(),
+            members: members.iter().map(to_member).collect(),
+        }))
     }
 }
