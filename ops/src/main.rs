@@ -2,6 +2,7 @@
 //! membership over the etcd API; `keel bench` measures.
 
 mod bench;
+mod kubeconfig;
 mod member;
 mod server;
 
@@ -24,10 +25,12 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run a control-plane member: a full store replica serving the etcd v3 API.
+    /// Run a control-plane member: a full store replica serving the etcd v3 and Kubernetes APIs.
     Server(server::ServerArgs),
     /// List, add, remove or promote store members (works against etcd too).
     Member(member::MemberArgs),
+    /// Print a kubeconfig for kubectl and client libraries.
+    Kubeconfig(kubeconfig::KubeconfigArgs),
     /// Load generators that print throughput and latency percentiles.
     Bench(bench::BenchArgs),
 }
@@ -53,6 +56,7 @@ fn main() -> std::process::ExitCode {
             Command::Server(args) => server::run(args).await,
             Command::Member(args) => member::run(args).await,
             Command::Bench(args) => bench::run(args).await,
+            Command::Kubeconfig(args) => kubeconfig::run(args),
         }
     });
     match result {

@@ -23,6 +23,13 @@ pub struct ServerArgs {
     /// `host:port` for the etcd v3 gRPC API.
     #[arg(long, default_value = "127.0.0.1:2379")]
     listen_client: String,
+    /// `host:port` for the Kubernetes API (plain HTTP for now; see the README).
+    #[arg(long, default_value = "127.0.0.1:6443")]
+    listen_api: String,
+    /// API group versions to switch on or off, as kube-apiserver takes them
+    /// (`batch/v1=false`, `api/all=false,api/v1=true`).
+    #[arg(long, default_value = "")]
+    runtime_config: String,
     /// Peer address other members use to reach this one (defaults to --listen-peer).
     #[arg(long)]
     advertise_peer: Option<String>,
@@ -100,12 +107,15 @@ pub async fn run(args: ServerArgs) -> Result<()> {
     }
     let peer_listener = bind(&args.listen_peer, "peers").await?;
     let client_listener = bind(&args.listen_client, "etcd API clients").await?;
+    let api_listener = bind(&args.listen_api, "Kubernetes API clients").await?;
+    let runtime_config =
+        keel_api::registry::RuntimeConfig::parse(&args.runtime_config).map_err(|e| anyhow::anyhow!(e))?;
     let config = StoreConfig {
         name: args.name.clone(),
         data_dir: args.data_dir.clone(),
         peer_addr,
         client_addr,
-        api_addr: String::new(),
+        api_addr: args.listen_api.clone(),
         bootstrap,
         tuning: Tuning {
             heartbeat: Duration::from_millis(args.heartbeat_interval),
@@ -130,10 +140,25 @@ pub async fn run(args: ServerArgs) -> Result<()> {
     let etcd = tokio::spawn(keel_etcd::serve(store.clone(), client_listener, options, async {
         let _ = stop_rx.await;
     }));
-    tracing::info!(peer = %args.listen_peer, client = %args.listen_client, "serving");
+    let registry = std::sync::Arc::new(keel_api::registry::Registry::new(runtime_config));
+    let storage: keel_api::storage::SharedStorage = std::sync::Arc::new(store.clone());
+    let api = std::sync::Arc::new(keel_api::rest::Api::new(storage, registry));
+    let (api_stop_tx, api_stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let api_server = tokio::spawn(keel_api::server::serve(api.clone(), api_listener, async {
+        let _ = api_stop_rx.await;
+    }));
+    let crd_sync = tokio::spawn(keel_api::crd::sync(api.clone()));
+    let bootstrap = tokio::spawn(ensure_system_namespaces(api.clone()));
+    tracing::info!(peer = %args.listen_peer, client = %args.listen_client, api = %args.listen_api, "serving");
 
     wait_for_signal().await?;
     tracing::info!("stopping");
+    bootstrap.abort();
+    crd_sync.abort();
+    let _ = api_stop_tx.send(());
+    if let Ok(Ok(Err(e))) = tokio::time::timeout(Duration::from_secs(5), api_server).await {
+        tracing::warn!(error = %e, "Kubernetes API server");
+    }
     store.shutdown().await;
     let _ = stop_tx.send(());
     match tokio::time::timeout(Duration::from_secs(5), etcd).await {
@@ -142,6 +167,19 @@ pub async fn run(args: ServerArgs) -> Result<()> {
         _ => {}
     }
     Ok(())
+}
+
+/// The system namespaces exist once a leader is elected; until then, keep trying.
+async fn ensure_system_namespaces(api: std::sync::Arc<keel_api::rest::Api>) {
+    loop {
+        match api.ensure_system_namespaces().await {
+            Ok(()) => return,
+            Err(e) => {
+                tracing::debug!(error = %e, "creating the system namespaces; retrying");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        }
+    }
 }
 
 async fn wait_for_signal() -> Result<()> {

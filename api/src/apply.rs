@@ -1,0 +1,331 @@
+//! Server-side apply: the applied configuration is merged into the live object (creating it
+//! if absent), each field manager's applied fields are recorded in `managedFields`
+//! (`FieldsV1`), and fields a manager applied before but no longer applies are removed.
+//! Conflicts are detected between apply managers: a field another manager applied with a
+//! different value is refused (409) unless `force=true`, which takes it over.
+
+use std::collections::BTreeSet;
+
+use serde_json::{Map, Value, json};
+
+use crate::error::{ApiError, FieldCause, Result};
+use crate::object;
+use crate::patch;
+use crate::registry::{ResourceType, Shape};
+use crate::rest::{Api, WriteOptions};
+
+/// One field path, as FieldsV1 keys it: `f:spec`, `f:containers`, `k:{"name":"app"}`.
+type FieldPath = Vec<String>;
+
+fn merge_key_of(path: &[String], kind: &str) -> Option<&'static str> {
+    let names: Vec<String> = path.iter().filter_map(|p| p.strip_prefix("f:").map(String::from)).collect();
+    patch::merge_key_for(&names, kind)
+}
+
+/// Every leaf path the applied configuration sets.
+fn field_paths(value: &Value, prefix: &mut FieldPath, kind: &str, out: &mut BTreeSet<FieldPath>) {
+    match value {
+        Value::Object(map) if !map.is_empty() => {
+            for (k, v) in map {
+                if prefix.is_empty() && matches!(k.as_str(), "apiVersion" | "kind") {
+                    continue;
+                }
+                if prefix.len() == 1
+                    && prefix[0] == "f:metadata"
+                    && matches!(
+                        k.as_str(),
+                        "name"
+                            | "namespace"
+                            | "resourceVersion"
+                            | "managedFields"
+                            | "uid"
+                            | "creationTimestamp"
+                            | "generation"
+                    )
+                {
+                    continue;
+                }
+                prefix.push(format!("f:{k}"));
+                field_paths(v, prefix, kind, out);
+                prefix.pop();
+            }
+        }
+        Value::Array(items) if merge_key_of(prefix, kind).is_some() => {
+            let key = merge_key_of(prefix, kind).unwrap_or("name");
+            for item in items {
+                let id = item.get(key).cloned().unwrap_or(Value::Null);
+                prefix.push(format!("k:{}", json!({ key: id })));
+                out.insert(prefix.clone());
+                field_paths(item, prefix, kind, out);
+                prefix.pop();
+            }
+        }
+        _ => {
+            out.insert(prefix.clone());
+        }
+    }
+}
+
+fn to_fields_v1(paths: &BTreeSet<FieldPath>) -> Value {
+    let mut root = Map::new();
+    for path in paths {
+        let mut cursor = &mut root;
+        for part in path {
+            let entry = cursor.entry(part.clone()).or_insert_with(|| json!({}));
+            cursor = match entry.as_object_mut() {
+                Some(m) => m,
+                None => break,
+            };
+        }
+    }
+    Value::Object(root)
+}
+
+fn from_fields_v1(value: &Value, prefix: &mut FieldPath, out: &mut BTreeSet<FieldPath>) {
+    let Some(map) = value.as_object() else { return };
+    let children: Vec<_> = map.iter().filter(|(k, _)| k.as_str() != ".").collect();
+    if children.iter().all(|(k, _)| k.starts_with("k:"))
+        && !prefix.is_empty()
+        && !prefix.last().is_some_and(|p| p.starts_with("k:"))
+        && children.is_empty()
+    {
+        out.insert(prefix.clone());
+        return;
+    }
+    if children.is_empty() {
+        out.insert(prefix.clone());
+        return;
+    }
+    for (k, v) in children {
+        prefix.push(k.clone());
+        if k.starts_with("k:") {
+            out.insert(prefix.clone());
+        }
+        from_fields_v1(v, prefix, out);
+        prefix.pop();
+    }
+}
+
+/// Finds the value at a field path in an object (following `k:` keys into lists).
+fn lookup<'a>(value: &'a Value, path: &[String]) -> Option<&'a Value> {
+    let mut cursor = value;
+    for part in path {
+        if let Some(field) = part.strip_prefix("f:") {
+            cursor = cursor.get(field)?;
+        } else if let Some(key) = part.strip_prefix("k:") {
+            let key: Value = serde_json::from_str(key).ok()?;
+            let (k, v) = key.as_object()?.iter().next()?;
+            cursor = cursor.as_array()?.iter().find(|item| item.get(k) == Some(v))?;
+        }
+    }
+    Some(cursor)
+}
+
+fn remove_path(value: &mut Value, path: &[String]) {
+    let Some((last, parents)) = path.split_last() else { return };
+    let mut cursor = value;
+    for part in parents {
+        let next = if let Some(field) = part.strip_prefix("f:") {
+            cursor.get_mut(field)
+        } else if let Some(key) = part.strip_prefix("k:") {
+            let Ok(key) = serde_json::from_str::<Value>(key) else { return };
+            let Some((k, v)) = key.as_object().and_then(|o| o.iter().next()).map(|(k, v)| (k.clone(), v.clone()))
+            else {
+                return;
+            };
+            cursor.as_array_mut().and_then(|a| a.iter_mut().find(|item| item.get(&k) == Some(&v)))
+        } else {
+            None
+        };
+        match next {
+            Some(n) => cursor = n,
+            None => return,
+        }
+    }
+    if let Some(field) = last.strip_prefix("f:") {
+        if let Some(map) = cursor.as_object_mut() {
+            map.remove(field);
+        }
+    } else if let Some(key) = last.strip_prefix("k:")
+        && let Ok(key) = serde_json::from_str::<Value>(key)
+        && let Some((k, v)) = key.as_object().and_then(|o| o.iter().next())
+        && let Some(items) = cursor.as_array_mut()
+    {
+        items.retain(|item| item.get(k) != Some(v));
+    }
+}
+
+fn managed_entry(manager: &str, api_version: &str, fields: Value) -> Value {
+    json!({
+        "manager": manager,
+        "operation": "Apply",
+        "apiVersion": api_version,
+        "time": object::now_rfc3339(),
+        "fieldsType": "FieldsV1",
+        "fieldsV1": fields,
+    })
+}
+
+pub async fn apply(
+    api: &Api,
+    rt: &ResourceType,
+    namespace: Option<&str>,
+    name: &str,
+    subresource: Option<&str>,
+    applied: Value,
+    options: &WriteOptions,
+) -> Result<(Value, Vec<String>, bool)> {
+    let manager = options.field_manager.clone().filter(|m| !m.is_empty()).ok_or_else(|| {
+        ApiError::invalid("PatchOptions", "meta.k8s.io", "", vec![FieldCause::required("fieldManager")])
+    })?;
+    if subresource.is_some() {
+        return Err(ApiError::bad_request("server-side apply to a subresource is not supported by keel yet"));
+    }
+    if !applied.is_object() {
+        return Err(ApiError::bad_request("an apply patch must be an object"));
+    }
+    let applied_name = object::name(&applied);
+    if !applied_name.is_empty() && applied_name != name {
+        return Err(ApiError::bad_request(format!(
+            "the name of the object ({applied_name}) does not match the name on the URL ({name})"
+        )));
+    }
+    let kind = rt.kind.clone();
+    let mut new_paths = BTreeSet::new();
+    field_paths(&applied, &mut Vec::new(), &kind, &mut new_paths);
+    for _ in 0..8 {
+        let current = match api.get(rt, namespace, name).await {
+            Ok(current) => Some(current),
+            Err(ApiError::NotFound { .. }) => None,
+            Err(e) => return Err(e),
+        };
+        let Some(current) = current else {
+            let mut object = applied.clone();
+            object::meta_mut(&mut object).insert("name".into(), json!(name));
+            object::meta_mut(&mut object).insert(
+                "managedFields".into(),
+                json!([managed_entry(&manager, &rt.api_version(), to_fields_v1(&new_paths))]),
+            );
+            match api.create(rt, namespace, object, options).await {
+                Ok((object, warnings)) => return Ok((object, warnings, true)),
+                Err(ApiError::AlreadyExists { .. }) => continue,
+                Err(e) => return Err(e),
+            }
+        };
+        let mut managed: Vec<Value> = object::meta(&current)
+            .and_then(|m| m.get("managedFields"))
+            .and_then(Value::as_array)
+            .cloned()
+            .unwrap_or_default();
+        // Conflicts: fields other apply managers own whose value this apply changes.
+        let mut conflicts = Vec::new();
+        for entry in &managed {
+            let other = entry.get("manager").and_then(Value::as_str).unwrap_or("");
+            if other == manager || entry.get("operation").and_then(Value::as_str) != Some("Apply") {
+                continue;
+            }
+            let mut owned = BTreeSet::new();
+            from_fields_v1(entry.get("fieldsV1").unwrap_or(&Value::Null), &mut Vec::new(), &mut owned);
+            for path in new_paths.intersection(&owned) {
+                if lookup(&current, path) != lookup(&applied, path)
+                    && lookup(&applied, path).is_some_and(|v| !v.is_object() && !v.is_array())
+                {
+                    conflicts.push((other.to_string(), path.clone()));
+                }
+            }
+        }
+        if !conflicts.is_empty() && !options.force {
+            let message = conflicts
+                .iter()
+                .map(|(m, p)| {
+                    format!(
+                        "conflict with \"{m}\": .{}",
+                        p.iter().map(|s| s.trim_start_matches("f:")).collect::<Vec<_>>().join(".")
+                    )
+                })
+                .collect::<Vec<_>>()
+                .join("; ");
+            return Err(ApiError::Conflict {
+                resource: rt.qualified(),
+                name: name.into(),
+                message: format!("Apply failed with {} conflict(s): {message}", conflicts.len()),
+            });
+        }
+        let previous: BTreeSet<FieldPath> = managed
+            .iter()
+            .find(|e| {
+                e.get("manager").and_then(Value::as_str) == Some(manager.as_str())
+                    && e.get("operation").and_then(Value::as_str) == Some("Apply")
+            })
+            .map(|e| {
+                let mut out = BTreeSet::new();
+                from_fields_v1(e.get("fieldsV1").unwrap_or(&Value::Null), &mut Vec::new(), &mut out);
+                out
+            })
+            .unwrap_or_default();
+        let mut merged = match rt.shape {
+            Shape::Typed { .. } => patch::strategic_merge_patch(&current, &applied, &kind),
+            Shape::Custom { .. } => patch::merge_patch(&current, &applied),
+        }
+        .map_err(|e| ApiError::invalid(&rt.kind, &rt.group, name, vec![FieldCause::invalid("", e)]))?;
+        for gone in previous.difference(&new_paths) {
+            if !new_paths.iter().any(|p| p.starts_with(gone)) {
+                remove_path(&mut merged, gone);
+            }
+        }
+        // Forced fields leave their former owners.
+        if options.force {
+            for entry in managed.iter_mut() {
+                let mut owned = BTreeSet::new();
+                from_fields_v1(entry.get("fieldsV1").unwrap_or(&Value::Null), &mut Vec::new(), &mut owned);
+                let kept: BTreeSet<FieldPath> =
+                    owned.into_iter().filter(|p| !conflicts.iter().any(|(_, c)| c == p)).collect();
+                entry["fieldsV1"] = to_fields_v1(&kept);
+            }
+        }
+        managed.retain(|e| {
+            !(e.get("manager").and_then(Value::as_str) == Some(manager.as_str())
+                && e.get("operation").and_then(Value::as_str) == Some("Apply"))
+        });
+        managed.push(managed_entry(&manager, &rt.api_version(), to_fields_v1(&new_paths)));
+        object::meta_mut(&mut merged).insert("managedFields".into(), json!(managed));
+        match api.update(rt, namespace, name, None, merged, options).await {
+            Ok((object, warnings)) => return Ok((object, warnings, false)),
+            Err(ApiError::Conflict { message, .. }) if message.contains("has been modified") => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    Err(ApiError::Conflict {
+        resource: rt.qualified(),
+        name: name.into(),
+        message: "the object kept changing while it was being applied; try again".into(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn field_sets_roundtrip_through_fields_v1() {
+        let applied = json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "x", "labels": {"a": "b"}},
+            "spec": {"replicas": 2, "template": {"spec": {"containers": [{"name": "app", "image": "i"}]}}}});
+        let mut paths = BTreeSet::new();
+        field_paths(&applied, &mut Vec::new(), "Deployment", &mut paths);
+        let v1 = to_fields_v1(&paths);
+        assert!(v1.pointer("/f:spec/f:template/f:spec/f:containers/k:{\"name\":\"app\"}/f:image").is_some());
+        let mut back = BTreeSet::new();
+        from_fields_v1(&v1, &mut Vec::new(), &mut back);
+        let leaves: BTreeSet<_> = paths.iter().filter(|p| !p.last().unwrap().starts_with("k:")).cloned().collect();
+        let back_leaves: BTreeSet<_> = back.iter().filter(|p| !p.last().unwrap().starts_with("k:")).cloned().collect();
+        assert_eq!(leaves, back_leaves);
+        let image = vec!["f:spec", "f:template", "f:spec", "f:containers", "k:{\"name\":\"app\"}", "f:image"]
+            .into_iter()
+            .map(String::from)
+            .collect::<Vec<_>>();
+        assert_eq!(lookup(&applied, &image), Some(&json!("i")));
+        let mut copy = applied.clone();
+        remove_path(&mut copy, &image);
+        assert!(copy.pointer("/spec/template/spec/containers/0/image").is_none());
+    }
+}

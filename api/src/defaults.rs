@@ -1,0 +1,193 @@
+//! Defaulting, as kube-apiserver's `SetDefaults_*` functions do it for the fields clients
+//! most often leave out, so objects read back the way kubectl users expect.
+
+use serde_json::{Value, json};
+
+fn set_if_absent(object: &mut Value, pointer: &str, value: Value) {
+    if object.pointer(pointer).is_some_and(|v| !v.is_null()) {
+        return;
+    }
+    let mut parts: Vec<&str> = pointer.split('/').skip(1).collect();
+    let Some(last) = parts.pop() else { return };
+    let mut cursor = object;
+    for part in parts {
+        if !cursor.get(part).is_some_and(Value::is_object) {
+            cursor[part] = json!({});
+        }
+        cursor = &mut cursor[part];
+    }
+    cursor[last] = value;
+}
+
+fn image_pull_policy(image: &str) -> &'static str {
+    let last = image.rsplit('/').next().unwrap_or(image);
+    if image.contains('@') {
+        return "IfNotPresent";
+    }
+    match last.split_once(':') {
+        Some((_, "latest")) | None => "Always",
+        Some(_) => "IfNotPresent",
+    }
+}
+
+fn default_container(container: &mut Value) {
+    if let Some(image) = container.get("image").and_then(Value::as_str).map(str::to_string) {
+        set_if_absent(container, "/imagePullPolicy", json!(image_pull_policy(&image)));
+    }
+    set_if_absent(container, "/terminationMessagePath", json!("/dev/termination-log"));
+    set_if_absent(container, "/terminationMessagePolicy", json!("File"));
+    if let Some(ports) = container.get_mut("ports").and_then(Value::as_array_mut) {
+        for port in ports {
+            set_if_absent(port, "/protocol", json!("TCP"));
+        }
+    }
+    for probe in ["livenessProbe", "readinessProbe", "startupProbe"] {
+        if let Some(p) = container.get_mut(probe).filter(|p| p.is_object()) {
+            set_if_absent(p, "/timeoutSeconds", json!(1));
+            set_if_absent(p, "/periodSeconds", json!(10));
+            set_if_absent(p, "/successThreshold", json!(1));
+            set_if_absent(p, "/failureThreshold", json!(3));
+        }
+    }
+}
+
+/// A pod spec, wherever it appears (a Pod, or a template inside a workload).
+pub fn pod_spec(spec: &mut Value) {
+    set_if_absent(spec, "/restartPolicy", json!("Always"));
+    set_if_absent(spec, "/dnsPolicy", json!("ClusterFirst"));
+    set_if_absent(spec, "/schedulerName", json!("default-scheduler"));
+    set_if_absent(spec, "/terminationGracePeriodSeconds", json!(30));
+    set_if_absent(spec, "/securityContext", json!({}));
+    for list in ["containers", "initContainers"] {
+        if let Some(containers) = spec.get_mut(list).and_then(Value::as_array_mut) {
+            containers.iter_mut().for_each(default_container);
+        }
+    }
+}
+
+fn template_spec(object: &mut Value, pointer: &str) {
+    if let Some(spec) = object.pointer_mut(pointer) {
+        pod_spec(spec);
+    }
+}
+
+/// Fills in what kube-apiserver would for `kind`.
+pub fn apply(kind: &str, group: &str, object: &mut Value) {
+    match (group, kind) {
+        ("", "Pod") => {
+            if let Some(spec) = object.get_mut("spec") {
+                pod_spec(spec);
+                set_if_absent(spec, "/enableServiceLinks", json!(true));
+                set_if_absent(spec, "/priority", json!(0));
+            }
+        }
+        ("", "PodTemplate") => template_spec(object, "/template/spec"),
+        ("apps", "Deployment") => {
+            set_if_absent(object, "/spec/replicas", json!(1));
+            set_if_absent(object, "/spec/revisionHistoryLimit", json!(10));
+            set_if_absent(object, "/spec/progressDeadlineSeconds", json!(600));
+            if object.pointer("/spec/strategy/type").is_none_or(Value::is_null) {
+                set_if_absent(object, "/spec/strategy/type", json!("RollingUpdate"));
+            }
+            if object.pointer("/spec/strategy/type").and_then(Value::as_str) == Some("RollingUpdate") {
+                set_if_absent(object, "/spec/strategy/rollingUpdate/maxSurge", json!("25%"));
+                set_if_absent(object, "/spec/strategy/rollingUpdate/maxUnavailable", json!("25%"));
+            }
+            template_spec(object, "/spec/template/spec");
+        }
+        ("apps", "ReplicaSet") | ("", "ReplicationController") => {
+            set_if_absent(object, "/spec/replicas", json!(1));
+            template_spec(object, "/spec/template/spec");
+        }
+        ("apps", "StatefulSet") => {
+            set_if_absent(object, "/spec/replicas", json!(1));
+            set_if_absent(object, "/spec/podManagementPolicy", json!("OrderedReady"));
+            set_if_absent(object, "/spec/revisionHistoryLimit", json!(10));
+            set_if_absent(object, "/spec/updateStrategy/type", json!("RollingUpdate"));
+            if object.pointer("/spec/updateStrategy/type").and_then(Value::as_str) == Some("RollingUpdate") {
+                set_if_absent(object, "/spec/updateStrategy/rollingUpdate/partition", json!(0));
+            }
+            template_spec(object, "/spec/template/spec");
+        }
+        ("apps", "DaemonSet") => {
+            set_if_absent(object, "/spec/revisionHistoryLimit", json!(10));
+            set_if_absent(object, "/spec/updateStrategy/type", json!("RollingUpdate"));
+            if object.pointer("/spec/updateStrategy/type").and_then(Value::as_str) == Some("RollingUpdate") {
+                set_if_absent(object, "/spec/updateStrategy/rollingUpdate/maxUnavailable", json!(1));
+                set_if_absent(object, "/spec/updateStrategy/rollingUpdate/maxSurge", json!(0));
+            }
+            template_spec(object, "/spec/template/spec");
+        }
+        ("batch", "Job") => {
+            set_if_absent(object, "/spec/parallelism", json!(1));
+            set_if_absent(object, "/spec/completions", json!(1));
+            set_if_absent(object, "/spec/backoffLimit", json!(6));
+            set_if_absent(object, "/spec/completionMode", json!("NonIndexed"));
+            set_if_absent(object, "/spec/suspend", json!(false));
+            template_spec(object, "/spec/template/spec");
+        }
+        ("batch", "CronJob") => {
+            set_if_absent(object, "/spec/concurrencyPolicy", json!("Allow"));
+            set_if_absent(object, "/spec/suspend", json!(false));
+            set_if_absent(object, "/spec/successfulJobsHistoryLimit", json!(3));
+            set_if_absent(object, "/spec/failedJobsHistoryLimit", json!(1));
+            template_spec(object, "/spec/jobTemplate/spec/template/spec");
+        }
+        ("", "Service") => {
+            set_if_absent(object, "/spec/type", json!("ClusterIP"));
+            set_if_absent(object, "/spec/sessionAffinity", json!("None"));
+            set_if_absent(object, "/spec/internalTrafficPolicy", json!("Cluster"));
+            if let Some(ports) = object.pointer_mut("/spec/ports").and_then(Value::as_array_mut) {
+                for port in ports {
+                    set_if_absent(port, "/protocol", json!("TCP"));
+                    if let Some(p) = port.get("port").cloned() {
+                        set_if_absent(port, "/targetPort", p);
+                    }
+                }
+            }
+        }
+        ("", "Namespace") => {
+            let name = crate::object::name(object).to_string();
+            set_if_absent(object, "/spec/finalizers", json!(["kubernetes"]));
+            set_if_absent(object, "/status/phase", json!("Active"));
+            let labels = crate::object::meta_mut(object).entry("labels").or_insert_with(|| json!({}));
+            if let Some(labels) = labels.as_object_mut() {
+                labels.insert("kubernetes.io/metadata.name".into(), json!(name));
+            }
+        }
+        ("", "Secret") => set_if_absent(object, "/type", json!("Opaque")),
+        ("", "PersistentVolumeClaim") => set_if_absent(object, "/spec/volumeMode", json!("Filesystem")),
+        ("", "PersistentVolume") => set_if_absent(object, "/spec/persistentVolumeReclaimPolicy", json!("Retain")),
+        _ => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn deployment_defaults() {
+        let mut d = json!({"spec": {"template": {"spec": {"containers": [{"name": "a", "image": "busybox"}, {"name": "b", "image": "x:1.0", "ports": [{"containerPort": 80}]}]}}}});
+        apply("Deployment", "apps", &mut d);
+        assert_eq!(d["spec"]["replicas"], 1);
+        assert_eq!(d["spec"]["strategy"]["rollingUpdate"]["maxSurge"], "25%");
+        let containers = &d["spec"]["template"]["spec"]["containers"];
+        assert_eq!(containers[0]["imagePullPolicy"], "Always");
+        assert_eq!(containers[1]["imagePullPolicy"], "IfNotPresent");
+        assert_eq!(containers[1]["ports"][0]["protocol"], "TCP");
+        assert_eq!(d["spec"]["template"]["spec"]["restartPolicy"], "Always");
+    }
+
+    #[test]
+    fn set_values_are_kept() {
+        let mut d = json!({"spec": {"replicas": 0, "strategy": {"type": "Recreate"}}});
+        apply("Deployment", "apps", &mut d);
+        assert_eq!(d["spec"]["replicas"], 0);
+        assert!(d["spec"]["strategy"].get("rollingUpdate").is_none());
+        let mut ns = json!({"metadata": {"name": "team"}});
+        apply("Namespace", "", &mut ns);
+        assert_eq!(ns["metadata"]["labels"]["kubernetes.io/metadata.name"], "team");
+        assert_eq!(ns["status"]["phase"], "Active");
+    }
+}

@@ -1,0 +1,24 @@
+//! keel's Kubernetes-compatible API: the resource registry (k8s-openapi types and custom
+//! resources), validation, defaulting and admission, the REST handlers with watch fan-out,
+//! discovery, OpenAPI and tables. It reaches the store only through [`storage::Storage`].
+
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
+
+pub mod admission;
+pub mod apply;
+pub mod crd;
+pub mod defaults;
+pub mod discovery;
+pub mod error;
+pub mod object;
+pub mod openapi;
+pub mod patch;
+pub mod proto;
+pub mod registry;
+pub mod rest;
+pub mod scale;
+pub mod schema;
+pub mod selector;
+pub mod server;
+pub mod storage;
+pub mod table;

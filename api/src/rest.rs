@@ -1,0 +1,1274 @@
+//! The verbs of the Kubernetes API over the store: get, list, watch, create, update, patch,
+//! delete and deletecollection, with their preconditions checked inside the store's
+//! transaction. HTTP framing lives in [`crate::server`]; this module knows objects only.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use base64::Engine;
+use serde_json::{Value, json};
+use tokio::sync::mpsc;
+
+use crate::admission::{Attributes, Chain, Operation};
+use crate::error::{ApiError, FieldCause, Result};
+use crate::object;
+use crate::patch::{self, PatchType};
+use crate::registry::{Registry, ResourceType, Shape};
+use crate::selector::{FieldSelector, LabelSelector};
+use crate::storage::{ChangeKind, Consistency, Precondition, SharedStorage, Stored, WriteOp, WriteOutcome, prefix_end};
+
+/// How long a watch idles before a bookmark tells the client how far it is.
+const BOOKMARK_INTERVAL: Duration = Duration::from_secs(5);
+/// A watch without `timeoutSeconds` ends after this (clients re-establish it).
+const DEFAULT_WATCH_TIMEOUT: Duration = Duration::from_secs(1800);
+/// Times a patch is retried against a newer version after a concurrent write.
+const PATCH_RETRIES: usize = 8;
+
+pub struct Api {
+    pub storage: SharedStorage,
+    pub registry: Arc<Registry>,
+    pub admission: Chain,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum FieldValidation {
+    Ignore,
+    Warn,
+    #[default]
+    Strict,
+}
+
+impl FieldValidation {
+    pub fn parse(value: Option<&str>) -> Result<FieldValidation> {
+        match value.unwrap_or("") {
+            "Strict" => Ok(FieldValidation::Strict),
+            "Warn" | "" => Ok(FieldValidation::Warn),
+            "Ignore" => Ok(FieldValidation::Ignore),
+            other => Err(ApiError::bad_request(format!(
+                "fieldValidation must be one of Ignore, Warn or Strict, not {other:?}"
+            ))),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct WriteOptions {
+    pub dry_run: bool,
+    pub field_validation: FieldValidation,
+    pub field_manager: Option<String>,
+    pub force: bool,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct ListOptions {
+    pub label_selector: LabelSelector,
+    pub field_selector: FieldSelector,
+    pub limit: i64,
+    pub continue_token: Option<String>,
+    pub resource_version: Option<String>,
+    pub resource_version_match: Option<String>,
+}
+
+#[derive(Debug)]
+pub struct ListResult {
+    pub items: Vec<Value>,
+    pub revision: i64,
+    pub continue_token: Option<String>,
+    pub remaining: Option<i64>,
+}
+
+impl ListResult {
+    pub fn list_meta(&self) -> Value {
+        let mut meta = json!({"resourceVersion": self.revision.to_string()});
+        if let Some(token) = &self.continue_token {
+            meta["continue"] = json!(token);
+        }
+        if let Some(remaining) = self.remaining {
+            meta["remainingItemCount"] = json!(remaining);
+        }
+        meta
+    }
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct DeleteOptions {
+    pub grace_period_seconds: Option<i64>,
+    pub propagation_policy: Option<String>,
+    pub precondition_uid: Option<String>,
+    pub precondition_resource_version: Option<String>,
+    pub dry_run: bool,
+}
+
+impl DeleteOptions {
+    /// From a `DeleteOptions` body (which may be empty) and the query's overrides.
+    pub fn from_body(body: Option<&Value>) -> DeleteOptions {
+        let body = body.cloned().unwrap_or(Value::Null);
+        let propagation =
+            body.get("propagationPolicy").and_then(Value::as_str).map(String::from).or_else(|| {
+                match body.get("orphanDependents").and_then(Value::as_bool) {
+                    Some(true) => Some("Orphan".into()),
+                    Some(false) => Some("Background".into()),
+                    None => None,
+                }
+            });
+        DeleteOptions {
+            grace_period_seconds: body.get("gracePeriodSeconds").and_then(Value::as_i64),
+            propagation_policy: propagation,
+            precondition_uid: body.pointer("/preconditions/uid").and_then(Value::as_str).map(String::from),
+            precondition_resource_version: body
+                .pointer("/preconditions/resourceVersion")
+                .and_then(Value::as_str)
+                .map(String::from),
+            dry_run: body.get("dryRun").and_then(Value::as_array).is_some_and(|a| !a.is_empty()),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct WatchOptions {
+    pub list: ListOptions,
+    pub allow_bookmarks: bool,
+    pub send_initial_events: Option<bool>,
+    pub timeout: Option<Duration>,
+}
+
+/// A watch event as Kubernetes encodes it: `{"type": "ADDED", "object": {...}}`.
+pub type WatchEvent = Value;
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct ContinueToken {
+    v: String,
+    rv: i64,
+    start: String,
+}
+
+fn encode_continue(revision: i64, start: &str) -> String {
+    let token = ContinueToken { v: "meta.k8s.io/v1".into(), rv: revision, start: start.into() };
+    base64::engine::general_purpose::STANDARD.encode(serde_json::to_vec(&token).unwrap_or_default())
+}
+
+fn decode_continue(token: &str, prefix: &str) -> Result<ContinueToken> {
+    let bad =
+        || ApiError::bad_request("continue key is not valid: the token was not issued by this server for this list");
+    let bytes = base64::engine::general_purpose::STANDARD.decode(token).map_err(|_| bad())?;
+    let token: ContinueToken = serde_json::from_slice(&bytes).map_err(|_| bad())?;
+    if token.v != "meta.k8s.io/v1" || !token.start.starts_with(prefix) || token.rv <= 0 {
+        return Err(bad());
+    }
+    Ok(token)
+}
+
+/// Decodes a stored object and stamps it with its revision.
+pub fn decode(stored: &Stored) -> Result<Value> {
+    decode_bytes(&stored.value, stored.mod_revision, &stored.key)
+}
+
+fn decode_bytes(bytes: &[u8], revision: i64, key: &str) -> Result<Value> {
+    let mut value: Value =
+        serde_json::from_slice(bytes).map_err(|e| ApiError::internal(format!("object at {key} is not JSON: {e}")))?;
+    object::meta_mut(&mut value).insert("resourceVersion".into(), json!(revision.to_string()));
+    Ok(value)
+}
+
+fn encode(object: &Value) -> Result<Vec<u8>> {
+    let mut stored = object.clone();
+    object::meta_mut(&mut stored).remove("resourceVersion");
+    serde_json::to_vec(&stored).map_err(|e| ApiError::internal(format!("encode object: {e}")))
+}
+
+fn name_rule(rt: &ResourceType) -> fn(&str) -> Result<(), String> {
+    match (rt.group.as_str(), rt.kind.as_str()) {
+        ("", "Namespace") => object::dns1123_label,
+        ("", "Service") => object::dns1035_label,
+        ("rbac.authorization.k8s.io", _) => object::path_segment_name,
+        _ => object::dns1123_subdomain,
+    }
+}
+
+/// Checks that a kind needs beyond its schema: the ones clients most often get wrong.
+fn kind_causes(rt: &ResourceType, o: &Value) -> Vec<FieldCause> {
+    let mut causes = Vec::new();
+    let mut containers = |pointer: &str, field: &str| match o.pointer(pointer).and_then(Value::as_array) {
+        Some(list) if !list.is_empty() => {
+            for (i, c) in list.iter().enumerate() {
+                let name = c.get("name").and_then(Value::as_str).unwrap_or("");
+                if name.is_empty() {
+                    causes.push(FieldCause::required(format!("{field}[{i}].name")));
+                } else if let Err(e) = object::dns1123_label(name) {
+                    causes.push(FieldCause::invalid(
+                        format!("{field}[{i}].name"),
+                        format!("Invalid value: {name:?}: {e}"),
+                    ));
+                }
+                if c.get("image").and_then(Value::as_str).unwrap_or("").trim().is_empty() {
+                    causes.push(FieldCause::required(format!("{field}[{i}].image")));
+                }
+            }
+        }
+        _ => causes.push(FieldCause::required(field)),
+    };
+    match (rt.group.as_str(), rt.kind.as_str()) {
+        ("", "Pod") => containers("/spec/containers", "spec.containers"),
+        ("", "PodTemplate") => containers("/template/spec/containers", "template.spec.containers"),
+        ("apps", "Deployment" | "ReplicaSet" | "StatefulSet" | "DaemonSet") => {
+            containers("/spec/template/spec/containers", "spec.template.spec.containers");
+            match o.pointer("/spec/selector") {
+                None | Some(Value::Null) => causes.push(FieldCause::required("spec.selector")),
+                Some(selector) => match LabelSelector::from_object(selector) {
+                    Err(e) => causes.push(FieldCause::invalid("spec.selector", e)),
+                    Ok(s) if s.is_empty() => causes.push(FieldCause::invalid(
+                        "spec.selector",
+                        "Invalid value: empty selector is invalid for deployment",
+                    )),
+                    Ok(s) => {
+                        let labels = o.pointer("/spec/template/metadata/labels").and_then(Value::as_object);
+                        if !s.matches(labels) {
+                            causes.push(FieldCause::invalid(
+                                "spec.template.metadata.labels",
+                                format!(
+                                    "Invalid value: {}: `selector` does not match template `labels`",
+                                    json!(labels)
+                                ),
+                            ));
+                        }
+                    }
+                },
+            }
+            if let Some(replicas) = o.pointer("/spec/replicas").and_then(Value::as_i64)
+                && replicas < 0
+            {
+                causes.push(FieldCause::invalid(
+                    "spec.replicas",
+                    format!("Invalid value: {replicas}: must be greater than or equal to 0"),
+                ));
+            }
+        }
+        ("batch", "Job") => {
+            containers("/spec/template/spec/containers", "spec.template.spec.containers");
+            let policy = o.pointer("/spec/template/spec/restartPolicy").and_then(Value::as_str).unwrap_or("");
+            if policy != "Never" && policy != "OnFailure" {
+                causes.push(FieldCause {
+                    reason: "FieldValueNotSupported",
+                    field: "spec.template.spec.restartPolicy".into(),
+                    message: format!("Unsupported value: {policy:?}: supported values: \"OnFailure\", \"Never\""),
+                });
+            }
+        }
+        ("", "Service") => {
+            let ports = o.pointer("/spec/ports").and_then(Value::as_array).map(Vec::len).unwrap_or(0);
+            let headless = o.pointer("/spec/clusterIP").and_then(Value::as_str) == Some("None");
+            let external = o.pointer("/spec/type").and_then(Value::as_str) == Some("ExternalName");
+            if ports == 0 && !headless && !external {
+                causes.push(FieldCause::required("spec.ports"));
+            }
+        }
+        ("", "ConfigMap") => {
+            for field in ["data", "binaryData"] {
+                for key in o.get(field).and_then(Value::as_object).into_iter().flat_map(|m| m.keys()) {
+                    let ok = !key.is_empty()
+                        && key.len() <= 253
+                        && key.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.');
+                    if !ok {
+                        causes.push(FieldCause::invalid(
+                            format!("{field}[{key}]"),
+                            "a valid config key must consist of alphanumeric characters, '-', '_' or '.'",
+                        ));
+                    }
+                }
+            }
+        }
+        _ => {}
+    }
+    causes
+}
+
+/// Whether anything outside `metadata` and `status` differs: what bumps `generation`.
+fn spec_changed(old: &Value, new: &Value) -> bool {
+    let strip = |v: &Value| {
+        let mut v = v.clone();
+        if let Some(map) = v.as_object_mut() {
+            map.remove("metadata");
+            map.remove("status");
+        }
+        v
+    };
+    strip(old) != strip(new)
+}
+
+/// Metadata the server owns: a write keeps whatever the stored object has.
+const SERVER_OWNED_META: &[&str] =
+    &["uid", "creationTimestamp", "deletionTimestamp", "deletionGracePeriodSeconds", "generation", "selfLink"];
+
+fn same_ignoring_version(a: &Value, b: &Value) -> bool {
+    let strip = |v: &Value| {
+        let mut v = v.clone();
+        object::meta_mut(&mut v).remove("resourceVersion");
+        object::meta_mut(&mut v).remove("managedFields");
+        v
+    };
+    strip(a) == strip(b)
+}
+
+impl Api {
+    pub fn new(storage: SharedStorage, registry: Arc<Registry>) -> Api {
+        Api { admission: Chain::standard(storage.clone()), storage, registry }
+    }
+
+    fn not_found(rt: &ResourceType, name: &str) -> ApiError {
+        ApiError::NotFound { resource: rt.qualified(), name: name.into() }
+    }
+
+    fn conflict(rt: &ResourceType, name: &str) -> ApiError {
+        ApiError::Conflict {
+            resource: rt.qualified(),
+            name: name.into(),
+            message: format!(
+                "Operation cannot be fulfilled on {} \"{name}\": the object has been modified; please apply your changes to the latest version and try again",
+                rt.qualified()
+            ),
+        }
+    }
+
+    #[tracing::instrument(level = "debug", skip(self, rt), fields(resource = %rt.plural))]
+    pub async fn get(&self, rt: &ResourceType, namespace: Option<&str>, name: &str) -> Result<Value> {
+        let (found, _) = self.storage.get(&rt.key(namespace, name), Consistency::Linearizable).await?;
+        let found = found.ok_or_else(|| Self::not_found(rt, name))?;
+        decode(&found)
+    }
+
+    async fn get_stored(&self, rt: &ResourceType, namespace: Option<&str>, name: &str) -> Result<(Stored, Value)> {
+        let (found, _) = self.storage.get(&rt.key(namespace, name), Consistency::Linearizable).await?;
+        let found = found.ok_or_else(|| Self::not_found(rt, name))?;
+        let value = decode(&found)?;
+        Ok((found, value))
+    }
+
+    /// Where a list starts and at which revision, from its resourceVersion parameters.
+    async fn list_start(&self, prefix: &str, options: &ListOptions) -> Result<(String, i64, Consistency)> {
+        if let Some(token) = &options.continue_token {
+            let token = decode_continue(token, prefix)?;
+            if token.rv < self.storage.compacted_revision() {
+                return Err(ApiError::Gone {
+                    what: "continue token (the list it continues was compacted; start a new list without it)".into(),
+                    compacted: self.storage.compacted_revision(),
+                });
+            }
+            return Ok((token.start, token.rv, Consistency::Local));
+        }
+        let rv = options.resource_version.as_deref().unwrap_or("");
+        let exact = options.resource_version_match.as_deref() == Some("Exact");
+        match rv {
+            "" if exact => {
+                Err(ApiError::bad_request("resourceVersionMatch is forbidden unless resourceVersion is provided"))
+            }
+            "" => Ok((prefix.to_string(), 0, Consistency::Linearizable)),
+            "0" => Ok((prefix.to_string(), 0, Consistency::Local)),
+            rv => {
+                let n: i64 = rv.parse().map_err(|_| {
+                    ApiError::bad_request(format!("invalid resource version {rv:?}: must be a decimal integer"))
+                })?;
+                if exact {
+                    return Ok((prefix.to_string(), n, Consistency::Local));
+                }
+                if self.storage.local_revision() < n {
+                    // Not there yet locally: a linearizable read brings this member up to date.
+                    self.storage.get(prefix, Consistency::Linearizable).await?;
+                    if self.storage.local_revision() < n {
+                        return Err(ApiError::Timeout {
+                            message: format!(
+                                "Too large resource version: {n}, current: {}",
+                                self.storage.local_revision()
+                            ),
+                        });
+                    }
+                }
+                Ok((prefix.to_string(), 0, Consistency::Local))
+            }
+        }
+    }
+
+    fn matches(rt: &ResourceType, options: &ListOptions, object: &Value) -> bool {
+        options.label_selector.matches(object::labels(object)) && options.field_selector.matches(&rt.kind, object)
+    }
+
+    #[tracing::instrument(level = "debug", skip(self, rt, options), fields(resource = %rt.plural))]
+    pub async fn list(&self, rt: &ResourceType, namespace: Option<&str>, options: &ListOptions) -> Result<ListResult> {
+        let prefix = rt.list_prefix(namespace);
+        let end = prefix_end(&prefix);
+        let (mut start, mut revision, mut consistency) = self.list_start(&prefix, options).await?;
+        let filtered = !options.label_selector.is_empty() || !options.field_selector.is_empty();
+        let limit = options.limit.max(0);
+        let batch = if limit == 0 {
+            0
+        } else if filtered {
+            limit.max(500)
+        } else {
+            limit
+        };
+        let mut items = Vec::new();
+        loop {
+            let page = self.storage.list(&start, &end, revision, batch, consistency).await?;
+            revision = page.revision;
+            consistency = Consistency::Local;
+            let count = page.items.len();
+            for (i, stored) in page.items.iter().enumerate() {
+                let object = decode(stored)?;
+                if Self::matches(rt, options, &object) {
+                    items.push(object);
+                }
+                if limit > 0 && items.len() as i64 == limit {
+                    let left_in_page = (count - i - 1) as i64;
+                    let remaining = page.remaining + left_in_page;
+                    if remaining == 0 {
+                        return Ok(ListResult { items, revision, continue_token: None, remaining: None });
+                    }
+                    let next = format!("{}\0", stored.key);
+                    return Ok(ListResult {
+                        items,
+                        revision,
+                        continue_token: Some(encode_continue(revision, &next)),
+                        remaining: (!filtered).then_some(remaining),
+                    });
+                }
+            }
+            match page.items.last() {
+                Some(last) if page.remaining > 0 => start = format!("{}\0", last.key),
+                _ => return Ok(ListResult { items, revision, continue_token: None, remaining: None }),
+            }
+        }
+    }
+
+    /// Decodes, checks and prunes an object against its kind; what it returns is what is
+    /// stored. Unknown fields fail under `Strict` and come back as warnings under `Warn`.
+    pub fn validate(
+        &self,
+        rt: &ResourceType,
+        object: Value,
+        validation: FieldValidation,
+    ) -> Result<(Value, Vec<String>)> {
+        let mut causes = object::validate_meta(&object, rt.namespaced, name_rule(rt));
+        let (decoded, unknown) = match &rt.shape {
+            Shape::Typed { roundtrip, .. } => {
+                let decoded = roundtrip(&object).map_err(|e| {
+                    ApiError::bad_request(format!(
+                        "{} in version \"{}\" cannot be handled as a {}: {e}",
+                        rt.kind, rt.version, rt.kind
+                    ))
+                })?;
+                let mut unknown = Vec::new();
+                object::unknown_fields(&object, &decoded, "", &mut unknown);
+                (decoded, unknown)
+            }
+            Shape::Custom { schema, preserve_unknown } => {
+                let mut pruned = object.clone();
+                let mut unknown = Vec::new();
+                if let Some(schema) = schema {
+                    crate::schema::check(schema, &mut pruned, "", *preserve_unknown, &mut causes, &mut unknown);
+                }
+                (pruned, unknown)
+            }
+        };
+        causes.extend(kind_causes(rt, &decoded));
+        if !causes.is_empty() {
+            return Err(ApiError::invalid(&rt.kind, &rt.group, object::name(&object), causes));
+        }
+        let warnings: Vec<String> = unknown.iter().map(|f| format!("unknown field \"{f}\"")).collect();
+        if validation == FieldValidation::Strict && !warnings.is_empty() {
+            return Err(ApiError::bad_request(format!("strict decoding error: {}", warnings.join(", "))));
+        }
+        let warnings = if validation == FieldValidation::Warn { warnings } else { Vec::new() };
+        Ok((decoded, warnings))
+    }
+
+    fn check_type_meta(rt: &ResourceType, object: &mut Value) -> Result<()> {
+        if !object.is_object() {
+            return Err(ApiError::bad_request(format!("the body must be a JSON object describing a {}", rt.kind)));
+        }
+        let api_version = rt.api_version();
+        match object.get("apiVersion").and_then(Value::as_str) {
+            None | Some("") => object["apiVersion"] = json!(api_version),
+            Some(v) if v == api_version => {}
+            Some(v) => {
+                return Err(ApiError::bad_request(format!(
+                    "the API version in the data ({v}) does not match the expected API version ({api_version})"
+                )));
+            }
+        }
+        match object.get("kind").and_then(Value::as_str) {
+            None | Some("") => object["kind"] = json!(rt.kind),
+            Some(k) if k == rt.kind => {}
+            Some(k) => {
+                return Err(ApiError::bad_request(format!(
+                    "the kind in the data ({k}) does not match the expected kind ({})",
+                    rt.kind
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    fn check_namespace(rt: &ResourceType, namespace: Option<&str>, object: &mut Value) -> Result<()> {
+        if !rt.namespaced {
+            return Ok(());
+        }
+        let Some(namespace) = namespace else {
+            return Err(ApiError::bad_request(format!("{} are namespaced: the request needs a namespace", rt.plural)));
+        };
+        let meta = object::meta_mut(object);
+        match meta.get("namespace").and_then(Value::as_str) {
+            None | Some("") => {
+                meta.insert("namespace".into(), json!(namespace));
+            }
+            Some(ns) if ns == namespace => {}
+            Some(_) => {
+                return Err(ApiError::bad_request(
+                    "the namespace of the provided object does not match the namespace sent on the request",
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes that go with a create in the same transaction: a namespace brings its default
+    /// service account.
+    fn companions(&self, rt: &ResourceType, object: &Value) -> Result<Vec<WriteOp>> {
+        if !(rt.group.is_empty() && rt.kind == "Namespace") {
+            return Ok(Vec::new());
+        }
+        let name = object::name(object);
+        let account = json!({
+            "kind": "ServiceAccount",
+            "apiVersion": "v1",
+            "metadata": {
+                "name": "default",
+                "namespace": name,
+                "uid": uuid::Uuid::new_v4().to_string(),
+                "creationTimestamp": object::now_rfc3339(),
+            },
+        });
+        Ok(vec![WriteOp::Put {
+            key: format!("/registry/core/serviceaccounts/{name}/default"),
+            value: encode(&account)?,
+            precondition: Precondition::Absent,
+        }])
+    }
+
+    #[tracing::instrument(level = "debug", skip(self, rt, object, options), fields(resource = %rt.plural))]
+    pub async fn create(
+        &self,
+        rt: &ResourceType,
+        namespace: Option<&str>,
+        mut object: Value,
+        options: &WriteOptions,
+    ) -> Result<(Value, Vec<String>)> {
+        Self::check_type_meta(rt, &mut object)?;
+        Self::check_namespace(rt, namespace, &mut object)?;
+        let generate = object::meta_str(&object, "generateName").to_string();
+        let meta = object::meta_mut(&mut object);
+        if meta.get("name").and_then(Value::as_str).unwrap_or("").is_empty() && !generate.is_empty() {
+            meta.insert("name".into(), json!(format!("{generate}{}", object::random_suffix(5))));
+        }
+        for field in SERVER_OWNED_META {
+            meta.remove(*field);
+        }
+        meta.remove("resourceVersion");
+        meta.insert("uid".into(), json!(uuid::Uuid::new_v4().to_string()));
+        meta.insert("creationTimestamp".into(), json!(object::now_rfc3339()));
+        meta.insert("generation".into(), json!(1));
+        if rt.has_status
+            && !(rt.group.is_empty() && rt.kind == "Namespace")
+            && let Some(map) = object.as_object_mut()
+        {
+            map.remove("status");
+        }
+        if rt.group.is_empty() && rt.kind == "Pod" {
+            object["status"] = json!({"phase": "Pending", "qosClass": qos_class(&object)});
+        }
+        if rt.group == "apiextensions.k8s.io" {
+            crate::crd::accept(&mut object);
+        }
+        let name = object::name(&object).to_string();
+        let attributes = Attributes {
+            operation: Operation::Create,
+            resource: rt,
+            namespace,
+            name: &name,
+            subresource: None,
+            old: None,
+        };
+        self.admission.mutate(&attributes, &mut object)?;
+        let (object, warnings) = self.validate(rt, object, options.field_validation)?;
+        self.admission.validate(&attributes, &object).await?;
+        if options.dry_run {
+            return Ok((object, warnings));
+        }
+        let key = rt.key(namespace, &name);
+        let mut ops = vec![WriteOp::Put { key, value: encode(&object)?, precondition: Precondition::Absent }];
+        ops.extend(self.companions(rt, &object)?);
+        match self.storage.write(ops).await? {
+            WriteOutcome::Applied { revision } => {
+                let mut object = object;
+                object::meta_mut(&mut object).insert("resourceVersion".into(), json!(revision.to_string()));
+                Ok((object, warnings))
+            }
+            WriteOutcome::Refused { index: 0, .. } => Err(ApiError::AlreadyExists { resource: rt.qualified(), name }),
+            // A companion already existed (left from an earlier namespace of that name): keep it.
+            WriteOutcome::Refused { .. } => {
+                let key = rt.key(namespace, &name);
+                match self
+                    .storage
+                    .write(vec![WriteOp::Put { key, value: encode(&object)?, precondition: Precondition::Absent }])
+                    .await?
+                {
+                    WriteOutcome::Applied { revision } => {
+                        let mut object = object;
+                        object::meta_mut(&mut object).insert("resourceVersion".into(), json!(revision.to_string()));
+                        Ok((object, warnings))
+                    }
+                    WriteOutcome::Refused { .. } => Err(ApiError::AlreadyExists { resource: rt.qualified(), name }),
+                }
+            }
+        }
+    }
+
+    /// Replaces an object (or its status or scale, with `subresource`), holding the
+    /// resourceVersion precondition the new object carries, if any.
+    #[tracing::instrument(level = "debug", skip(self, rt, object, options), fields(resource = %rt.plural))]
+    pub async fn update(
+        &self,
+        rt: &ResourceType,
+        namespace: Option<&str>,
+        name: &str,
+        subresource: Option<&str>,
+        mut object: Value,
+        options: &WriteOptions,
+    ) -> Result<(Value, Vec<String>)> {
+        if subresource == Some("scale") {
+            return self.update_scale(rt, namespace, name, object, options).await;
+        }
+        Self::check_type_meta(rt, &mut object)?;
+        Self::check_namespace(rt, namespace, &mut object)?;
+        let body_name = object::name(&object);
+        if body_name.is_empty() {
+            object::meta_mut(&mut object).insert("name".into(), json!(name));
+        } else if body_name != name {
+            return Err(ApiError::bad_request(format!(
+                "the name of the object ({body_name}) does not match the name on the URL ({name})"
+            )));
+        }
+        let (stored, current) = self.get_stored(rt, namespace, name).await?;
+        let expected = match object::meta_str(&object, "resourceVersion") {
+            "" => stored.mod_revision,
+            rv => rv.parse::<i64>().map_err(|_| ApiError::bad_request(format!("invalid resourceVersion {rv:?}")))?,
+        };
+        if expected != stored.mod_revision {
+            return Err(Self::conflict(rt, name));
+        }
+        self.replace(rt, namespace, name, subresource, &current, stored.mod_revision, object, options).await
+    }
+
+    /// The shared tail of update and patch: the new object against the stored one.
+    #[allow(clippy::too_many_arguments)]
+    async fn replace(
+        &self,
+        rt: &ResourceType,
+        namespace: Option<&str>,
+        name: &str,
+        subresource: Option<&str>,
+        current: &Value,
+        revision: i64,
+        mut object: Value,
+        options: &WriteOptions,
+    ) -> Result<(Value, Vec<String>)> {
+        let body_uid = object::meta_str(&object, "uid").to_string();
+        if !body_uid.is_empty() && body_uid != object::meta_str(current, "uid") {
+            return Err(ApiError::Conflict {
+                resource: rt.qualified(),
+                name: name.into(),
+                message: format!(
+                    "Precondition failed: UID in precondition: {body_uid}, UID in object meta: {}",
+                    object::meta_str(current, "uid")
+                ),
+            });
+        }
+        match subresource {
+            Some("status") => {
+                // Only status changes through /status.
+                let status = object.get("status").cloned();
+                object = current.clone();
+                match status {
+                    Some(s) => object["status"] = s,
+                    None => {
+                        if let Some(map) = object.as_object_mut() {
+                            map.remove("status");
+                        }
+                    }
+                }
+            }
+            None if rt.has_status => match current.get("status") {
+                Some(s) => object["status"] = s.clone(),
+                None => {
+                    if let Some(map) = object.as_object_mut() {
+                        map.remove("status");
+                    }
+                }
+            },
+            None => {}
+            Some(other) => {
+                return Err(ApiError::NotFound { resource: format!("{}/{other}", rt.qualified()), name: name.into() });
+            }
+        }
+        {
+            let current_meta = object::meta(current).cloned().unwrap_or_default();
+            let meta = object::meta_mut(&mut object);
+            for field in SERVER_OWNED_META {
+                match current_meta.get(*field) {
+                    Some(v) => meta.insert(field.to_string(), v.clone()),
+                    None => meta.remove(*field),
+                };
+            }
+            meta.remove("resourceVersion");
+        }
+        if rt.group == "apiextensions.k8s.io" {
+            crate::crd::accept(&mut object);
+        }
+        let attributes =
+            Attributes { operation: Operation::Update, resource: rt, namespace, name, subresource, old: Some(current) };
+        self.admission.mutate(&attributes, &mut object)?;
+        let generation = object::meta(current).and_then(|m| m.get("generation")).and_then(Value::as_i64).unwrap_or(1);
+        if spec_changed(current, &object) {
+            object::meta_mut(&mut object).insert("generation".into(), json!(generation + 1));
+        }
+        let (object, warnings) = self.validate(rt, object, options.field_validation)?;
+        self.admission.validate(&attributes, &object).await?;
+        if same_ignoring_version(current, &object) {
+            return Ok((current.clone(), warnings));
+        }
+        if options.dry_run {
+            return Ok((object, warnings));
+        }
+        let key = rt.key(namespace, name);
+        // Removing the last finalizer of an object being deleted completes its deletion.
+        let finished = object::is_terminating(&object) && object::finalizers(&object).is_empty();
+        let op = if finished {
+            WriteOp::Delete { key, precondition: Precondition::Revision(revision) }
+        } else {
+            WriteOp::Put { key, value: encode(&object)?, precondition: Precondition::Revision(revision) }
+        };
+        match self.storage.write(vec![op]).await? {
+            WriteOutcome::Applied { revision } => {
+                let mut object = object;
+                object::meta_mut(&mut object).insert("resourceVersion".into(), json!(revision.to_string()));
+                Ok((object, warnings))
+            }
+            WriteOutcome::Refused { current: None, .. } => Err(Self::not_found(rt, name)),
+            WriteOutcome::Refused { .. } => Err(Self::conflict(rt, name)),
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    #[tracing::instrument(level = "debug", skip(self, rt, patch, options), fields(resource = %rt.plural))]
+    pub async fn patch(
+        &self,
+        rt: &ResourceType,
+        namespace: Option<&str>,
+        name: &str,
+        subresource: Option<&str>,
+        patch_type: PatchType,
+        patch: Value,
+        options: &WriteOptions,
+    ) -> Result<(Value, Vec<String>, bool)> {
+        if patch_type == PatchType::Apply {
+            return crate::apply::apply(self, rt, namespace, name, subresource, patch, options).await;
+        }
+        let pinned = patch.pointer("/metadata/resourceVersion").and_then(Value::as_str).map(String::from);
+        for _ in 0..PATCH_RETRIES {
+            let (stored, current) = if subresource == Some("scale") {
+                let (stored, current) = self.get_stored(rt, namespace, name).await?;
+                let scale = crate::scale::scale_of(rt, &current, stored.mod_revision)?;
+                (stored, scale)
+            } else {
+                self.get_stored(rt, namespace, name).await?
+            };
+            if let Some(rv) = &pinned
+                && *rv != stored.mod_revision.to_string()
+            {
+                return Err(Self::conflict(rt, name));
+            }
+            let kind = if subresource == Some("scale") { "Scale" } else { rt.kind.as_str() };
+            let patched = match patch_type {
+                PatchType::Json => patch::json_patch(&current, &patch),
+                PatchType::Merge => patch::merge_patch(&current, &patch),
+                PatchType::StrategicMerge => {
+                    if matches!(rt.shape, Shape::Custom { .. }) {
+                        return Err(ApiError::UnsupportedMediaType {
+                            accepted: "application/json-patch+json, application/merge-patch+json, application/apply-patch+yaml".into(),
+                        });
+                    }
+                    patch::strategic_merge_patch(&current, &patch, kind)
+                }
+                PatchType::Apply => unreachable!("handled above"),
+            }
+            .map_err(|e| ApiError::Invalid {
+                kind: rt.kind.clone(),
+                group: rt.group.clone(),
+                name: name.into(),
+                causes: vec![FieldCause::invalid("", e)],
+            })?;
+            let result = if subresource == Some("scale") {
+                let (stored_obj, stored_rev) = (self.get_stored(rt, namespace, name).await?, stored.mod_revision);
+                if stored_obj.0.mod_revision != stored_rev {
+                    continue;
+                }
+                self.write_scale(rt, namespace, name, &stored_obj.1, stored_rev, patched, options).await
+            } else {
+                self.replace(rt, namespace, name, subresource, &current, stored.mod_revision, patched, options).await
+            };
+            match result {
+                Err(ApiError::Conflict { .. }) if pinned.is_none() => continue,
+                other => return other.map(|(o, w)| (o, w, false)),
+            }
+        }
+        Err(Self::conflict(rt, name))
+    }
+
+    async fn update_scale(
+        &self,
+        rt: &ResourceType,
+        namespace: Option<&str>,
+        name: &str,
+        scale: Value,
+        options: &WriteOptions,
+    ) -> Result<(Value, Vec<String>)> {
+        let (stored, current) = self.get_stored(rt, namespace, name).await?;
+        let rv = scale.pointer("/metadata/resourceVersion").and_then(Value::as_str).unwrap_or("");
+        if !rv.is_empty() && rv != stored.mod_revision.to_string() {
+            return Err(Self::conflict(rt, name));
+        }
+        self.write_scale(rt, namespace, name, &current, stored.mod_revision, scale, options).await
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn write_scale(
+        &self,
+        rt: &ResourceType,
+        namespace: Option<&str>,
+        name: &str,
+        current: &Value,
+        revision: i64,
+        scale: Value,
+        options: &WriteOptions,
+    ) -> Result<(Value, Vec<String>)> {
+        let updated = crate::scale::apply_scale(rt, current, &scale)?;
+        let (object, warnings) = self.replace(rt, namespace, name, None, current, revision, updated, options).await?;
+        let revision = object::meta_str(&object, "resourceVersion").parse().unwrap_or(revision);
+        Ok((crate::scale::scale_of(rt, &object, revision)?, warnings))
+    }
+
+    /// Deletes an object, or marks it for deletion when finalizers, a grace period or
+    /// foreground propagation must run first.
+    #[tracing::instrument(level = "debug", skip(self, rt, options), fields(resource = %rt.plural))]
+    pub async fn delete(
+        &self,
+        rt: &ResourceType,
+        namespace: Option<&str>,
+        name: &str,
+        options: &DeleteOptions,
+    ) -> Result<(Value, bool)> {
+        for _ in 0..PATCH_RETRIES {
+            let (stored, current) = self.get_stored(rt, namespace, name).await?;
+            if let Some(uid) = &options.precondition_uid
+                && uid != object::meta_str(&current, "uid")
+            {
+                return Err(ApiError::Conflict {
+                    resource: rt.qualified(),
+                    name: name.into(),
+                    message: format!(
+                        "Precondition failed: UID in precondition: {uid}, UID in object meta: {}",
+                        object::meta_str(&current, "uid")
+                    ),
+                });
+            }
+            if let Some(rv) = &options.precondition_resource_version
+                && *rv != stored.mod_revision.to_string()
+            {
+                return Err(ApiError::Conflict {
+                    resource: rt.qualified(),
+                    name: name.into(),
+                    message: format!(
+                        "Precondition failed: ResourceVersion in precondition: {rv}, ResourceVersion in object meta: {}",
+                        stored.mod_revision
+                    ),
+                });
+            }
+            let attributes = Attributes {
+                operation: Operation::Delete,
+                resource: rt,
+                namespace,
+                name,
+                subresource: None,
+                old: Some(&current),
+            };
+            self.admission.validate(&attributes, &current).await?;
+            let mut marked = current.clone();
+            let mut finalizers = object::finalizers(&current);
+            let mut add = |f: &str| {
+                if !finalizers.iter().any(|x| x == f) {
+                    finalizers.push(f.to_string());
+                }
+            };
+            match options.propagation_policy.as_deref() {
+                Some("Foreground") => add("foregroundDeletion"),
+                Some("Orphan") => add("orphan"),
+                Some("Background") | None => {}
+                Some(other) => {
+                    return Err(ApiError::invalid(
+                        &rt.kind,
+                        &rt.group,
+                        name,
+                        vec![FieldCause {
+                            reason: "FieldValueNotSupported",
+                            field: "propagationPolicy".into(),
+                            message: format!(
+                                "Unsupported value: {other:?}: supported values: \"Foreground\", \"Background\", \"Orphan\""
+                            ),
+                        }],
+                    ));
+                }
+            }
+            let is_namespace = rt.group.is_empty() && rt.kind == "Namespace";
+            let grace = self.grace_period(rt, &current, options);
+            let needs_mark = !finalizers.is_empty() || grace > 0 || is_namespace;
+            let op = if needs_mark {
+                if object::is_terminating(&current) && finalizers == object::finalizers(&current) {
+                    // Already being deleted and nothing new to wait for.
+                    return Ok((current, false));
+                }
+                let meta = object::meta_mut(&mut marked);
+                if meta.get("deletionTimestamp").is_none_or(|t| t.is_null()) {
+                    let at = jiff::Timestamp::now() + jiff::SignedDuration::from_secs(grace);
+                    meta.insert("deletionTimestamp".into(), json!(at.strftime("%Y-%m-%dT%H:%M:%SZ").to_string()));
+                    meta.insert("deletionGracePeriodSeconds".into(), json!(grace));
+                }
+                if !finalizers.is_empty() {
+                    meta.insert("finalizers".into(), json!(finalizers));
+                }
+                if is_namespace {
+                    marked["status"] = json!({"phase": "Terminating"});
+                }
+                WriteOp::Put {
+                    key: stored.key.clone(),
+                    value: encode(&marked)?,
+                    precondition: Precondition::Revision(stored.mod_revision),
+                }
+            } else {
+                WriteOp::Delete { key: stored.key.clone(), precondition: Precondition::Revision(stored.mod_revision) }
+            };
+            if options.dry_run {
+                return Ok((marked, !needs_mark));
+            }
+            match self.storage.write(vec![op]).await? {
+                WriteOutcome::Applied { revision } => {
+                    object::meta_mut(&mut marked).insert("resourceVersion".into(), json!(revision.to_string()));
+                    return Ok((marked, !needs_mark));
+                }
+                WriteOutcome::Refused { current: None, .. } => return Err(Self::not_found(rt, name)),
+                WriteOutcome::Refused { .. } => continue,
+            }
+        }
+        Err(Self::conflict(rt, name))
+    }
+
+    /// Seconds a deletion waits: pods on a node get their grace period for the node agent to
+    /// stop them; everything else goes at once.
+    fn grace_period(&self, rt: &ResourceType, current: &Value, options: &DeleteOptions) -> i64 {
+        if !(rt.group.is_empty() && rt.kind == "Pod") {
+            return 0;
+        }
+        let on_node = current.pointer("/spec/nodeName").and_then(Value::as_str).is_some_and(|n| !n.is_empty());
+        let finished = matches!(current.pointer("/status/phase").and_then(Value::as_str), Some("Succeeded" | "Failed"));
+        if !on_node || finished {
+            return 0;
+        }
+        options
+            .grace_period_seconds
+            .or_else(|| current.pointer("/spec/terminationGracePeriodSeconds").and_then(Value::as_i64))
+            .unwrap_or(30)
+            .max(0)
+    }
+
+    pub async fn delete_collection(
+        &self,
+        rt: &ResourceType,
+        namespace: Option<&str>,
+        list: &ListOptions,
+        options: &DeleteOptions,
+    ) -> Result<ListResult> {
+        let mut listed = self.list(rt, namespace, list).await?;
+        let mut deleted = Vec::new();
+        for item in &listed.items {
+            let ns = object::namespace(item);
+            let ns = if ns.is_empty() { None } else { Some(ns) };
+            match self.delete(rt, ns, object::name(item), options).await {
+                Ok((object, _)) => deleted.push(object),
+                Err(ApiError::NotFound { .. }) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        listed.items = deleted;
+        Ok(listed)
+    }
+
+    /// A watch, as a channel of events the caller forwards to its client. Ends on timeout,
+    /// when the caller drops the receiver, or after an ERROR event.
+    pub async fn watch(
+        self: &Arc<Self>,
+        rt: Arc<ResourceType>,
+        namespace: Option<String>,
+        options: WatchOptions,
+    ) -> Result<mpsc::Receiver<WatchEvent>> {
+        let prefix = rt.list_prefix(namespace.as_deref());
+        let rv = options.list.resource_version.clone().unwrap_or_default();
+        let send_initial = options.send_initial_events.unwrap_or(rv.is_empty() || rv == "0");
+        if options.send_initial_events == Some(true) && !options.allow_bookmarks {
+            return Err(ApiError::bad_request("sendInitialEvents requires allowWatchBookmarks=true"));
+        }
+        // Initial state first (a consistent list), then changes after it.
+        let (initial, start_revision) = if send_initial {
+            let mut list_options = options.list.clone();
+            list_options.limit = 0;
+            list_options.continue_token = None;
+            if rv.is_empty() {
+                list_options.resource_version = None;
+            }
+            let listed = self.list(&rt, namespace.as_deref(), &list_options).await?;
+            (listed.items, listed.revision + 1)
+        } else {
+            let n: i64 = rv.parse().map_err(|_| {
+                ApiError::bad_request(format!("invalid resource version {rv:?}: must be a decimal integer"))
+            })?;
+            (Vec::new(), n + 1)
+        };
+        let compacted = self.storage.compacted_revision();
+        if start_revision <= compacted {
+            return Err(ApiError::Gone { what: "watch".into(), compacted });
+        }
+        let mut feed = self.storage.watch(&prefix, &prefix_end(&prefix), start_revision)?;
+        let (tx, rx) = mpsc::channel(256);
+        let timeout = options.timeout.unwrap_or(DEFAULT_WATCH_TIMEOUT);
+        let list = options.list.clone();
+        let bookmark = |revision: i64, initial_end: bool| {
+            let mut meta = json!({"resourceVersion": revision.to_string()});
+            if initial_end {
+                meta["annotations"] = json!({"k8s.io/initial-events-end": "true"});
+            }
+            json!({"type": "BOOKMARK", "object": {"kind": rt.kind, "apiVersion": rt.api_version(), "metadata": meta}})
+        };
+        let first_bookmark = (options.send_initial_events == Some(true)).then(|| bookmark(start_revision - 1, true));
+        let rt_for_task = rt.clone();
+        let span = tracing::debug_span!("watch", resource = %rt.plural, start_revision);
+        tokio::spawn(tracing::Instrument::instrument(
+            async move {
+                let rt = rt_for_task;
+                for object in initial {
+                    if tx.send(json!({"type": "ADDED", "object": object})).await.is_err() {
+                        return;
+                    }
+                }
+                if let Some(b) = first_bookmark
+                    && tx.send(b).await.is_err()
+                {
+                    return;
+                }
+                let deadline = tokio::time::Instant::now() + timeout;
+                loop {
+                    let next = tokio::select! {
+                        next = feed.next() => next,
+                        _ = tokio::time::sleep(BOOKMARK_INTERVAL) => {
+                            if options.allow_bookmarks {
+                                let revision = feed.progress_revision();
+                                let b = json!({"type": "BOOKMARK", "object": {"kind": rt.kind, "apiVersion": rt.api_version(), "metadata": {"resourceVersion": revision.to_string()}}});
+                                if tx.send(b).await.is_err() { return; }
+                            } else if tx.is_closed() {
+                                return;
+                            }
+                            continue;
+                        }
+                        _ = tokio::time::sleep_until(deadline) => return,
+                        _ = tx.closed() => return,
+                    };
+                    let changes = match next {
+                        Ok(changes) => changes,
+                        Err(e) => {
+                            let _ = tx.send(json!({"type": "ERROR", "object": e.status()})).await;
+                            return;
+                        }
+                    };
+                    for change in changes {
+                        match watch_event(&rt, &list, &change) {
+                            Ok(Some(event)) => {
+                                if tx.send(event).await.is_err() {
+                                    return;
+                                }
+                            }
+                            Ok(None) => {}
+                            Err(e) => {
+                                let _ = tx.send(json!({"type": "ERROR", "object": e.status()})).await;
+                                return;
+                            }
+                        }
+                    }
+                }
+            },
+            span,
+        ));
+        Ok(rx)
+    }
+
+    /// `pods/binding`: assigns a pod to a node, once.
+    pub async fn bind(&self, rt: &ResourceType, namespace: Option<&str>, name: &str, binding: &Value) -> Result<Value> {
+        let target = binding.pointer("/target/name").and_then(Value::as_str).unwrap_or("");
+        if target.is_empty() {
+            return Err(ApiError::invalid("Binding", "", name, vec![FieldCause::required("target.name")]));
+        }
+        for _ in 0..PATCH_RETRIES {
+            let (stored, current) = self.get_stored(rt, namespace, name).await?;
+            let assigned = current.pointer("/spec/nodeName").and_then(Value::as_str).unwrap_or("");
+            if !assigned.is_empty() {
+                return Err(ApiError::Conflict {
+                    resource: rt.qualified(),
+                    name: name.into(),
+                    message: format!(
+                        "Operation cannot be fulfilled on pods/binding \"{name}\": pod {name} is already assigned to node \"{assigned}\""
+                    ),
+                });
+            }
+            if object::is_terminating(&current) {
+                return Err(ApiError::Conflict {
+                    resource: rt.qualified(),
+                    name: name.into(),
+                    message: format!(
+                        "Operation cannot be fulfilled on pods/binding \"{name}\": pod {name} is being deleted, cannot be assigned to a host"
+                    ),
+                });
+            }
+            let mut bound = current.clone();
+            bound["spec"]["nodeName"] = json!(target);
+            let mut conditions =
+                bound.pointer("/status/conditions").and_then(Value::as_array).cloned().unwrap_or_default();
+            conditions.retain(|c| c.get("type").and_then(Value::as_str) != Some("PodScheduled"));
+            conditions
+                .push(json!({"type": "PodScheduled", "status": "True", "lastTransitionTime": object::now_rfc3339()}));
+            bound["status"]["conditions"] = json!(conditions);
+            let op = WriteOp::Put {
+                key: stored.key.clone(),
+                value: encode(&bound)?,
+                precondition: Precondition::Revision(stored.mod_revision),
+            };
+            match self.storage.write(vec![op]).await? {
+                WriteOutcome::Applied { .. } => {
+                    return Ok(
+                        json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "code": 201}),
+                    );
+                }
+                WriteOutcome::Refused { current: None, .. } => return Err(Self::not_found(rt, name)),
+                WriteOutcome::Refused { .. } => continue,
+            }
+        }
+        Err(Self::conflict(rt, name))
+    }
+
+    /// Creates the namespaces every cluster has (and their default service accounts), if
+    /// they are missing. Safe on every member at every start.
+    pub async fn ensure_system_namespaces(&self) -> Result<()> {
+        let Some(rt) = self.registry.find("", "v1", "namespaces") else { return Ok(()) };
+        for name in crate::admission::SYSTEM_NAMESPACES {
+            let ns = json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}});
+            match self.create(&rt, None, ns, &WriteOptions::default()).await {
+                Ok(_) | Err(ApiError::AlreadyExists { .. }) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+}
+
+fn watch_event(
+    rt: &ResourceType,
+    options: &ListOptions,
+    change: &crate::storage::Change,
+) -> Result<Option<WatchEvent>> {
+    let object = decode_bytes(&change.value, change.revision, &change.key)?;
+    let matches = |o: &Value| Api::matches(rt, options, o);
+    let event = match change.kind {
+        ChangeKind::Delete => matches(&object).then_some(("DELETED", object)),
+        ChangeKind::Put => {
+            let now = matches(&object);
+            let before = match &change.previous {
+                Some(bytes) if change.create_revision != change.revision => {
+                    Some(matches(&decode_bytes(bytes, change.revision, &change.key)?))
+                }
+                _ => None,
+            };
+            match (before, now) {
+                (None, true) => Some(("ADDED", object)),
+                (Some(true), true) => Some(("MODIFIED", object)),
+                (Some(false), true) => Some(("ADDED", object)),
+                (Some(true), false) => Some(("DELETED", object)),
+                (_, false) => None,
+            }
+        }
+    };
+    Ok(event.map(|(kind, object)| json!({"type": kind, "object": object})))
+}
+
+/// The QoS class a pod's requests and limits put it in.
+fn qos_class(pod: &Value) -> &'static str {
+    let containers = pod.pointer("/spec/containers").and_then(Value::as_array).cloned().unwrap_or_default();
+    let mut any = false;
+    let mut guaranteed = !containers.is_empty();
+    for c in &containers {
+        let requests = c.pointer("/resources/requests").and_then(Value::as_object);
+        let limits = c.pointer("/resources/limits").and_then(Value::as_object);
+        any |= requests.is_some_and(|r| !r.is_empty()) || limits.is_some_and(|l| !l.is_empty());
+        for resource in ["cpu", "memory"] {
+            let limit = limits.and_then(|l| l.get(resource));
+            let request = requests.and_then(|r| r.get(resource)).or(limit);
+            if limit.is_none() || request != limit {
+                guaranteed = false;
+            }
+        }
+    }
+    if guaranteed {
+        "Guaranteed"
+    } else if any {
+        "Burstable"
+    } else {
+        "BestEffort"
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn continue_tokens_roundtrip_and_are_checked() {
+        let token = encode_continue(42, "/registry/core/pods/a/b\0");
+        let decoded = decode_continue(&token, "/registry/core/pods/").unwrap();
+        assert_eq!(decoded.rv, 42);
+        assert!(decode_continue(&token, "/registry/core/configmaps/").is_err());
+        assert!(decode_continue("garbage", "/registry/").is_err());
+    }
+
+    #[test]
+    fn qos_classes() {
+        assert_eq!(qos_class(&json!({"spec": {"containers": [{"name": "a"}]}})), "BestEffort");
+        let limits = json!({"cpu": "1", "memory": "1Gi"});
+        assert_eq!(qos_class(&json!({"spec": {"containers": [{"resources": {"limits": limits}}]}})), "Guaranteed");
+        assert_eq!(
+            qos_class(&json!({"spec": {"containers": [{"resources": {"requests": {"cpu": "1"}}}]}})),
+            "Burstable"
+        );
+    }
+}

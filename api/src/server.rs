@@ -1,0 +1,490 @@
+//! The HTTP edge of the API: URL grammar, query parameters, content negotiation (JSON, YAML,
+//! Table), chunked watch streams, and the one place errors become `Status` responses.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::{Body, Bytes};
+use axum::extract::{Request, State};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use futures::StreamExt;
+use serde_json::{Value, json};
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::ReceiverStream;
+
+use crate::error::{ApiError, Result};
+use crate::patch::PatchType;
+use crate::registry::ResourceType;
+use crate::rest::{Api, DeleteOptions, FieldValidation, ListOptions, WatchOptions, WriteOptions};
+use crate::selector::{FieldSelector, LabelSelector};
+use crate::{discovery, openapi, table};
+
+/// kube-apiserver's limit on request bodies.
+pub const MAX_BODY_BYTES: usize = 3 * 1024 * 1024;
+
+pub fn router(api: Arc<Api>) -> axum::Router {
+    axum::Router::new().fallback(handle).with_state(api)
+}
+
+/// Serves the API on `listener` until `shutdown` resolves; open watches are then cut.
+pub async fn serve(
+    api: Arc<Api>,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let server = axum::serve(listener, router(api)).with_graceful_shutdown(async move {
+        let mut rx = stop_rx;
+        let _ = rx.wait_for(|stop| *stop).await;
+    });
+    let server = tokio::spawn(async move { server.await });
+    shutdown.await;
+    let _ = stop_tx.send(true);
+    // Watches never finish on their own: give requests a moment, then stop.
+    match tokio::time::timeout(Duration::from_secs(2), server).await {
+        Ok(Ok(result)) => result,
+        Ok(Err(e)) => Err(std::io::Error::other(e)),
+        Err(_) => Ok(()),
+    }
+}
+
+struct Query(Vec<(String, String)>);
+
+impl Query {
+    fn parse(raw: Option<&str>) -> Query {
+        Query(form_urlencoded::parse(raw.unwrap_or("").as_bytes()).into_owned().collect())
+    }
+
+    fn get(&self, key: &str) -> Option<&str> {
+        self.0.iter().rev().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
+    }
+
+    fn flag(&self, key: &str) -> bool {
+        matches!(self.get(key), Some("true" | "1"))
+    }
+}
+
+/// How the client wants the answer.
+#[derive(Clone, Copy, PartialEq)]
+enum Format {
+    Json { pretty: bool },
+    Yaml,
+}
+
+struct Negotiated {
+    format: Format,
+    table: bool,
+    include_object: &'static str,
+}
+
+fn negotiate(headers: &HeaderMap, query: &Query) -> Result<Negotiated> {
+    let accept = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()).unwrap_or("application/json");
+    let table = accept.split(',').any(|a| a.contains("as=Table") && a.contains("g=meta.k8s.io"));
+    let wants = |t: &str| accept.split(',').any(|a| a.trim().starts_with(t));
+    let format = if wants("application/json") || wants("*/*") || accept.trim().is_empty() {
+        Format::Json { pretty: query.flag("pretty") }
+    } else if wants("application/yaml") {
+        Format::Yaml
+    } else if wants("application/vnd.kubernetes.protobuf") && !wants("application/json") {
+        return Err(ApiError::NotAcceptable);
+    } else {
+        Format::Json { pretty: query.flag("pretty") }
+    };
+    let include_object = match query.get("includeObject") {
+        Some("None") => "None",
+        Some("Object") => "Object",
+        _ => "Metadata",
+    };
+    Ok(Negotiated { format, table, include_object })
+}
+
+fn encode(format: Format, value: &Value) -> (Vec<u8>, &'static str) {
+    match format {
+        Format::Json { pretty: true } => (serde_json::to_vec_pretty(value).unwrap_or_default(), "application/json"),
+        Format::Json { pretty: false } => (serde_json::to_vec(value).unwrap_or_default(), "application/json"),
+        Format::Yaml => (serde_yaml::to_string(value).unwrap_or_default().into_bytes(), "application/yaml"),
+    }
+}
+
+fn respond(code: StatusCode, format: Format, value: &Value, warnings: &[String]) -> Response {
+    let (body, content_type) = encode(format, value);
+    let mut response = (code, body).into_response();
+    response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    for warning in warnings {
+        let text = format!("299 - \"{}\"", warning.replace('"', "'"));
+        if let Ok(value) = HeaderValue::from_str(&text) {
+            response.headers_mut().append(header::WARNING, value);
+        }
+    }
+    response
+}
+
+fn error_response(error: &ApiError) -> Response {
+    let status = StatusCode::from_u16(error.code()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    respond(status, Format::Json { pretty: false }, &error.status(), &[])
+}
+
+fn ok_json(value: Value) -> Response {
+    respond(StatusCode::OK, Format::Json { pretty: false }, &value, &[])
+}
+
+fn parse_body(headers: &HeaderMap, body: &Bytes, patch: bool) -> Result<(Value, Option<PatchType>)> {
+    let content_type = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("application/json");
+    let media = content_type.split(';').next().unwrap_or("").trim();
+    let patch_type = if patch {
+        Some(PatchType::from_content_type(content_type).ok_or_else(|| ApiError::UnsupportedMediaType {
+            accepted: "application/json-patch+json, application/merge-patch+json, application/strategic-merge-patch+json, application/apply-patch+yaml".into(),
+        })?)
+    } else {
+        None
+    };
+    if body.is_empty() {
+        return Err(ApiError::bad_request("the request body is empty"));
+    }
+    let yaml = media.ends_with("yaml");
+    let value: Value = if media == "application/vnd.kubernetes.protobuf" && !patch {
+        crate::proto::decode_body(body, proto_names()).map_err(|e| ApiError::bad_request(e.to_string()))?
+    } else if yaml {
+        serde_yaml::from_slice(body).map_err(|e| ApiError::bad_request(format!("the body is not valid YAML: {e}")))?
+    } else if patch || media == "application/json" || media.is_empty() {
+        serde_json::from_slice(body).map_err(|e| ApiError::bad_request(format!("the body is not valid JSON: {e}")))?
+    } else {
+        return Err(ApiError::UnsupportedMediaType {
+            accepted: "application/json, application/yaml, application/vnd.kubernetes.protobuf".into(),
+        });
+    };
+    Ok((value, patch_type))
+}
+
+/// JSON names of the built-in kinds' fields, for decoding protobuf bodies.
+fn proto_names() -> &'static crate::proto::JsonNames {
+    static NAMES: std::sync::OnceLock<crate::proto::JsonNames> = std::sync::OnceLock::new();
+    NAMES.get_or_init(|| {
+        let registry = crate::registry::Registry::new(crate::registry::RuntimeConfig::default());
+        let document = openapi::v2(&registry);
+        crate::proto::json_names(document["definitions"].as_object().unwrap_or(&serde_json::Map::new()))
+    })
+}
+
+/// A request for objects of one resource.
+struct Target {
+    rt: Arc<ResourceType>,
+    namespace: Option<String>,
+    name: Option<String>,
+    subresource: Option<String>,
+    watch_path: bool,
+}
+
+fn resolve(api: &Api, segments: &[&str]) -> Result<Option<Target>> {
+    let (group, version, mut rest) = match segments {
+        ["api", version, rest @ ..] => ("", *version, rest),
+        ["apis", group, version, rest @ ..] => (*group, *version, rest),
+        _ => return Ok(None),
+    };
+    if rest.is_empty() {
+        return Ok(None);
+    }
+    let mut watch_path = false;
+    if rest[0] == "watch" {
+        watch_path = true;
+        rest = &rest[1..];
+    }
+    let registry = &api.registry;
+    let (namespace, plural, name, subresource) = match rest {
+        ["namespaces", ns, plural, tail @ ..]
+            if registry.find(group, version, plural).is_some_and(|t| t.namespaced) =>
+        {
+            (Some(ns.to_string()), *plural, tail.first(), tail.get(1))
+        }
+        [plural, tail @ ..] => (None, *plural, tail.first(), tail.get(1)),
+        [] => return Ok(None),
+    };
+    let rt = registry.find(group, version, plural).ok_or(ApiError::NoRoute)?;
+    if rest.len() > if namespace.is_some() { 5 } else { 3 } {
+        return Err(ApiError::NoRoute);
+    }
+    if rt.namespaced && namespace.is_none() && name.is_some() {
+        return Err(ApiError::NoRoute);
+    }
+    Ok(Some(Target {
+        rt,
+        namespace,
+        name: name.map(|n| n.to_string()),
+        subresource: subresource.map(|s| s.to_string()),
+        watch_path,
+    }))
+}
+
+async fn handle(State(api): State<Arc<Api>>, request: Request) -> Response {
+    let method = request.method().clone();
+    let path = request.uri().path().to_string();
+    let span = tracing::info_span!("request", %method, %path);
+    let _entered = span.enter();
+    drop(_entered);
+    match tracing::Instrument::instrument(route(api, request), span).await {
+        Ok(response) => response,
+        Err(error) => {
+            tracing::debug!(%method, %path, code = error.code(), %error, "request failed");
+            error_response(&error)
+        }
+    }
+}
+
+async fn route(api: Arc<Api>, request: Request) -> Result<Response> {
+    let (parts, body) = request.into_parts();
+    let query = Query::parse(parts.uri.query());
+    let path = parts.uri.path().trim_end_matches('/').to_string();
+    let segments: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
+    let accept = parts.headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
+    let method = parts.method.clone();
+    let get = method == Method::GET;
+    match segments.as_slice() {
+        ["healthz" | "livez" | "readyz", ..] if get => return Ok((StatusCode::OK, "ok").into_response()),
+        ["version"] if get => return Ok(ok_json(discovery::version())),
+        ["api"] if get => {
+            if discovery::wants_aggregated(&accept) {
+                return Ok(aggregated(discovery::aggregated(&api.registry, true)));
+            }
+            return Ok(ok_json(discovery::api_versions()));
+        }
+        ["apis"] if get => {
+            if discovery::wants_aggregated(&accept) {
+                return Ok(aggregated(discovery::aggregated(&api.registry, false)));
+            }
+            return Ok(ok_json(discovery::group_list(&api.registry)));
+        }
+        ["api", version] if get => {
+            return discovery::resource_list(&api.registry, "", version).map(ok_json).ok_or(ApiError::NoRoute);
+        }
+        ["apis", group] if get => return discovery::group(&api.registry, group).map(ok_json).ok_or(ApiError::NoRoute),
+        ["apis", group, version] if get => {
+            return discovery::resource_list(&api.registry, group, version).map(ok_json).ok_or(ApiError::NoRoute);
+        }
+        ["openapi", "v2"] if get => return Ok(ok_json(openapi::v2(&api.registry))),
+        ["openapi", "v3"] if get => return Ok(ok_json(openapi::v3_root(&api.registry))),
+        ["openapi", "v3", rest @ ..] if get => {
+            return openapi::v3_group_version(&api.registry, &rest.join("/")).map(ok_json).ok_or(ApiError::NoRoute);
+        }
+        _ => {}
+    }
+    let target = resolve(&api, &segments)?.ok_or(ApiError::NoRoute)?;
+    let body =
+        axum::body::to_bytes(body, MAX_BODY_BYTES).await.map_err(|_| ApiError::TooLarge { limit: MAX_BODY_BYTES })?;
+    resource(api, target, method, parts.headers, query, body).await
+}
+
+fn aggregated(document: Value) -> Response {
+    let mut response = ok_json(document);
+    response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(discovery::AGGREGATED_CONTENT_TYPE));
+    response
+}
+
+fn list_options(query: &Query, rt: &ResourceType) -> Result<ListOptions> {
+    Ok(ListOptions {
+        label_selector: LabelSelector::parse(query.get("labelSelector").unwrap_or(""))
+            .map_err(|e| ApiError::bad_request(format!("unable to parse requirement: {e}")))?,
+        field_selector: FieldSelector::parse(query.get("fieldSelector").unwrap_or(""), &rt.kind)
+            .map_err(ApiError::bad_request)?,
+        limit: match query.get("limit") {
+            Some(l) => l.parse().map_err(|_| ApiError::bad_request(format!("limit {l:?} is not an integer")))?,
+            None => 0,
+        },
+        continue_token: query.get("continue").filter(|c| !c.is_empty()).map(String::from),
+        resource_version: query.get("resourceVersion").map(String::from),
+        resource_version_match: query.get("resourceVersionMatch").filter(|m| !m.is_empty()).map(String::from),
+    })
+}
+
+fn write_options(query: &Query) -> Result<WriteOptions> {
+    let dry_run = match query.get("dryRun") {
+        None | Some("") => false,
+        Some("All") => true,
+        Some(other) => {
+            return Err(ApiError::bad_request(format!("unsupported dryRun value {other:?}: only All is allowed")));
+        }
+    };
+    Ok(WriteOptions {
+        dry_run,
+        field_validation: FieldValidation::parse(query.get("fieldValidation"))?,
+        field_manager: query.get("fieldManager").map(String::from),
+        force: query.flag("force"),
+    })
+}
+
+async fn resource(
+    api: Arc<Api>,
+    target: Target,
+    method: Method,
+    headers: HeaderMap,
+    query: Query,
+    body: Bytes,
+) -> Result<Response> {
+    let negotiated = negotiate(&headers, &query)?;
+    let rt = target.rt.clone();
+    let ns = target.namespace.as_deref();
+    let sub = target.subresource.as_deref();
+    if let Some(sub) = sub {
+        let allowed = match sub {
+            "status" => rt.has_status,
+            "scale" => rt.scale.is_some(),
+            "binding" => rt.kind == "Pod" && rt.group.is_empty(),
+            _ => false,
+        };
+        if !allowed {
+            return Err(ApiError::NotFound {
+                resource: format!("{}/{sub}", rt.qualified()),
+                name: target.name.clone().unwrap_or_default(),
+            });
+        }
+    }
+    let format = negotiated.format;
+    let wants_table = negotiated.table;
+    let one = |value: Value, code: StatusCode, warnings: &[String]| {
+        if wants_table && code == StatusCode::OK && sub.is_none() {
+            let t = table::table(
+                &rt,
+                std::slice::from_ref(&value),
+                json!({"resourceVersion": value.pointer("/metadata/resourceVersion")}),
+                negotiated.include_object,
+            );
+            return respond(code, format, &t, warnings);
+        }
+        respond(code, format, &value, warnings)
+    };
+    match (method, target.name.as_deref()) {
+        (Method::GET, None) => {
+            let watching = target.watch_path || query.flag("watch");
+            if watching {
+                return watch(api, target, &query, negotiated).await;
+            }
+            let options = list_options(&query, &rt)?;
+            let listed = api.list(&rt, ns, &options).await?;
+            let meta = listed.list_meta();
+            if wants_table {
+                return Ok(respond(
+                    StatusCode::OK,
+                    format,
+                    &table::table(&rt, &listed.items, meta, negotiated.include_object),
+                    &[],
+                ));
+            }
+            let list = json!({"kind": rt.list_kind(), "apiVersion": rt.api_version(), "metadata": meta, "items": listed.items});
+            Ok(respond(StatusCode::OK, format, &list, &[]))
+        }
+        (Method::GET, Some(name)) => {
+            if target.watch_path {
+                return Err(ApiError::NoRoute);
+            }
+            let object = api.get(&rt, ns, name).await?;
+            if sub == Some("scale") {
+                let revision = object
+                    .pointer("/metadata/resourceVersion")
+                    .and_then(Value::as_str)
+                    .and_then(|r| r.parse().ok())
+                    .unwrap_or(0);
+                return Ok(one(crate::scale::scale_of(&rt, &object, revision)?, StatusCode::OK, &[]));
+            }
+            Ok(one(object, StatusCode::OK, &[]))
+        }
+        (Method::POST, None) => {
+            let (object, _) = parse_body(&headers, &body, false)?;
+            let (created, warnings) = api.create(&rt, ns, object, &write_options(&query)?).await?;
+            Ok(respond(StatusCode::CREATED, format, &created, &warnings))
+        }
+        (Method::POST, Some(name)) if sub == Some("binding") => {
+            let (binding, _) = parse_body(&headers, &body, false)?;
+            let status = api.bind(&rt, ns, name, &binding).await?;
+            Ok(respond(StatusCode::CREATED, format, &status, &[]))
+        }
+        (Method::PUT, Some(name)) => {
+            let (object, _) = parse_body(&headers, &body, false)?;
+            let (updated, warnings) = api.update(&rt, ns, name, sub, object, &write_options(&query)?).await?;
+            Ok(respond(StatusCode::OK, format, &updated, &warnings))
+        }
+        (Method::PATCH, Some(name)) => {
+            let (patch, patch_type) = parse_body(&headers, &body, true)?;
+            let patch_type = patch_type.ok_or_else(|| ApiError::internal("patch without a type"))?;
+            let (patched, warnings, created) =
+                api.patch(&rt, ns, name, sub, patch_type, patch, &write_options(&query)?).await?;
+            let code = if created { StatusCode::CREATED } else { StatusCode::OK };
+            Ok(respond(code, format, &patched, &warnings))
+        }
+        (Method::DELETE, Some(name)) if sub.is_none() => {
+            let options = delete_options(&headers, &body, &query)?;
+            let (object, gone) = api.delete(&rt, ns, name, &options).await?;
+            let code = if gone { StatusCode::OK } else { StatusCode::ACCEPTED };
+            Ok(respond(code, format, &object, &[]))
+        }
+        (Method::DELETE, None) => {
+            let options = delete_options(&headers, &body, &query)?;
+            let listed = api.delete_collection(&rt, ns, &list_options(&query, &rt)?, &options).await?;
+            let list = json!({"kind": rt.list_kind(), "apiVersion": rt.api_version(), "metadata": listed.list_meta(), "items": listed.items});
+            Ok(respond(StatusCode::OK, format, &list, &[]))
+        }
+        (method, _) => Err(ApiError::MethodNotAllowed { method: method.to_string(), what: rt.qualified() }),
+    }
+}
+
+fn delete_options(headers: &HeaderMap, body: &Bytes, query: &Query) -> Result<DeleteOptions> {
+    let parsed = if body.is_empty() { None } else { Some(parse_body(headers, body, false)?.0) };
+    let mut options = DeleteOptions::from_body(parsed.as_ref());
+    if let Some(grace) = query.get("gracePeriodSeconds") {
+        options.grace_period_seconds = Some(
+            grace
+                .parse()
+                .map_err(|_| ApiError::bad_request(format!("gracePeriodSeconds {grace:?} is not an integer")))?,
+        );
+    }
+    if let Some(policy) = query.get("propagationPolicy") {
+        options.propagation_policy = Some(policy.to_string());
+    }
+    if query.get("dryRun") == Some("All") {
+        options.dry_run = true;
+    }
+    Ok(options)
+}
+
+async fn watch(api: Arc<Api>, target: Target, query: &Query, negotiated: Negotiated) -> Result<Response> {
+    let rt = target.rt.clone();
+    let mut list = list_options(query, &rt)?;
+    if let Some(name) = &target.name {
+        list.field_selector =
+            FieldSelector::parse(&format!("metadata.name={name}"), &rt.kind).map_err(ApiError::bad_request)?;
+    }
+    let options = WatchOptions {
+        list,
+        allow_bookmarks: query.flag("allowWatchBookmarks"),
+        send_initial_events: query.get("sendInitialEvents").map(|v| v == "true"),
+        timeout: match query.get("timeoutSeconds") {
+            Some(t) => Some(Duration::from_secs(
+                t.parse().map_err(|_| ApiError::bad_request(format!("timeoutSeconds {t:?} is not an integer")))?,
+            )),
+            None => None,
+        },
+    };
+    let events = api.watch(rt.clone(), target.namespace.clone(), options).await?;
+    let (table_mode, include_object) = (negotiated.table, negotiated.include_object);
+    let pretty = matches!(negotiated.format, Format::Json { pretty: true });
+    let stream = ReceiverStream::new(events).map(move |mut event| {
+        if table_mode {
+            let kind = event.get("type").and_then(Value::as_str).unwrap_or("");
+            if matches!(kind, "ADDED" | "MODIFIED" | "DELETED")
+                && let Some(object) = event.get("object").cloned()
+            {
+                let meta = json!({"resourceVersion": object.pointer("/metadata/resourceVersion")});
+                event["object"] = table::table(&rt, &[object], meta, include_object);
+            }
+        }
+        let mut line =
+            if pretty { serde_json::to_vec_pretty(&event) } else { serde_json::to_vec(&event) }.unwrap_or_default();
+        line.push(b'\n');
+        Ok::<_, Infallible>(Bytes::from(line))
+    });
+    let mut response = Response::new(Body::from_stream(stream));
+    response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    response.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache, private"));
+    Ok(response)
+}

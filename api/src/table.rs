@@ -1,0 +1,577 @@
+//! `meta.k8s.io/v1` Table responses for `kubectl get`: the columns kube-apiserver prints for
+//! each kind (priority 1 columns show with `-o wide`), and NAME/AGE for everything else.
+
+use serde_json::{Value, json};
+
+use crate::object::{age, meta_str};
+use crate::registry::ResourceType;
+
+struct Column {
+    name: &'static str,
+    kind: &'static str,
+    priority: u8,
+    description: &'static str,
+}
+
+const fn col(name: &'static str, kind: &'static str, priority: u8, description: &'static str) -> Column {
+    Column { name, kind, priority, description }
+}
+
+const NAME: Column = col("Name", "string", 0, "Name must be unique within a namespace.");
+const AGE: Column = col(
+    "Age",
+    "string",
+    0,
+    "CreationTimestamp is a timestamp representing the server time when this object was created.",
+);
+
+fn columns(kind: &str) -> Vec<Column> {
+    match kind {
+        "Pod" => vec![
+            NAME,
+            col("Ready", "string", 0, "The aggregate readiness state of this pod for accepting traffic."),
+            col("Status", "string", 0, "The aggregate status of the containers in this pod."),
+            col(
+                "Restarts",
+                "string",
+                0,
+                "The number of times the containers in this pod have been restarted and when the last container in this pod has restarted.",
+            ),
+            AGE,
+            col("IP", "string", 1, "IP address allocated to the pod."),
+            col("Node", "string", 1, "Name of the node this pod is assigned to."),
+            col("Nominated Node", "string", 1, "Name of the node the pod is nominated for."),
+            col("Readiness Gates", "string", 1, "The readiness gates of the pod."),
+        ],
+        "Deployment" => vec![
+            NAME,
+            col("Ready", "string", 0, "Number of the pod with ready state"),
+            col(
+                "Up-to-date",
+                "string",
+                0,
+                "Total number of non-terminated pods targeted by this deployment that have the desired template spec.",
+            ),
+            col(
+                "Available",
+                "string",
+                0,
+                "Total number of available pods (ready for at least minReadySeconds) targeted by this deployment.",
+            ),
+            AGE,
+            col("Containers", "string", 1, "Names of each container in the template."),
+            col("Images", "string", 1, "Images referenced by each container in the template."),
+            col("Selector", "string", 1, "Label selector for pods."),
+        ],
+        "ReplicaSet" | "ReplicationController" => vec![
+            NAME,
+            col("Desired", "integer", 0, "Number of desired pods."),
+            col("Current", "integer", 0, "Number of actual replicas."),
+            col("Ready", "integer", 0, "The number of ready replicas."),
+            AGE,
+            col("Containers", "string", 1, "Names of each container in the template."),
+            col("Images", "string", 1, "Images referenced by each container in the template."),
+            col("Selector", "string", 1, "Label selector for pods."),
+        ],
+        "StatefulSet" => vec![
+            NAME,
+            col("Ready", "string", 0, "Number of the pod with ready state"),
+            AGE,
+            col("Containers", "string", 1, "Names of each container in the template."),
+            col("Images", "string", 1, "Images referenced by each container in the template."),
+        ],
+        "DaemonSet" => vec![
+            NAME,
+            col("Desired", "integer", 0, "The desired number of nodes."),
+            col("Current", "integer", 0, "The number of nodes running the daemon pod."),
+            col("Ready", "integer", 0, "The number of nodes with a ready daemon pod."),
+            col("Up-to-date", "integer", 0, "The number of nodes running the updated daemon pod."),
+            col("Available", "integer", 0, "The number of nodes with an available daemon pod."),
+            col("Node Selector", "string", 0, "The node selector of the pods."),
+            AGE,
+            col("Containers", "string", 1, "Names of each container in the template."),
+            col("Images", "string", 1, "Images referenced by each container in the template."),
+            col("Selector", "string", 1, "Label selector for pods."),
+        ],
+        "Job" => vec![
+            NAME,
+            col("Status", "string", 0, "Status of the job."),
+            col(
+                "Completions",
+                "string",
+                0,
+                "The desired number of successfully finished pods the job should be run with.",
+            ),
+            col("Duration", "string", 0, "Time required to complete the job."),
+            AGE,
+            col("Containers", "string", 1, "Names of each container in the template."),
+            col("Images", "string", 1, "Images referenced by each container in the template."),
+            col("Selector", "string", 1, "Label selector for pods."),
+        ],
+        "CronJob" => vec![
+            NAME,
+            col("Schedule", "string", 0, "The schedule in Cron format."),
+            col("Timezone", "string", 0, "The time zone of the schedule."),
+            col("Suspend", "boolean", 0, "Whether to suspend subsequent executions."),
+            col("Active", "integer", 0, "The number of currently running jobs."),
+            col("Last Schedule", "string", 0, "When the job was last scheduled."),
+            AGE,
+            col("Containers", "string", 1, "Names of each container in the template."),
+            col("Images", "string", 1, "Images referenced by each container in the template."),
+            col("Selector", "string", 1, "Label selector for pods."),
+        ],
+        "Service" => vec![
+            NAME,
+            col("Type", "string", 0, "The type of service."),
+            col("Cluster-IP", "string", 0, "The cluster IP of the service."),
+            col("External-IP", "string", 0, "The external IPs of the service."),
+            col("Port(s)", "string", 0, "The ports of the service."),
+            AGE,
+            col("Selector", "string", 1, "The selector of the service."),
+        ],
+        "ConfigMap" => vec![NAME, col("Data", "integer", 0, "Number of keys in the config map."), AGE],
+        "Secret" => vec![
+            NAME,
+            col("Type", "string", 0, "The type of the secret."),
+            col("Data", "integer", 0, "Number of keys in the secret."),
+            AGE,
+        ],
+        "Namespace" => vec![NAME, col("Status", "string", 0, "The status of the namespace."), AGE],
+        "Node" => vec![
+            NAME,
+            col("Status", "string", 0, "The status of the node."),
+            col("Roles", "string", 0, "The roles of the node."),
+            AGE,
+            col("Version", "string", 0, "Kubelet version reported by the node."),
+            col("Internal-IP", "string", 1, "Internal IP of the node."),
+            col("External-IP", "string", 1, "External IP of the node."),
+            col("OS-Image", "string", 1, "OS image reported by the node."),
+            col("Kernel-Version", "string", 1, "Kernel version reported by the node."),
+            col("Container-Runtime", "string", 1, "Container runtime reported by the node."),
+        ],
+        "ServiceAccount" => vec![NAME, col("Secrets", "string", 0, "Number of secrets."), AGE],
+        "Endpoints" => vec![NAME, col("Endpoints", "string", 0, "Endpoints of the service."), AGE],
+        "PersistentVolumeClaim" => vec![
+            NAME,
+            col("Status", "string", 0, "The status of the claim."),
+            col("Volume", "string", 0, "The bound volume."),
+            col("Capacity", "string", 0, "The capacity of the claim."),
+            col("Access Modes", "string", 0, "The access modes."),
+            col("StorageClass", "string", 0, "The storage class."),
+            AGE,
+        ],
+        "Event" => vec![
+            col("Last Seen", "string", 0, "Time of the last occurrence."),
+            col("Type", "string", 0, "Type of the event."),
+            col("Reason", "string", 0, "Reason of the event."),
+            col("Object", "string", 0, "The object the event is about."),
+            col("Message", "string", 0, "Message of the event."),
+        ],
+        "CustomResourceDefinition" => vec![NAME, col("Created At", "date", 0, "Creation time.")],
+        _ => vec![NAME, AGE],
+    }
+}
+
+fn s(value: Option<&Value>) -> String {
+    match value {
+        Some(Value::String(s)) => s.clone(),
+        Some(Value::Null) | None => String::new(),
+        Some(other) => other.to_string(),
+    }
+}
+
+fn int(object: &Value, pointer: &str) -> i64 {
+    object.pointer(pointer).and_then(Value::as_i64).unwrap_or(0)
+}
+
+fn or_none(value: String) -> String {
+    if value.is_empty() { "<none>".into() } else { value }
+}
+
+fn template_containers(object: &Value, pointer: &str) -> (String, String) {
+    let containers = object.pointer(pointer).and_then(Value::as_array).cloned().unwrap_or_default();
+    let names = containers.iter().map(|c| s(c.get("name"))).collect::<Vec<_>>().join(",");
+    let images = containers.iter().map(|c| s(c.get("image"))).collect::<Vec<_>>().join(",");
+    (names, images)
+}
+
+fn selector_text(selector: Option<&Value>) -> String {
+    let Some(selector) = selector else { return "<none>".into() };
+    if selector.get("matchLabels").is_some() || selector.get("matchExpressions").is_some() {
+        return crate::selector::LabelSelector::from_object(selector)
+            .map(|s| or_none(s.to_query()))
+            .unwrap_or_else(|_| "<error>".into());
+    }
+    match selector.as_object() {
+        Some(map) => or_none(map.iter().map(|(k, v)| format!("{k}={}", s(Some(v)))).collect::<Vec<_>>().join(",")),
+        None => "<none>".into(),
+    }
+}
+
+fn pod_cells(pod: &Value) -> Vec<Value> {
+    let statuses = pod.pointer("/status/containerStatuses").and_then(Value::as_array).cloned().unwrap_or_default();
+    let total = pod.pointer("/spec/containers").and_then(Value::as_array).map(Vec::len).unwrap_or(0);
+    let ready = statuses.iter().filter(|c| c.get("ready").and_then(Value::as_bool) == Some(true)).count();
+    let restarts: i64 = statuses.iter().map(|c| c.get("restartCount").and_then(Value::as_i64).unwrap_or(0)).sum();
+    let mut status = s(pod.pointer("/status/reason"));
+    if status.is_empty() {
+        status = s(pod.pointer("/status/phase"));
+    }
+    for c in &statuses {
+        if let Some(reason) = c.pointer("/state/waiting/reason").and_then(Value::as_str) {
+            status = reason.to_string();
+        } else if let Some(reason) = c.pointer("/state/terminated/reason").and_then(Value::as_str) {
+            status = reason.to_string();
+        }
+    }
+    if crate::object::is_terminating(pod) {
+        status = "Terminating".into();
+    }
+    if status.is_empty() {
+        status = "Pending".into();
+    }
+    let gates = pod.pointer("/spec/readinessGates").and_then(Value::as_array).map(Vec::len).unwrap_or(0);
+    vec![
+        json!(format!("{ready}/{total}")),
+        json!(status),
+        json!(restarts.to_string()),
+        json!(age(meta_str(pod, "creationTimestamp"))),
+        json!(or_none(s(pod.pointer("/status/podIP")))),
+        json!(or_none(s(pod.pointer("/spec/nodeName")))),
+        json!(or_none(s(pod.pointer("/status/nominatedNodeName")))),
+        json!(if gates == 0 { "<none>".to_string() } else { format!("0/{gates}") }),
+    ]
+}
+
+fn service_ports(svc: &Value) -> String {
+    let ports = svc.pointer("/spec/ports").and_then(Value::as_array).cloned().unwrap_or_default();
+    let text: Vec<String> = ports
+        .iter()
+        .map(|p| {
+            let port = int(p, "/port");
+            let proto = p.get("protocol").and_then(Value::as_str).unwrap_or("TCP");
+            match p.get("nodePort").and_then(Value::as_i64) {
+                Some(node_port) => format!("{port}:{node_port}/{proto}"),
+                None => format!("{port}/{proto}"),
+            }
+        })
+        .collect();
+    or_none(text.join(","))
+}
+
+fn node_cells(node: &Value) -> Vec<Value> {
+    let conditions = node.pointer("/status/conditions").and_then(Value::as_array).cloned().unwrap_or_default();
+    let ready = conditions.iter().find(|c| c.get("type").and_then(Value::as_str) == Some("Ready"));
+    let mut status = match ready.and_then(|c| c.get("status")).and_then(Value::as_str) {
+        Some("True") => "Ready".to_string(),
+        _ => "NotReady".to_string(),
+    };
+    if node.pointer("/spec/unschedulable").and_then(Value::as_bool) == Some(true) {
+        status.push_str(",SchedulingDisabled");
+    }
+    let roles: Vec<&str> = crate::object::labels(node)
+        .map(|l| l.keys().filter_map(|k| k.strip_prefix("node-role.kubernetes.io/")).collect())
+        .unwrap_or_default();
+    let address = |kind: &str| {
+        node.pointer("/status/addresses")
+            .and_then(Value::as_array)
+            .and_then(|a| a.iter().find(|x| x.get("type").and_then(Value::as_str) == Some(kind)))
+            .map(|x| s(x.get("address")))
+            .unwrap_or_else(|| "<none>".into())
+    };
+    vec![
+        json!(status),
+        json!(or_none(roles.join(","))),
+        json!(age(meta_str(node, "creationTimestamp"))),
+        json!(s(node.pointer("/status/nodeInfo/kubeletVersion"))),
+        json!(address("InternalIP")),
+        json!(address("ExternalIP")),
+        json!(or_none(s(node.pointer("/status/nodeInfo/osImage")))),
+        json!(or_none(s(node.pointer("/status/nodeInfo/kernelVersion")))),
+        json!(or_none(s(node.pointer("/status/nodeInfo/containerRuntimeVersion")))),
+    ]
+}
+
+fn count(object: &Value, pointers: &[&str]) -> usize {
+    pointers.iter().filter_map(|p| object.pointer(p).and_then(Value::as_object)).map(|m| m.len()).sum()
+}
+
+/// The cells of one row, after the name (or, for events, the whole row).
+fn cells(kind: &str, o: &Value) -> Vec<Value> {
+    let age_cell = || json!(age(meta_str(o, "creationTimestamp")));
+    match kind {
+        "Pod" => pod_cells(o),
+        "Deployment" => {
+            let (names, images) = template_containers(o, "/spec/template/spec/containers");
+            vec![
+                json!(format!("{}/{}", int(o, "/status/readyReplicas"), int(o, "/spec/replicas"))),
+                json!(int(o, "/status/updatedReplicas")),
+                json!(int(o, "/status/availableReplicas")),
+                age_cell(),
+                json!(names),
+                json!(images),
+                json!(selector_text(o.pointer("/spec/selector"))),
+            ]
+        }
+        "ReplicaSet" | "ReplicationController" => {
+            let (names, images) = template_containers(o, "/spec/template/spec/containers");
+            vec![
+                json!(int(o, "/spec/replicas")),
+                json!(int(o, "/status/replicas")),
+                json!(int(o, "/status/readyReplicas")),
+                age_cell(),
+                json!(names),
+                json!(images),
+                json!(selector_text(o.pointer("/spec/selector"))),
+            ]
+        }
+        "StatefulSet" => {
+            let (names, images) = template_containers(o, "/spec/template/spec/containers");
+            vec![
+                json!(format!("{}/{}", int(o, "/status/readyReplicas"), int(o, "/spec/replicas"))),
+                age_cell(),
+                json!(names),
+                json!(images),
+            ]
+        }
+        "DaemonSet" => {
+            let (names, images) = template_containers(o, "/spec/template/spec/containers");
+            vec![
+                json!(int(o, "/status/desiredNumberScheduled")),
+                json!(int(o, "/status/currentNumberScheduled")),
+                json!(int(o, "/status/numberReady")),
+                json!(int(o, "/status/updatedNumberScheduled")),
+                json!(int(o, "/status/numberAvailable")),
+                json!(selector_text(o.pointer("/spec/template/spec/nodeSelector"))),
+                age_cell(),
+                json!(names),
+                json!(images),
+                json!(selector_text(o.pointer("/spec/selector"))),
+            ]
+        }
+        "Job" => {
+            let (names, images) = template_containers(o, "/spec/template/spec/containers");
+            let conditions = o.pointer("/status/conditions").and_then(Value::as_array).cloned().unwrap_or_default();
+            let has = |t: &str| conditions.iter().any(|c| s(c.get("type")) == t && s(c.get("status")) == "True");
+            let status = if has("Complete") {
+                "Complete"
+            } else if has("Failed") {
+                "Failed"
+            } else if crate::object::is_terminating(o) {
+                "Terminating"
+            } else if has("Suspended") {
+                "Suspended"
+            } else {
+                "Running"
+            };
+            let completions = o.pointer("/spec/completions").and_then(Value::as_i64).unwrap_or(1);
+            vec![
+                json!(status),
+                json!(format!("{}/{completions}", int(o, "/status/succeeded"))),
+                json!(""),
+                age_cell(),
+                json!(names),
+                json!(images),
+                json!(selector_text(o.pointer("/spec/selector"))),
+            ]
+        }
+        "CronJob" => {
+            let (names, images) = template_containers(o, "/spec/jobTemplate/spec/template/spec/containers");
+            let last = s(o.pointer("/status/lastScheduleTime"));
+            vec![
+                json!(s(o.pointer("/spec/schedule"))),
+                json!(or_none(s(o.pointer("/spec/timeZone")))),
+                json!(o.pointer("/spec/suspend").and_then(Value::as_bool).unwrap_or(false)),
+                json!(o.pointer("/status/active").and_then(Value::as_array).map(Vec::len).unwrap_or(0)),
+                json!(if last.is_empty() { "<none>".into() } else { age(&last) }),
+                age_cell(),
+                json!(names),
+                json!(images),
+                json!(selector_text(o.pointer("/spec/selector"))),
+            ]
+        }
+        "Service" => {
+            let external = o
+                .pointer("/status/loadBalancer/ingress")
+                .and_then(Value::as_array)
+                .map(|a| a.iter().map(|i| s(i.get("ip"))).collect::<Vec<_>>().join(","))
+                .filter(|x| !x.is_empty());
+            let svc_type = o.pointer("/spec/type").and_then(Value::as_str).unwrap_or("ClusterIP");
+            let external =
+                external.unwrap_or_else(|| if svc_type == "LoadBalancer" { "<pending>" } else { "<none>" }.into());
+            vec![
+                json!(svc_type),
+                json!(or_none(s(o.pointer("/spec/clusterIP")))),
+                json!(external),
+                json!(service_ports(o)),
+                age_cell(),
+                json!(selector_text(o.pointer("/spec/selector"))),
+            ]
+        }
+        "ConfigMap" => vec![json!(count(o, &["/data", "/binaryData"])), age_cell()],
+        "Secret" => vec![json!(s(o.get("type"))), json!(count(o, &["/data"])), age_cell()],
+        "Namespace" => vec![json!(s(o.pointer("/status/phase"))), age_cell()],
+        "Node" => node_cells(o),
+        "ServiceAccount" => {
+            vec![json!(o.get("secrets").and_then(Value::as_array).map(Vec::len).unwrap_or(0).to_string()), age_cell()]
+        }
+        "Endpoints" => {
+            let mut endpoints = Vec::new();
+            for subset in o.get("subsets").and_then(Value::as_array).into_iter().flatten() {
+                let ports: Vec<i64> = subset
+                    .get("ports")
+                    .and_then(Value::as_array)
+                    .map(|p| p.iter().map(|x| int(x, "/port")).collect())
+                    .unwrap_or_default();
+                for address in subset.get("addresses").and_then(Value::as_array).into_iter().flatten() {
+                    let ip = s(address.get("ip"));
+                    if ports.is_empty() {
+                        endpoints.push(ip.clone());
+                    }
+                    endpoints.extend(ports.iter().map(|p| format!("{ip}:{p}")));
+                }
+            }
+            vec![json!(or_none(endpoints.join(","))), age_cell()]
+        }
+        "PersistentVolumeClaim" => vec![
+            json!(s(o.pointer("/status/phase"))),
+            json!(s(o.pointer("/spec/volumeName"))),
+            json!(s(o.pointer("/status/capacity/storage"))),
+            json!(o.pointer("/status/accessModes").map(|m| s(Some(m))).unwrap_or_default()),
+            json!(or_none(s(o.pointer("/spec/storageClassName")))),
+            age_cell(),
+        ],
+        "CustomResourceDefinition" => vec![json!(meta_str(o, "creationTimestamp"))],
+        _ => vec![age_cell()],
+    }
+}
+
+fn event_row(o: &Value) -> Vec<Value> {
+    let last = [s(o.get("lastTimestamp")), s(o.get("eventTime")), meta_str(o, "creationTimestamp").to_string()]
+        .into_iter()
+        .find(|t| !t.is_empty())
+        .unwrap_or_default();
+    let object = format!(
+        "{}/{}",
+        s(o.pointer("/involvedObject/kind")).to_ascii_lowercase(),
+        s(o.pointer("/involvedObject/name"))
+    );
+    vec![
+        json!(age(&last)),
+        json!(s(o.get("type"))),
+        json!(s(o.get("reason"))),
+        json!(object),
+        json!(s(o.get("message"))),
+    ]
+}
+
+/// Cells of a custom resource's `additionalPrinterColumns` (JSONPath limited to `.a.b.c`).
+fn custom_cells(rt: &ResourceType, o: &Value) -> Vec<Value> {
+    let mut cells = Vec::new();
+    for column in &rt.printer_columns {
+        let path = column.get("jsonPath").and_then(Value::as_str).unwrap_or("");
+        let pointer = path.trim_start_matches('.').replace('.', "/");
+        let value = o.pointer(&format!("/{pointer}")).cloned().unwrap_or(Value::Null);
+        let value = if column.get("type").and_then(Value::as_str) == Some("date") {
+            value.as_str().map(|t| json!(age(t))).unwrap_or(Value::Null)
+        } else {
+            value
+        };
+        cells.push(value);
+    }
+    cells.push(json!(age(meta_str(o, "creationTimestamp"))));
+    cells
+}
+
+fn column_definitions(rt: &ResourceType) -> Vec<Value> {
+    let definition = |name: &str, kind: &str, priority: u64, description: &str| json!({"name": name, "type": kind, "format": if name == "Name" { "name" } else { "" }, "description": description, "priority": priority});
+    if !rt.printer_columns.is_empty() {
+        let mut out = vec![definition("Name", "string", 0, NAME.description)];
+        for c in &rt.printer_columns {
+            let kind = c.get("type").and_then(Value::as_str).unwrap_or("string");
+            out.push(definition(
+                c.get("name").and_then(Value::as_str).unwrap_or(""),
+                if kind == "date" { "string" } else { kind },
+                c.get("priority").and_then(Value::as_u64).unwrap_or(0),
+                c.get("description").and_then(Value::as_str).unwrap_or(""),
+            ));
+        }
+        out.push(definition("Age", "string", 0, AGE.description));
+        return out;
+    }
+    columns(&rt.kind).iter().map(|c| definition(c.name, c.kind, c.priority as u64, c.description)).collect()
+}
+
+fn row(rt: &ResourceType, object: &Value, include_object: &str) -> Value {
+    let cells = if !rt.printer_columns.is_empty() {
+        let mut cells = vec![json!(crate::object::name(object))];
+        cells.extend(custom_cells(rt, object));
+        cells
+    } else if rt.kind == "Event" {
+        event_row(object)
+    } else {
+        let mut cells = vec![json!(crate::object::name(object))];
+        cells.extend(cells_for(rt, object));
+        cells
+    };
+    let embedded = match include_object {
+        "None" => Value::Null,
+        "Object" => object.clone(),
+        _ => json!({
+            "kind": "PartialObjectMetadata",
+            "apiVersion": "meta.k8s.io/v1",
+            "metadata": object.get("metadata").cloned().unwrap_or_else(|| json!({})),
+        }),
+    };
+    json!({"cells": cells, "object": embedded})
+}
+
+fn cells_for(rt: &ResourceType, object: &Value) -> Vec<Value> {
+    cells(&rt.kind, object)
+}
+
+/// A Table of `objects`; `list_meta` is the list's metadata (resourceVersion, continue).
+pub fn table(rt: &ResourceType, objects: &[Value], list_meta: Value, include_object: &str) -> Value {
+    json!({
+        "kind": "Table",
+        "apiVersion": "meta.k8s.io/v1",
+        "metadata": list_meta,
+        "columnDefinitions": column_definitions(rt),
+        "rows": objects.iter().map(|o| row(rt, o, include_object)).collect::<Vec<_>>(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::registry::builtins;
+
+    #[test]
+    fn every_row_has_a_cell_per_column() {
+        let objects = [
+            json!({"metadata": {"name": "x", "creationTimestamp": "2026-01-01T00:00:00Z"}, "spec": {"containers": [{"name": "c", "image": "i"}]}}),
+            json!({"metadata": {"name": "y"}}),
+        ];
+        for rt in builtins() {
+            let t = table(&rt, &objects, json!({}), "Metadata");
+            let width = t["columnDefinitions"].as_array().unwrap().len();
+            for row in t["rows"].as_array().unwrap() {
+                assert_eq!(row["cells"].as_array().unwrap().len(), width, "{}", rt.kind);
+            }
+        }
+    }
+
+    #[test]
+    fn pod_row_reads_like_kubectl() {
+        let rt = builtins().into_iter().find(|t| t.kind == "Pod").unwrap();
+        let pod = json!({"metadata": {"name": "p"}, "spec": {"containers": [{"name": "a"}, {"name": "b"}], "nodeName": "n1"},
+            "status": {"phase": "Running", "containerStatuses": [{"ready": true, "restartCount": 2}, {"ready": false, "restartCount": 1, "state": {"waiting": {"reason": "CrashLoopBackOff"}}}]}});
+        let t = table(&rt, &[pod], json!({}), "Metadata");
+        let cells = &t["rows"][0]["cells"];
+        assert_eq!(cells[0], "p");
+        assert_eq!(cells[1], "1/2");
+        assert_eq!(cells[2], "CrashLoopBackOff");
+        assert_eq!(cells[3], "3");
+        assert_eq!(cells[6], "n1");
+    }
+}
