@@ -1,7 +1,7 @@
 //! Generates the Rust code for keel's protobuf contracts.
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let protos = ["proto/etcd/kv.proto", "proto/etcd/rpc.proto", "proto/keel/peer.proto"];
+    let protos = ["proto/etcd/kv.proto", "proto/etcd/rpc.proto", "proto/keel/peer.proto", "proto/keel/objects.proto"];
     for proto in protos {
         println!("cargo:rerun-if-changed={proto}");
     }

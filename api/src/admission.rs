@@ -24,6 +24,8 @@ pub struct Attributes<'a> {
     pub subresource: Option<&'a str>,
     /// The object as stored, for updates and deletes.
     pub old: Option<&'a Value>,
+    /// Namespaces created in the same atomic write as this object.
+    pub batch: &'a [String],
 }
 
 pub trait Plugin: Send + Sync {
@@ -109,6 +111,9 @@ impl Plugin for NamespaceLifecycle {
             if !a.resource.namespaced {
                 return Ok(());
             }
+            if a.batch.iter().any(|n| n == namespace) {
+                return Ok(());
+            }
             // A namespace just created elsewhere may not have reached this member yet.
             let (mut found, _) = self.storage.get(&namespace_key(namespace), Consistency::Local).await?;
             if found.is_none() {
@@ -172,6 +177,10 @@ impl Plugin for ServiceAccount {
             }
             let namespace = a.namespace.unwrap_or("default");
             let account = object.pointer("/spec/serviceAccountName").and_then(Value::as_str).unwrap_or("default");
+            // A namespace created in the same atomic write brings its default account along.
+            if account == "default" && a.batch.iter().any(|n| n == namespace) {
+                return Ok(());
+            }
             let key = format!("/registry/core/serviceaccounts/{namespace}/{account}");
             let (mut found, _) = self.storage.get(&key, Consistency::Local).await?;
             if found.is_none() {

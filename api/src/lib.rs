@@ -10,6 +10,7 @@ pub mod crd;
 pub mod defaults;
 pub mod discovery;
 pub mod error;
+pub mod grpc;
 pub mod object;
 pub mod openapi;
 pub mod patch;

@@ -558,8 +558,52 @@ impl Api {
         &self,
         rt: &ResourceType,
         namespace: Option<&str>,
+        object: Value,
+        options: &WriteOptions,
+    ) -> Result<(Value, Vec<String>)> {
+        let (object, warnings) = self.prepare_create(rt, namespace, object, options, &[]).await?;
+        if options.dry_run {
+            return Ok((object, warnings));
+        }
+        let name = object::name(&object).to_string();
+        let key = rt.key(namespace, &name);
+        let mut ops = vec![WriteOp::Put { key, value: encode(&object)?, precondition: Precondition::Absent }];
+        ops.extend(self.companions(rt, &object)?);
+        match self.storage.write(ops).await? {
+            WriteOutcome::Applied { revision } => {
+                let mut object = object;
+                object::meta_mut(&mut object).insert("resourceVersion".into(), json!(revision.to_string()));
+                Ok((object, warnings))
+            }
+            WriteOutcome::Refused { index: 0, .. } => Err(ApiError::AlreadyExists { resource: rt.qualified(), name }),
+            // A companion already existed (left from an earlier namespace of that name): keep it.
+            WriteOutcome::Refused { .. } => {
+                let key = rt.key(namespace, &name);
+                match self
+                    .storage
+                    .write(vec![WriteOp::Put { key, value: encode(&object)?, precondition: Precondition::Absent }])
+                    .await?
+                {
+                    WriteOutcome::Applied { revision } => {
+                        let mut object = object;
+                        object::meta_mut(&mut object).insert("resourceVersion".into(), json!(revision.to_string()));
+                        Ok((object, warnings))
+                    }
+                    WriteOutcome::Refused { .. } => Err(ApiError::AlreadyExists { resource: rt.qualified(), name }),
+                }
+            }
+        }
+    }
+
+    /// Everything a create does short of writing: server-set metadata, admission, validation.
+    /// `batch` names namespaces created in the same atomic write.
+    async fn prepare_create(
+        &self,
+        rt: &ResourceType,
+        namespace: Option<&str>,
         mut object: Value,
         options: &WriteOptions,
+        batch: &[String],
     ) -> Result<(Value, Vec<String>)> {
         Self::check_type_meta(rt, &mut object)?;
         Self::check_namespace(rt, namespace, &mut object)?;
@@ -595,40 +639,12 @@ impl Api {
             name: &name,
             subresource: None,
             old: None,
+            batch,
         };
         self.admission.mutate(&attributes, &mut object)?;
         let (object, warnings) = self.validate(rt, object, options.field_validation)?;
         self.admission.validate(&attributes, &object).await?;
-        if options.dry_run {
-            return Ok((object, warnings));
-        }
-        let key = rt.key(namespace, &name);
-        let mut ops = vec![WriteOp::Put { key, value: encode(&object)?, precondition: Precondition::Absent }];
-        ops.extend(self.companions(rt, &object)?);
-        match self.storage.write(ops).await? {
-            WriteOutcome::Applied { revision } => {
-                let mut object = object;
-                object::meta_mut(&mut object).insert("resourceVersion".into(), json!(revision.to_string()));
-                Ok((object, warnings))
-            }
-            WriteOutcome::Refused { index: 0, .. } => Err(ApiError::AlreadyExists { resource: rt.qualified(), name }),
-            // A companion already existed (left from an earlier namespace of that name): keep it.
-            WriteOutcome::Refused { .. } => {
-                let key = rt.key(namespace, &name);
-                match self
-                    .storage
-                    .write(vec![WriteOp::Put { key, value: encode(&object)?, precondition: Precondition::Absent }])
-                    .await?
-                {
-                    WriteOutcome::Applied { revision } => {
-                        let mut object = object;
-                        object::meta_mut(&mut object).insert("resourceVersion".into(), json!(revision.to_string()));
-                        Ok((object, warnings))
-                    }
-                    WriteOutcome::Refused { .. } => Err(ApiError::AlreadyExists { resource: rt.qualified(), name }),
-                }
-            }
-        }
+        Ok((object, warnings))
     }
 
     /// Replaces an object (or its status or scale, with `subresource`), holding the
@@ -667,16 +683,16 @@ impl Api {
         self.replace(rt, namespace, name, subresource, &current, stored.mod_revision, object, options).await
     }
 
-    /// The shared tail of update and patch: the new object against the stored one.
+    /// Everything a replacement does short of writing: server-owned fields kept, subresource
+    /// rules, admission, generation, validation.
     #[allow(clippy::too_many_arguments)]
-    async fn replace(
+    async fn prepare_replace(
         &self,
         rt: &ResourceType,
         namespace: Option<&str>,
         name: &str,
         subresource: Option<&str>,
         current: &Value,
-        revision: i64,
         mut object: Value,
         options: &WriteOptions,
     ) -> Result<(Value, Vec<String>)> {
@@ -732,8 +748,15 @@ impl Api {
         if rt.group == "apiextensions.k8s.io" {
             crate::crd::accept(&mut object);
         }
-        let attributes =
-            Attributes { operation: Operation::Update, resource: rt, namespace, name, subresource, old: Some(current) };
+        let attributes = Attributes {
+            operation: Operation::Update,
+            resource: rt,
+            namespace,
+            name,
+            subresource,
+            old: Some(current),
+            batch: &[],
+        };
         self.admission.mutate(&attributes, &mut object)?;
         let generation = object::meta(current).and_then(|m| m.get("generation")).and_then(Value::as_i64).unwrap_or(1);
         if spec_changed(current, &object) {
@@ -741,20 +764,49 @@ impl Api {
         }
         let (object, warnings) = self.validate(rt, object, options.field_validation)?;
         self.admission.validate(&attributes, &object).await?;
+        Ok((object, warnings))
+    }
+
+    /// The write that replaces `current` (at `revision`) with `object`: a delete when the
+    /// object was being deleted and its last finalizer is gone.
+    fn replace_op(
+        rt: &ResourceType,
+        namespace: Option<&str>,
+        name: &str,
+        object: &Value,
+        revision: i64,
+    ) -> Result<WriteOp> {
+        let key = rt.key(namespace, name);
+        let finished = object::is_terminating(object) && object::finalizers(object).is_empty();
+        Ok(if finished {
+            WriteOp::Delete { key, precondition: Precondition::Revision(revision) }
+        } else {
+            WriteOp::Put { key, value: encode(object)?, precondition: Precondition::Revision(revision) }
+        })
+    }
+
+    /// The shared tail of update and patch: the new object against the stored one.
+    #[allow(clippy::too_many_arguments)]
+    async fn replace(
+        &self,
+        rt: &ResourceType,
+        namespace: Option<&str>,
+        name: &str,
+        subresource: Option<&str>,
+        current: &Value,
+        revision: i64,
+        object: Value,
+        options: &WriteOptions,
+    ) -> Result<(Value, Vec<String>)> {
+        let (object, warnings) =
+            self.prepare_replace(rt, namespace, name, subresource, current, object, options).await?;
         if same_ignoring_version(current, &object) {
             return Ok((current.clone(), warnings));
         }
         if options.dry_run {
             return Ok((object, warnings));
         }
-        let key = rt.key(namespace, name);
-        // Removing the last finalizer of an object being deleted completes its deletion.
-        let finished = object::is_terminating(&object) && object::finalizers(&object).is_empty();
-        let op = if finished {
-            WriteOp::Delete { key, precondition: Precondition::Revision(revision) }
-        } else {
-            WriteOp::Put { key, value: encode(&object)?, precondition: Precondition::Revision(revision) }
-        };
+        let op = Self::replace_op(rt, namespace, name, &object, revision)?;
         match self.storage.write(vec![op]).await? {
             WriteOutcome::Applied { revision } => {
                 let mut object = object;
@@ -908,6 +960,7 @@ impl Api {
                 name,
                 subresource: None,
                 old: Some(&current),
+                batch: &[],
             };
             self.admission.validate(&attributes, &current).await?;
             let mut marked = current.clone();
@@ -1049,11 +1102,23 @@ impl Api {
             })?;
             (Vec::new(), n + 1)
         };
+        // A start in compacted history is reported in the stream, as kube-apiserver does:
+        // clients (client-go, kube-rs) take an in-stream 410 as the signal to list again.
         let compacted = self.storage.compacted_revision();
-        if start_revision <= compacted {
-            return Err(ApiError::Gone { what: "watch".into(), compacted });
-        }
-        let mut feed = self.storage.watch(&prefix, &prefix_end(&prefix), start_revision)?;
+        let feed = if start_revision <= compacted {
+            Err(ApiError::Gone { what: "watch".into(), compacted })
+        } else {
+            self.storage.watch(&prefix, &prefix_end(&prefix), start_revision)
+        };
+        let mut feed = match feed {
+            Ok(feed) => feed,
+            Err(e @ ApiError::Gone { .. }) => {
+                let (tx, rx) = mpsc::channel(1);
+                let _ = tx.try_send(json!({"type": "ERROR", "object": e.status()}));
+                return Ok(rx);
+            }
+            Err(e) => return Err(e),
+        };
         let (tx, rx) = mpsc::channel(256);
         let timeout = options.timeout.unwrap_or(DEFAULT_WATCH_TIMEOUT);
         let list = options.list.clone();
@@ -1123,6 +1188,130 @@ impl Api {
             span,
         ));
         Ok(rx)
+    }
+
+    /// The resource type an object declares with `apiVersion` and `kind`.
+    pub fn type_of(&self, object: &Value) -> Result<Arc<ResourceType>> {
+        let api_version = object.get("apiVersion").and_then(Value::as_str).unwrap_or("");
+        let kind = object.get("kind").and_then(Value::as_str).unwrap_or("");
+        if api_version.is_empty() || kind.is_empty() {
+            return Err(ApiError::bad_request("every object needs apiVersion and kind"));
+        }
+        let (group, version) = api_version.split_once('/').unwrap_or(("", api_version));
+        self.registry.find_kind(group, version, kind).ok_or_else(|| {
+            ApiError::bad_request(format!("no kind {kind:?} is served in {api_version:?} (is its CRD established?)"))
+        })
+    }
+
+    /// Creates or updates every object in one store transaction: all of them at one
+    /// revision, or none. An existing object gets the given fields merged in (a strategic
+    /// merge, as `kubectl apply` does); a missing one is created. Namespaces created here
+    /// may hold other objects of the same batch.
+    pub async fn apply_atomic(&self, objects: Vec<Value>, options: &WriteOptions) -> Result<(Vec<Value>, i64)> {
+        if objects.is_empty() {
+            return Err(ApiError::bad_request("nothing to apply"));
+        }
+        // Namespaces first, so the objects in them see them.
+        let mut objects = objects;
+        objects.sort_by_key(|o| o.get("kind").and_then(Value::as_str) != Some("Namespace"));
+        let batch: Vec<String> = objects
+            .iter()
+            .filter(|o| o.get("kind").and_then(Value::as_str) == Some("Namespace"))
+            .map(|o| object::name(o).to_string())
+            .collect();
+        for _ in 0..PATCH_RETRIES {
+            let mut ops: Vec<WriteOp> = Vec::new();
+            let mut results: Vec<(Value, bool)> = Vec::new();
+            for object in &objects {
+                let rt = self.type_of(object)?;
+                let namespace = if rt.namespaced {
+                    Some(match object::namespace(object) {
+                        "" => "default".to_string(),
+                        ns => ns.to_string(),
+                    })
+                } else {
+                    None
+                };
+                let ns = namespace.as_deref();
+                let name = object::name(object).to_string();
+                if name.is_empty() {
+                    return Err(ApiError::invalid(
+                        &rt.kind,
+                        &rt.group,
+                        "",
+                        vec![FieldCause::required("metadata.name")],
+                    ));
+                }
+                let key = rt.key(ns, &name);
+                if ops.iter().any(|op| op.key() == key) {
+                    return Err(ApiError::bad_request(format!(
+                        "{} {name:?} appears twice in one atomic apply",
+                        rt.kind
+                    )));
+                }
+                match self.storage.get(&key, Consistency::Linearizable).await? {
+                    (None, _) => {
+                        let (created, _) = self.prepare_create(&rt, ns, object.clone(), options, &batch).await?;
+                        ops.push(WriteOp::Put {
+                            key: key.clone(),
+                            value: encode(&created)?,
+                            precondition: Precondition::Absent,
+                        });
+                        for companion in self.companions(&rt, &created)? {
+                            if !objects.iter().any(|o| {
+                                self.type_of(o).is_ok_and(|t| {
+                                    t.key(Some(object::name(&created)), object::name(o)) == companion.key()
+                                })
+                            }) {
+                                ops.push(companion);
+                            }
+                        }
+                        results.push((created, true));
+                    }
+                    (Some(stored), _) => {
+                        let current = decode(&stored)?;
+                        let merged = match rt.shape {
+                            Shape::Typed { .. } => patch::strategic_merge_patch(&current, object, &rt.kind),
+                            Shape::Custom { .. } => patch::merge_patch(&current, object),
+                        }
+                        .map_err(|e| ApiError::invalid(&rt.kind, &rt.group, &name, vec![FieldCause::invalid("", e)]))?;
+                        let (updated, _) =
+                            self.prepare_replace(&rt, ns, &name, None, &current, merged, options).await?;
+                        if same_ignoring_version(&current, &updated) {
+                            results.push((current, false));
+                        } else {
+                            ops.push(Self::replace_op(&rt, ns, &name, &updated, stored.mod_revision)?);
+                            results.push((updated, true));
+                        }
+                    }
+                }
+            }
+            if options.dry_run || ops.is_empty() {
+                let revision = self.storage.local_revision();
+                return Ok((results.into_iter().map(|(o, _)| o).collect(), revision));
+            }
+            match self.storage.write(ops).await? {
+                WriteOutcome::Applied { revision } => {
+                    let objects = results
+                        .into_iter()
+                        .map(|(mut o, written)| {
+                            if written {
+                                object::meta_mut(&mut o).insert("resourceVersion".into(), json!(revision.to_string()));
+                            }
+                            o
+                        })
+                        .collect();
+                    return Ok((objects, revision));
+                }
+                // Something changed between reading and writing: read again and retry.
+                WriteOutcome::Refused { .. } => continue,
+            }
+        }
+        Err(ApiError::Conflict {
+            resource: "objects".into(),
+            name: String::new(),
+            message: "the objects kept changing during the atomic apply; nothing was written".into(),
+        })
     }
 
     /// `pods/binding`: assigns a pod to a node, once.

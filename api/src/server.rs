@@ -25,8 +25,12 @@ use crate::{discovery, openapi, table};
 /// kube-apiserver's limit on request bodies.
 pub const MAX_BODY_BYTES: usize = 3 * 1024 * 1024;
 
+/// REST on every path, and the gRPC object API on its service path (HTTP/2).
 pub fn router(api: Arc<Api>) -> axum::Router {
-    axum::Router::new().fallback(handle).with_state(api)
+    axum::Router::new()
+        .route_service("/keel.objects.v1.Objects/{*method}", crate::grpc::service(api.clone()))
+        .fallback(handle)
+        .with_state(api)
 }
 
 /// Serves the API on `listener` until `shutdown` resolves; open watches are then cut.

@@ -36,7 +36,7 @@ keel_cluster="k1=127.0.0.21:2380,k2=127.0.0.22:2380,k3=127.0.0.23:2380"
 etcd_cluster="e1=http://127.0.0.31:2380,e2=http://127.0.0.32:2380,e3=http://127.0.0.33:2380"
 for i in 1 2 3; do
   "$KEEL" server --name "k$i" --data-dir "$work/k$i" \
-    --listen-peer "127.0.0.2$i:2380" --listen-client "127.0.0.2$i:2379" \
+    --listen-peer "127.0.0.2$i:2380" --listen-client "127.0.0.2$i:2379" --listen-api "127.0.0.2$i:6443" \
     --initial-cluster "$keel_cluster" --runtime-threads 1 --log-level warn 2>"$work/k$i.log" &
   pids+=($!)
   GOMAXPROCS=1 "$ETCD" --name "e$i" --data-dir "$work/e$i" \

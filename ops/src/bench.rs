@@ -23,6 +23,8 @@ pub struct BenchArgs {
 enum BenchKind {
     /// Puts, gets and transactions against etcd v3 API endpoints.
     Store(StoreBench),
+    /// Creates, lists and watches through the Kubernetes API.
+    Api(crate::bench_api::ApiBench),
 }
 
 #[derive(Args, Debug, Clone)]
@@ -136,6 +138,7 @@ struct ClientResult {
 pub async fn run(args: BenchArgs) -> Result<()> {
     match args.kind {
         BenchKind::Store(b) => store(b).await,
+        BenchKind::Api(b) => crate::bench_api::run(b).await,
     }
 }
 

@@ -1,7 +1,9 @@
 //! `keel`: the one binary. `keel server` runs a store member; `keel member` manages
 //! membership over the etcd API; `keel bench` measures.
 
+mod apply;
 mod bench;
+mod bench_api;
 mod kubeconfig;
 mod member;
 mod server;
@@ -29,6 +31,8 @@ enum Command {
     Server(server::ServerArgs),
     /// List, add, remove or promote store members (works against etcd too).
     Member(member::MemberArgs),
+    /// Apply manifests through the gRPC object API (`--atomic`: all or nothing, one revision).
+    Apply(apply::ApplyArgs),
     /// Print a kubeconfig for kubectl and client libraries.
     Kubeconfig(kubeconfig::KubeconfigArgs),
     /// Load generators that print throughput and latency percentiles.
@@ -57,6 +61,7 @@ fn main() -> std::process::ExitCode {
             Command::Member(args) => member::run(args).await,
             Command::Bench(args) => bench::run(args).await,
             Command::Kubeconfig(args) => kubeconfig::run(args),
+            Command::Apply(args) => apply::run(args).await,
         }
     });
     match result {

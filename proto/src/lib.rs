@@ -16,3 +16,8 @@ pub mod etcdserverpb {
 pub mod peer {
     tonic::include_proto!("keel.peer");
 }
+
+/// The gRPC object API beside the Kubernetes REST API.
+pub mod objects {
+    tonic::include_proto!("keel.objects.v1");
+}

@@ -24,6 +24,8 @@ pub struct Member {
     pub name: String,
     pub peer: String,
     pub client: String,
+    /// The Kubernetes API address (`host:port`).
+    pub api: String,
     pub data_dir: PathBuf,
     pub log: PathBuf,
     args: Vec<String>,
@@ -124,6 +126,13 @@ impl Drop for Member {
     }
 }
 
+/// A free port on the same loopback address as `addr`.
+fn free_port_beside(addr: &str) -> String {
+    let ip = addr.rsplit_once(':').map(|(ip, _)| ip).unwrap_or("127.0.0.1");
+    let listener = std::net::TcpListener::bind((ip, 0)).expect("bind a loopback port");
+    format!("{ip}:{}", listener.local_addr().expect("local addr").port())
+}
+
 pub struct Cluster {
     pub members: Vec<Member>,
     pub subnet: Subnet,
@@ -164,6 +173,7 @@ impl Cluster {
     pub fn member(&self, name: &str, peer: &str, client: &str, bootstrap: &[&str]) -> Member {
         let data_dir = self.dir().join(name);
         let log = self.dir().join(format!("{name}.log"));
+        let api = free_port_beside(peer);
         let mut args: Vec<String> = vec![
             "server".into(),
             "--name".into(),
@@ -174,6 +184,8 @@ impl Cluster {
             peer.into(),
             "--listen-client".into(),
             client.into(),
+            "--listen-api".into(),
+            api.clone(),
         ];
         args.extend(bootstrap.iter().map(|s| s.to_string()));
         args.extend(FAST_FLAGS.iter().map(|s| s.to_string()));
@@ -182,6 +194,7 @@ impl Cluster {
             name: name.into(),
             peer: peer.into(),
             client: client.into(),
+            api,
             data_dir,
             log,
             args,

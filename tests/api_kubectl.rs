@@ -1,0 +1,308 @@
+//! The real `kubectl` (v1.32, as installed on the machine) against a follower of a
+//! three-member cluster of `keel server` processes, with the leader killed in the middle.
+
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::Duration;
+
+use support::eventually;
+use support::processes::Cluster;
+
+struct Kubectl {
+    kubeconfig: PathBuf,
+    cache: PathBuf,
+    dir: PathBuf,
+}
+
+impl Kubectl {
+    fn new(dir: &Path, api: &str) -> Kubectl {
+        let kubeconfig = dir.join("kubeconfig");
+        let output = Command::new(support::processes::keel_binary())
+            .args(["kubeconfig", "--server", &format!("http://{api}")])
+            .output()
+            .expect("run keel kubeconfig");
+        assert!(output.status.success(), "keel kubeconfig: {}", String::from_utf8_lossy(&output.stderr));
+        std::fs::write(&kubeconfig, &output.stdout).expect("write kubeconfig");
+        Kubectl { kubeconfig, cache: dir.join("kube-cache"), dir: dir.to_path_buf() }
+    }
+
+    fn command(&self, args: &[&str]) -> Command {
+        let mut command = Command::new("kubectl");
+        command
+            .args(args)
+            .arg("--cache-dir")
+            .arg(&self.cache)
+            .arg("--request-timeout=20s")
+            .env("KUBECONFIG", &self.kubeconfig)
+            .current_dir(&self.dir)
+            .stdin(Stdio::null());
+        command
+    }
+
+    fn run(&self, args: &[&str]) -> Output {
+        self.command(args).output().expect("run kubectl")
+    }
+
+    /// Runs kubectl and returns its standard output; panics with both streams on failure.
+    fn ok(&self, args: &[&str]) -> String {
+        let output = self.run(args);
+        assert!(
+            output.status.success(),
+            "kubectl {} failed ({}):\nstdout: {}\nstderr: {}",
+            args.join(" "),
+            output.status,
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    }
+
+    /// Runs kubectl expecting failure; returns its standard error.
+    fn fails(&self, args: &[&str]) -> String {
+        let output = self.run(args);
+        assert!(
+            !output.status.success(),
+            "kubectl {} should have failed but printed {}",
+            args.join(" "),
+            String::from_utf8_lossy(&output.stdout)
+        );
+        String::from_utf8_lossy(&output.stderr).into_owned()
+    }
+
+    fn write(&self, name: &str, text: &str) -> String {
+        let path = self.dir.join(name);
+        std::fs::write(&path, text).expect("write manifest");
+        path.display().to_string()
+    }
+}
+
+const DEPLOYMENT: &str = r#"apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: web
+  labels: {app: web}
+spec:
+  replicas: 2
+  selector: {matchLabels: {app: web}}
+  template:
+    metadata: {labels: {app: web}}
+    spec:
+      containers:
+      - name: app
+        image: busybox:1.36
+        env: [{name: MODE, value: blue}]
+      - name: sidecar
+        image: busybox:1.36
+"#;
+
+const CRD: &str = r#"apiVersion: apiextensions.k8s.io/v1
+kind: CustomResourceDefinition
+metadata: {name: widgets.example.com}
+spec:
+  group: example.com
+  scope: Namespaced
+  names: {plural: widgets, singular: widget, kind: Widget, shortNames: [wd]}
+  versions:
+  - name: v1
+    served: true
+    storage: true
+    subresources: {status: {}, scale: {specReplicasPath: .spec.replicas, statusReplicasPath: .status.replicas}}
+    additionalPrinterColumns:
+    - {name: Size, type: integer, jsonPath: .spec.size}
+    schema:
+      openAPIV3Schema:
+        type: object
+        properties:
+          spec:
+            type: object
+            required: [size]
+            properties:
+              size: {type: integer, minimum: 1}
+              replicas: {type: integer}
+"#;
+
+fn kubectl_available() -> bool {
+    Command::new("kubectl").arg("version").arg("--client").output().is_ok_and(|o| o.status.success())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubectl_drives_a_follower_while_the_leader_dies() {
+    support::init_logging();
+    assert!(kubectl_available(), "kubectl must be installed (the CI installs it)");
+    let mut cluster = Cluster::start(3, &[]).await;
+    let leader = cluster.wait_for_leader().await;
+    let follower = (0..3).find(|i| *i != leader).expect("a follower");
+    let work = cluster.dir().join("kubectl");
+    std::fs::create_dir_all(&work).expect("work dir");
+    let k = Kubectl::new(&work, &cluster.members[follower].api.clone());
+
+    // The system namespaces appear once the cluster has a leader.
+    eventually(Duration::from_secs(20), "the default namespace", || async {
+        k.run(&["get", "namespace", "default"]).status.success().then_some(())
+    })
+    .await;
+
+    // Discovery.
+    let resources = k.ok(&["api-resources"]);
+    for expected in ["pods", "deployments", "customresourcedefinitions", "horizontalpodautoscalers", "leases", "events"]
+    {
+        assert!(resources.contains(expected), "api-resources lacks {expected}:\n{resources}");
+    }
+    let versions = k.ok(&["api-versions"]);
+    for expected in ["v1", "apps/v1", "batch/v1", "autoscaling/v2", "rbac.authorization.k8s.io/v1"] {
+        assert!(versions.lines().any(|l| l == expected), "api-versions lacks {expected}:\n{versions}");
+    }
+
+    // Create, then apply twice with a change in between: a three-way merge that removes a
+    // container and changes another.
+    let manifest = k.write("web.yaml", DEPLOYMENT);
+    assert!(k.ok(&["create", "-f", &manifest]).contains("deployment.apps/web created"));
+    k.fails(&["create", "-f", &manifest]);
+    k.ok(&["apply", "-f", &manifest]);
+    let changed = DEPLOYMENT
+        .replace("replicas: 2", "replicas: 3")
+        .replace("value: blue", "value: green")
+        .replace("      - name: sidecar\n        image: busybox:1.36\n", "");
+    k.write("web.yaml", &changed);
+    assert!(k.ok(&["apply", "-f", &manifest]).contains("configured"));
+    let spec = k.ok(&["get", "deploy", "web", "-o", "jsonpath={.spec.replicas} {.spec.template.spec.containers[*].name} {.spec.template.spec.containers[0].env[0].value}"]);
+    assert_eq!(spec, "3 app green");
+    assert!(k.ok(&["apply", "-f", &manifest]).contains("unchanged"));
+
+    // Server-side apply, twice, the second dropping a key this manager owned.
+    let cm = k.write("cm.yaml", "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: settings, labels: {tier: back}}\ndata: {a: \"1\", b: \"2\"}\n");
+    k.ok(&["apply", "--server-side", "-f", &cm]);
+    k.write("cm.yaml", "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: settings, labels: {tier: back}}\ndata: {a: \"1\", c: \"3\"}\n");
+    k.ok(&["apply", "--server-side", "-f", &cm]);
+    assert_eq!(k.ok(&["get", "cm", "settings", "-o", "jsonpath={.data}"]), r#"{"a":"1","c":"3"}"#);
+
+    // Generators send protobuf bodies.
+    k.ok(&["create", "configmap", "plain", "--from-literal=x=1"]);
+    k.ok(&["create", "secret", "generic", "creds", "--from-literal=password=s3cret"]);
+    k.ok(&["create", "namespace", "team-a"]);
+    k.ok(&["create", "deployment", "api", "--image=busybox:1.36", "--replicas=0", "-n", "team-a"]);
+    assert_eq!(k.ok(&["get", "deploy", "api", "-n", "team-a", "-o", "jsonpath={.spec.replicas}"]), "0");
+
+    // Every output form.
+    let wide = k.ok(&["get", "deploy", "-o", "wide"]);
+    assert!(wide.contains("CONTAINERS") && wide.contains("busybox:1.36") && wide.contains("app=web"), "{wide}");
+    let yaml = k.ok(&["get", "deploy", "web", "-o", "yaml"]);
+    assert!(yaml.contains("kind: Deployment") && yaml.contains("resourceVersion:"), "{yaml}");
+    let json: serde_json::Value = serde_json::from_str(&k.ok(&["get", "cm", "-o", "json"])).expect("list JSON");
+    assert_eq!(json["kind"], "List");
+    assert_eq!(k.ok(&["get", "cm", "settings", "-o", "name"]).trim(), "configmap/settings");
+    let all = k.ok(&["get", "deploy", "-A"]);
+    assert!(all.contains("team-a") && all.contains("web"), "{all}");
+    assert!(k.ok(&["get", "cm", "--show-labels"]).contains("tier=back"));
+    assert_eq!(k.ok(&["get", "cm", "-l", "tier=back", "-o", "name"]).trim(), "configmap/settings");
+    assert_eq!(k.ok(&["get", "cm", "--field-selector", "metadata.name=plain", "-o", "name"]).trim(), "configmap/plain");
+    assert!(k.fails(&["get", "pods", "--field-selector", "spec.bogus=1"]).contains("field label not supported"));
+
+    // The leader dies; the follower keeps serving once a new leader is elected.
+    cluster.members[leader].kill();
+    cluster.wait_for_leader().await;
+
+    // A watch sees a change made after it started.
+    let mut watch = k
+        .command(&["get", "cm", "-w", "-o", "name"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start kubectl get -w");
+    let watch_stdout = watch.stdout.take().expect("watch stdout");
+    let (lines_tx, lines) = std::sync::mpsc::channel::<String>();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(watch_stdout).lines().map_while(Result::ok) {
+            if lines_tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    let mut seen = Vec::new();
+    let wait_for = |needle: &str, seen: &mut Vec<String>| loop {
+        let line = lines
+            .recv_timeout(Duration::from_secs(20))
+            .unwrap_or_else(|_| panic!("watch never printed {needle}; saw {seen:?}"));
+        let found = line.contains(needle);
+        seen.push(line);
+        if found {
+            return;
+        }
+    };
+    // The initial state arrives first as ADDED events; then a new object.
+    wait_for("configmap/settings", &mut seen);
+    k.ok(&["create", "configmap", "watched", "--from-literal=y=2"]);
+    wait_for("configmap/watched", &mut seen);
+    let _ = watch.kill();
+    let _ = watch.wait();
+    assert!(seen.iter().any(|l| l.contains("configmap/watched")), "watch saw {seen:?}");
+
+    // describe, explain, label, annotate, the three patch types, scale, edit.
+    let described = k.ok(&["describe", "deploy", "web"]);
+    assert!(described.contains("Replicas:") && described.contains("busybox:1.36"), "{described}");
+    assert!(k.ok(&["explain", "deployment.spec.replicas"]).contains("Number of desired pods"));
+    k.ok(&["label", "deploy", "web", "env=prod"]);
+    k.ok(&["annotate", "deploy", "web", "owner=team-a"]);
+    k.ok(&[
+        "patch",
+        "deploy",
+        "web",
+        "-p",
+        r#"{"spec":{"template":{"spec":{"containers":[{"name":"app","image":"busybox:1.37"}]}}}}"#,
+    ]);
+    k.ok(&["patch", "deploy", "web", "--type", "merge", "-p", r#"{"metadata":{"labels":{"patched":"merge"}}}"#]);
+    k.ok(&[
+        "patch",
+        "deploy",
+        "web",
+        "--type",
+        "json",
+        "-p",
+        r#"[{"op":"replace","path":"/spec/replicas","value":4}]"#,
+    ]);
+    k.ok(&["scale", "deploy", "web", "--replicas=5"]);
+    let mut edit = k.command(&["edit", "deploy", "web"]);
+    edit.env("KUBE_EDITOR", "sed -i s/replicas:\\ 5/replicas:\\ 6/");
+    let edited = edit.output().expect("kubectl edit");
+    assert!(edited.status.success(), "edit: {}", String::from_utf8_lossy(&edited.stderr));
+    let state = k.ok(&["get", "deploy", "web", "-o", "jsonpath={.spec.replicas} {.metadata.labels.env} {.metadata.labels.patched} {.metadata.annotations.owner} {.spec.template.spec.containers[0].image} {.metadata.generation}"]);
+    assert_eq!(state, "6 prod merge team-a busybox:1.37 6");
+
+    // wait --for, CRDs and their custom resources, with schema validation and scale.
+    let crd = k.write("crd.yaml", CRD);
+    k.ok(&["apply", "-f", &crd]);
+    k.ok(&["wait", "--for", "condition=established", "crd/widgets.example.com", "--timeout=20s"]);
+    let widget = k.write(
+        "widget.yaml",
+        "apiVersion: example.com/v1\nkind: Widget\nmetadata: {name: w1}\nspec: {size: 3, replicas: 1}\n",
+    );
+    eventually(Duration::from_secs(10), "widgets to be served", || async {
+        k.run(&["apply", "-f", &widget]).status.success().then_some(())
+    })
+    .await;
+    let table = k.ok(&["get", "wd"]);
+    assert!(table.contains("SIZE") && table.contains("w1"), "{table}");
+    k.ok(&["scale", "widget", "w1", "--replicas=3"]);
+    assert_eq!(k.ok(&["get", "widget", "w1", "-o", "jsonpath={.spec.replicas}"]), "3");
+    let bad = k.write("bad.yaml", "apiVersion: example.com/v1\nkind: Widget\nmetadata: {name: bad}\nspec: {size: 0}\n");
+    assert!(k.fails(&["apply", "-f", &bad]).contains("spec.size"));
+
+    // Deletion: --wait for a plain object; a namespaced object vanishing satisfies wait --for=delete.
+    k.ok(&["delete", "cm", "plain", "--wait"]);
+    k.fails(&["get", "cm", "plain"]);
+    k.ok(&["delete", "widget", "w1", "--cascade=background", "--wait"]);
+    k.ok(&["wait", "--for=delete", "widget/w1", "--timeout=10s"]);
+    k.ok(&["delete", "deploy", "web", "--cascade=background"]);
+    k.fails(&["get", "deploy", "web"]);
+
+    // Errors are Status objects kubectl prints.
+    assert!(k.fails(&["get", "deploy", "missing"]).contains("not found"));
+    let invalid = k.write("invalid.yaml", "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: Bad_Name}\n");
+    assert!(k.fails(&["create", "-f", &invalid]).contains("metadata.name"));
+    let unknown = k.write("unknown.yaml", "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: extra}\nbogus: 1\n");
+    assert!(k.fails(&["create", "-f", &unknown, "--validate=strict"]).contains("bogus"));
+    k.fails(&["get", "cm", "extra"]);
+}
