@@ -298,6 +298,33 @@ async fn kubectl_drives_a_follower_while_the_leader_dies() {
     k.ok(&["delete", "deploy", "web", "--cascade=background"]);
     k.fails(&["get", "deploy", "web"]);
 
+    // Cascading deletion through ownerReferences, in all three modes (the garbage
+    // collector runs on the new leader).
+    let owned = |owner: &str, uid: &str, name: &str| {
+        format!(
+            "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: {name}\n  ownerReferences: [{{apiVersion: v1, kind: ConfigMap, name: {owner}, uid: {uid}}}]\n"
+        )
+    };
+    for (mode, survives) in [("foreground", false), ("orphan", true), ("background", false)] {
+        let owner = format!("owner-{mode}");
+        k.ok(&["create", "configmap", &owner]);
+        let uid = k.ok(&["get", "cm", &owner, "-o", "jsonpath={.metadata.uid}"]);
+        let dependent = format!("dependent-{mode}");
+        let file = k.write(&format!("{dependent}.yaml"), &owned(&owner, &uid, &dependent));
+        k.ok(&["create", "-f", &file]);
+        k.ok(&["delete", "cm", &owner, &format!("--cascade={mode}"), "--wait", "--timeout=30s"]);
+        k.fails(&["get", "cm", &owner]);
+        if survives {
+            assert_eq!(k.ok(&["get", "cm", &dependent, "-o", "jsonpath={.metadata.ownerReferences}"]), "[]");
+        } else {
+            k.ok(&["wait", "--for=delete", &format!("cm/{dependent}"), "--timeout=30s"]);
+        }
+    }
+    // A namespace's deletion empties it, then removes it.
+    k.ok(&["delete", "namespace", "team-a", "--wait", "--timeout=30s"]);
+    k.fails(&["get", "namespace", "team-a"]);
+    k.fails(&["get", "deploy", "api", "-n", "team-a"]);
+
     // Errors are Status objects kubectl prints.
     assert!(k.fails(&["get", "deploy", "missing"]).contains("not found"));
     let invalid = k.write("invalid.yaml", "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: Bad_Name}\n");

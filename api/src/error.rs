@@ -155,6 +155,13 @@ impl From<keel_store::StoreError> for ApiError {
                 ApiError::Timeout { message: "Too large resource version: the store has not reached it yet".into() }
             }
             S::Timeout => ApiError::Timeout { message: "the store did not answer in time".into() },
+            // The write may or may not have been applied: like a timeout, the client must look.
+            S::LeaderChanged => ApiError::Timeout {
+                message:
+                    "the store's leader changed while the request was in flight; it may or may not have been applied"
+                        .into(),
+            },
+            S::Unavailable(message) => ApiError::Unavailable { message },
             S::NoLeader | S::Stopped => ApiError::Unavailable { message: format!("the store is unavailable: {error}") },
             S::InvalidArgument(message) => ApiError::BadRequest { message },
             other => ApiError::Internal { message: format!("store: {other}") },

@@ -28,6 +28,7 @@ pub struct Api {
     pub storage: SharedStorage,
     pub registry: Arc<Registry>,
     pub admission: Chain,
+    pub fanout: Arc<crate::fanout::Fanout>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -70,14 +71,14 @@ pub struct ListOptions {
 }
 
 #[derive(Debug)]
-pub struct ListResult {
-    pub items: Vec<Value>,
+pub struct ListResult<T = Value> {
+    pub items: Vec<T>,
     pub revision: i64,
     pub continue_token: Option<String>,
     pub remaining: Option<i64>,
 }
 
-impl ListResult {
+impl<T> ListResult<T> {
     pub fn list_meta(&self) -> Value {
         let mut meta = json!({"resourceVersion": self.revision.to_string()});
         if let Some(token) = &self.continue_token {
@@ -311,7 +312,12 @@ fn same_ignoring_version(a: &Value, b: &Value) -> bool {
 
 impl Api {
     pub fn new(storage: SharedStorage, registry: Arc<Registry>) -> Api {
-        Api { admission: Chain::standard(storage.clone()), storage, registry }
+        Api {
+            admission: Chain::standard(storage.clone()),
+            fanout: crate::fanout::Fanout::new(storage.clone()),
+            storage,
+            registry,
+        }
     }
 
     fn not_found(rt: &ResourceType, name: &str) -> ApiError {
@@ -393,6 +399,56 @@ impl Api {
 
     #[tracing::instrument(level = "debug", skip(self, rt, options), fields(resource = %rt.plural))]
     pub async fn list(&self, rt: &ResourceType, namespace: Option<&str>, options: &ListOptions) -> Result<ListResult> {
+        self.list_with(rt, namespace, options, |stored| {
+            let object = decode(stored)?;
+            Ok(Self::matches(rt, options, &object).then_some(object))
+        })
+        .await
+    }
+
+    /// A list whose items stay in their stored JSON (with the resourceVersion spliced in):
+    /// nothing is decoded but the metadata selectors need, so large lists cost little more
+    /// than copying them.
+    pub async fn list_raw(
+        &self,
+        rt: &ResourceType,
+        namespace: Option<&str>,
+        options: &ListOptions,
+    ) -> Result<ListResult<Vec<u8>>> {
+        let metadata_only = options.field_selector.only_metadata();
+        self.list_with(rt, namespace, options, |stored| {
+            if !metadata_only {
+                let object = decode(stored)?;
+                if !Self::matches(rt, options, &object) {
+                    return Ok(None);
+                }
+                return serde_json::to_vec(&object).map(Some).map_err(|e| ApiError::internal(format!("encode: {e}")));
+            }
+            if !options.label_selector.is_empty() || !options.field_selector.is_empty() {
+                let light: crate::rawjson::Light = serde_json::from_slice(&stored.value)
+                    .map_err(|e| ApiError::internal(format!("object at {} is not JSON: {e}", stored.key)))?;
+                if !options.label_selector.matches(light.metadata.labels.as_ref()) {
+                    return Ok(None);
+                }
+                let meta = json!({"metadata": {"name": light.metadata.name, "namespace": light.metadata.namespace}});
+                if !options.field_selector.matches(&rt.kind, &meta) {
+                    return Ok(None);
+                }
+            }
+            crate::rawjson::with_resource_version(&stored.value, stored.mod_revision)
+                .map(Some)
+                .ok_or_else(|| ApiError::internal(format!("object at {} has no metadata object", stored.key)))
+        })
+        .await
+    }
+
+    async fn list_with<T>(
+        &self,
+        rt: &ResourceType,
+        namespace: Option<&str>,
+        options: &ListOptions,
+        convert: impl Fn(&Stored) -> Result<Option<T>>,
+    ) -> Result<ListResult<T>> {
         let prefix = rt.list_prefix(namespace);
         let end = prefix_end(&prefix);
         let (mut start, mut revision, mut consistency) = self.list_start(&prefix, options).await?;
@@ -412,9 +468,8 @@ impl Api {
             consistency = Consistency::Local;
             let count = page.items.len();
             for (i, stored) in page.items.iter().enumerate() {
-                let object = decode(stored)?;
-                if Self::matches(rt, options, &object) {
-                    items.push(object);
+                if let Some(item) = convert(stored)? {
+                    items.push(item);
                 }
                 if limit > 0 && items.len() as i64 == limit {
                     let left_in_page = (count - i - 1) as i64;
@@ -777,7 +832,11 @@ impl Api {
         revision: i64,
     ) -> Result<WriteOp> {
         let key = rt.key(namespace, name);
-        let finished = object::is_terminating(object) && object::finalizers(object).is_empty();
+        // A namespace also waits for its own finalizers (`spec.finalizers`) to go.
+        let namespace_pending = rt.group.is_empty()
+            && rt.kind == "Namespace"
+            && object.pointer("/spec/finalizers").and_then(Value::as_array).is_some_and(|f| !f.is_empty());
+        let finished = object::is_terminating(object) && object::finalizers(object).is_empty() && !namespace_pending;
         Ok(if finished {
             WriteOp::Delete { key, precondition: Precondition::Revision(revision) }
         } else {
@@ -1108,7 +1167,11 @@ impl Api {
         let feed = if start_revision <= compacted {
             Err(ApiError::Gone { what: "watch".into(), compacted })
         } else {
-            self.storage.watch(&prefix, &prefix_end(&prefix), start_revision)
+            match self.fanout.subscribe(&prefix, start_revision) {
+                Some(feed) => Ok(feed),
+                // Older than the fan-out's window: read the store's history.
+                None => self.storage.watch(&prefix, &prefix_end(&prefix), start_revision),
+            }
         };
         let mut feed = match feed {
             Ok(feed) => feed,

@@ -242,6 +242,11 @@ impl FieldSelector {
         self.terms.is_empty()
     }
 
+    /// Whether every term reads `metadata.name` or `metadata.namespace` only.
+    pub fn only_metadata(&self) -> bool {
+        self.terms.iter().all(|(f, _, _)| f == "metadata.name" || f == "metadata.namespace")
+    }
+
     /// A `metadata.name=x` term, which lets a list read one key instead of a range.
     pub fn exact_name(&self) -> Option<&str> {
         self.terms.iter().find(|(f, eq, _)| f == "metadata.name" && *eq).map(|(_, _, v)| v.as_str())

@@ -82,12 +82,13 @@ pub enum ChangeKind {
 pub struct Change {
     pub kind: ChangeKind,
     pub key: String,
-    pub value: Vec<u8>,
+    /// Shared, not copied, when one change goes to many watches.
+    pub value: bytes::Bytes,
     /// The revision of the change (for a delete, the deleting revision).
     pub revision: i64,
     pub create_revision: i64,
     /// For a put that replaced a value, that value.
-    pub previous: Option<Vec<u8>>,
+    pub previous: Option<bytes::Bytes>,
 }
 
 /// Changes in revision order, whole revisions at a time.
@@ -307,7 +308,7 @@ fn change(event: mvccpb::Event) -> Option<Change> {
         Some(Change {
             kind: ChangeKind::Delete,
             key,
-            value: prev.value,
+            value: prev.value.into(),
             revision: kv.mod_revision,
             create_revision: prev.create_revision,
             previous: None,
@@ -316,10 +317,10 @@ fn change(event: mvccpb::Event) -> Option<Change> {
         Some(Change {
             kind: ChangeKind::Put,
             key,
-            value: kv.value,
+            value: kv.value.into(),
             revision: kv.mod_revision,
             create_revision: kv.create_revision,
-            previous: event.prev_kv.map(|p| p.value),
+            previous: event.prev_kv.map(|p| p.value.into()),
         })
     }
 }

@@ -232,9 +232,20 @@ async fn list(servers: &[String], objects: usize, repeat: usize, resource_versio
                     if n >= objects {
                         return anyhow::Ok(());
                     }
-                    let (status, text) = call(&client, Method::POST, &url, Some(&pod(&format!("pod-{n:06}")))).await?;
-                    if !status.is_success() && status != StatusCode::CONFLICT {
-                        bail!("creating a pod: {status}: {}", String::from_utf8_lossy(&text));
+                    // Retried: a leader change under load answers 503/504 and the pod may or
+                    // may not exist yet (409 then says it does).
+                    let mut attempts = 0;
+                    loop {
+                        let (status, text) =
+                            call(&client, Method::POST, &url, Some(&pod(&format!("pod-{n:06}")))).await?;
+                        if status.is_success() || status == StatusCode::CONFLICT {
+                            break;
+                        }
+                        attempts += 1;
+                        if attempts > 5 || !status.is_server_error() {
+                            bail!("creating a pod: {status}: {}", String::from_utf8_lossy(&text));
+                        }
+                        tokio::time::sleep(Duration::from_millis(200)).await;
                     }
                 }
             }));
@@ -323,7 +334,7 @@ async fn watch(servers: &[String], watchers: usize, namespaces: usize, rate: u64
         }
     }
     latencies.lock().reset();
-    // The writer: creates then updates objects, each write stamped with its time.
+    // The writer creates objects at a steady rate, each stamped with its time of writing.
     let interval = Duration::from_micros(1_000_000 / rate.max(1));
     let started = Instant::now();
     let mut ticker = tokio::time::interval(interval);
@@ -334,22 +345,15 @@ async fn watch(servers: &[String], watchers: usize, namespaces: usize, rate: u64
         ticker.tick().await;
         let ns = &names[(n as usize) % namespaces];
         let server = &servers[(n as usize) % servers.len()];
-        let name = format!("obj-{}", n / namespaces as u64 % 50);
         let body = json!({"apiVersion": "v1", "kind": "ConfigMap",
-            "metadata": {"name": name, "annotations": {"bench.keel.dev/written-us": now_micros().to_string()}},
+            "metadata": {"name": format!("obj-{n}"), "annotations": {"bench.keel.dev/written-us": now_micros().to_string()}},
             "data": {"n": n.to_string()}});
-        let url = format!("http://{server}/api/v1/namespaces/{ns}/configmaps/{name}?fieldManager=bench");
+        let url = format!("http://{server}/api/v1/namespaces/{ns}/configmaps");
         let (client, written, errors) = (client.clone(), written.clone(), write_errors.clone());
         writes.push(tokio::spawn(async move {
-            let request = Request::builder()
-                .method(Method::PATCH)
-                .uri(&url)
-                .header("content-type", "application/apply-patch+yaml")
-                .body(Full::new(Bytes::from(body.to_string())));
-            let ok = match request {
-                Ok(r) => client.request(r).await.is_ok_and(|r| r.status().is_success()),
-                Err(_) => false,
-            };
+            let ok = call(&client, Method::POST, &url, Some(&body))
+                .await
+                .is_ok_and(|(status, _)| status == StatusCode::CREATED);
             if ok {
                 written.fetch_add(1, Ordering::Relaxed)
             } else {

@@ -149,11 +149,18 @@ pub async fn run(args: ServerArgs) -> Result<()> {
     }));
     let crd_sync = tokio::spawn(keel_api::crd::sync(api.clone()));
     let bootstrap = tokio::spawn(ensure_system_namespaces(api.clone()));
+    let leader_store = store.clone();
+    let controllers =
+        tokio::spawn(keel_controllers::run_while_leader(api.clone(), Duration::from_millis(500), move || {
+            let store = leader_store.clone();
+            async move { store.is_leader() }
+        }));
     tracing::info!(peer = %args.listen_peer, client = %args.listen_client, api = %args.listen_api, "serving");
 
     wait_for_signal().await?;
     tracing::info!("stopping");
     bootstrap.abort();
+    controllers.abort();
     crd_sync.abort();
     let _ = api_stop_tx.send(());
     if let Ok(Ok(Err(e))) = tokio::time::timeout(Duration::from_secs(5), api_server).await {

@@ -487,6 +487,12 @@ impl Store {
         &self.inner.sm
     }
 
+    /// Whether this member is the Raft leader right now.
+    pub fn is_leader(&self) -> bool {
+        let m = self.inner.raft.metrics().borrow_watched().clone();
+        m.state == ServerState::Leader && m.current_leader == Some(self.inner.id)
+    }
+
     pub fn current_term(&self) -> u64 {
         self.inner.raft.metrics().borrow_watched().current_term
     }
