@@ -154,12 +154,8 @@ impl Objects for ObjectService {
             timeout: None,
         };
         let events = self.api.watch(rt, ns, options).await.map_err(status)?;
-        let stream = ReceiverStream::new(events).map(|event| {
-            Ok(WatchEvent {
-                r#type: event.get("type").and_then(Value::as_str).unwrap_or("").to_string(),
-                object: event.get("object").map(to_bytes).unwrap_or_default(),
-            })
-        });
+        let stream = ReceiverStream::new(events)
+            .map(|event| Ok(WatchEvent { r#type: event.kind().to_string(), object: event.object_bytes() }));
         Ok(Response::new(Box::pin(stream)))
     }
 

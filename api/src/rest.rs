@@ -133,8 +133,60 @@ pub struct WatchOptions {
     pub timeout: Option<Duration>,
 }
 
-/// A watch event as Kubernetes encodes it: `{"type": "ADDED", "object": {...}}`.
-pub type WatchEvent = Value;
+/// A watch event: `{"type": "ADDED", "object": {...}}` as a value, or — when no selector
+/// needs the object decoded — its type and the stored JSON with the revision spliced in, so
+/// a change fanned out to many watches is never decoded and encoded once per watch.
+#[derive(Debug, Clone)]
+pub enum WatchEvent {
+    Decoded(Value),
+    Raw { kind: &'static str, object: Vec<u8> },
+}
+
+impl WatchEvent {
+    pub fn kind(&self) -> &str {
+        match self {
+            WatchEvent::Decoded(v) => v.get("type").and_then(Value::as_str).unwrap_or(""),
+            WatchEvent::Raw { kind, .. } => kind,
+        }
+    }
+
+    pub fn into_value(self) -> Value {
+        match self {
+            WatchEvent::Decoded(v) => v,
+            WatchEvent::Raw { kind, object } => {
+                json!({"type": kind, "object": serde_json::from_slice::<Value>(&object).unwrap_or(Value::Null)})
+            }
+        }
+    }
+
+    /// The event's object as JSON bytes.
+    pub fn object_bytes(&self) -> Vec<u8> {
+        match self {
+            WatchEvent::Decoded(v) => {
+                v.get("object").map(|o| serde_json::to_vec(o).unwrap_or_default()).unwrap_or_default()
+            }
+            WatchEvent::Raw { object, .. } => object.clone(),
+        }
+    }
+
+    /// One line of a watch response.
+    pub fn to_line(&self) -> Vec<u8> {
+        let mut line = match self {
+            WatchEvent::Decoded(v) => serde_json::to_vec(v).unwrap_or_default(),
+            WatchEvent::Raw { kind, object } => {
+                let mut line = Vec::with_capacity(object.len() + 32);
+                line.extend_from_slice(br#"{"type":""#);
+                line.extend_from_slice(kind.as_bytes());
+                line.extend_from_slice(br#"","object":"#);
+                line.extend_from_slice(object);
+                line.push(b'}');
+                line
+            }
+        };
+        line.push(b'\n');
+        line
+    }
+}
 
 #[derive(serde::Serialize, serde::Deserialize)]
 struct ContinueToken {
@@ -1177,7 +1229,7 @@ impl Api {
             Ok(feed) => feed,
             Err(e @ ApiError::Gone { .. }) => {
                 let (tx, rx) = mpsc::channel(1);
-                let _ = tx.try_send(json!({"type": "ERROR", "object": e.status()}));
+                let _ = tx.try_send(WatchEvent::Decoded(json!({"type": "ERROR", "object": e.status()})));
                 return Ok(rx);
             }
             Err(e) => return Err(e),
@@ -1190,7 +1242,9 @@ impl Api {
             if initial_end {
                 meta["annotations"] = json!({"k8s.io/initial-events-end": "true"});
             }
-            json!({"type": "BOOKMARK", "object": {"kind": rt.kind, "apiVersion": rt.api_version(), "metadata": meta}})
+            WatchEvent::Decoded(
+                json!({"type": "BOOKMARK", "object": {"kind": rt.kind, "apiVersion": rt.api_version(), "metadata": meta}}),
+            )
         };
         let first_bookmark = (options.send_initial_events == Some(true)).then(|| bookmark(start_revision - 1, true));
         let rt_for_task = rt.clone();
@@ -1199,7 +1253,7 @@ impl Api {
             async move {
                 let rt = rt_for_task;
                 for object in initial {
-                    if tx.send(json!({"type": "ADDED", "object": object})).await.is_err() {
+                    if tx.send(WatchEvent::Decoded(json!({"type": "ADDED", "object": object}))).await.is_err() {
                         return;
                     }
                 }
@@ -1216,7 +1270,7 @@ impl Api {
                             if options.allow_bookmarks {
                                 let revision = feed.progress_revision();
                                 let b = json!({"type": "BOOKMARK", "object": {"kind": rt.kind, "apiVersion": rt.api_version(), "metadata": {"resourceVersion": revision.to_string()}}});
-                                if tx.send(b).await.is_err() { return; }
+                                if tx.send(WatchEvent::Decoded(b)).await.is_err() { return; }
                             } else if tx.is_closed() {
                                 return;
                             }
@@ -1228,7 +1282,7 @@ impl Api {
                     let changes = match next {
                         Ok(changes) => changes,
                         Err(e) => {
-                            let _ = tx.send(json!({"type": "ERROR", "object": e.status()})).await;
+                            let _ = tx.send(WatchEvent::Decoded(json!({"type": "ERROR", "object": e.status()}))).await;
                             return;
                         }
                     };
@@ -1241,7 +1295,8 @@ impl Api {
                             }
                             Ok(None) => {}
                             Err(e) => {
-                                let _ = tx.send(json!({"type": "ERROR", "object": e.status()})).await;
+                                let _ =
+                                    tx.send(WatchEvent::Decoded(json!({"type": "ERROR", "object": e.status()}))).await;
                                 return;
                             }
                         }
@@ -1450,6 +1505,16 @@ fn watch_event(
     options: &ListOptions,
     change: &crate::storage::Change,
 ) -> Result<Option<WatchEvent>> {
+    if options.label_selector.is_empty() && options.field_selector.is_empty() {
+        let kind = match change.kind {
+            ChangeKind::Delete => "DELETED",
+            ChangeKind::Put if change.create_revision == change.revision => "ADDED",
+            ChangeKind::Put => "MODIFIED",
+        };
+        let object = crate::rawjson::with_resource_version(&change.value, change.revision)
+            .ok_or_else(|| ApiError::internal(format!("object at {} has no metadata object", change.key)))?;
+        return Ok(Some(WatchEvent::Raw { kind, object }));
+    }
     let object = decode_bytes(&change.value, change.revision, &change.key)?;
     let matches = |o: &Value| Api::matches(rt, options, o);
     let event = match change.kind {
@@ -1471,7 +1536,7 @@ fn watch_event(
             }
         }
     };
-    Ok(event.map(|(kind, object)| json!({"type": kind, "object": object})))
+    Ok(event.map(|(kind, object)| WatchEvent::Decoded(json!({"type": kind, "object": object}))))
 }
 
 /// The QoS class a pod's requests and limits put it in.

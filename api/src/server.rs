@@ -493,19 +493,24 @@ async fn watch(api: Arc<Api>, target: Target, query: &Query, negotiated: Negotia
     let events = api.watch(rt.clone(), target.namespace.clone(), options).await?;
     let (table_mode, include_object) = (negotiated.table, negotiated.include_object);
     let pretty = matches!(negotiated.format, Format::Json { pretty: true });
-    let stream = ReceiverStream::new(events).map(move |mut event| {
-        if table_mode {
-            let kind = event.get("type").and_then(Value::as_str).unwrap_or("");
-            if matches!(kind, "ADDED" | "MODIFIED" | "DELETED")
+    let stream = ReceiverStream::new(events).map(move |event| {
+        let line = if table_mode || pretty {
+            let mut event = event.into_value();
+            let kind = event.get("type").and_then(Value::as_str).unwrap_or("").to_string();
+            if table_mode
+                && matches!(kind.as_str(), "ADDED" | "MODIFIED" | "DELETED")
                 && let Some(object) = event.get("object").cloned()
             {
                 let meta = json!({"resourceVersion": object.pointer("/metadata/resourceVersion")});
                 event["object"] = table::table(&rt, &[object], meta, include_object);
             }
-        }
-        let mut line =
-            if pretty { serde_json::to_vec_pretty(&event) } else { serde_json::to_vec(&event) }.unwrap_or_default();
-        line.push(b'\n');
+            let mut line =
+                if pretty { serde_json::to_vec_pretty(&event) } else { serde_json::to_vec(&event) }.unwrap_or_default();
+            line.push(b'\n');
+            line
+        } else {
+            event.to_line()
+        };
         Ok::<_, Infallible>(Bytes::from(line))
     });
     let mut response = Response::new(Body::from_stream(stream));

@@ -339,6 +339,7 @@ async fn watch(servers: &[String], watchers: usize, namespaces: usize, rate: u64
     let started = Instant::now();
     let mut ticker = tokio::time::interval(interval);
     let (written, write_errors) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let write_latency = Arc::new(parking_lot::Mutex::new(Histogram::<u64>::new_with_bounds(1, 600_000_000, 3)?));
     let mut n = 0u64;
     let mut writes = Vec::new();
     while started.elapsed() < duration {
@@ -350,10 +351,13 @@ async fn watch(servers: &[String], watchers: usize, namespaces: usize, rate: u64
             "data": {"n": n.to_string()}});
         let url = format!("http://{server}/api/v1/namespaces/{ns}/configmaps");
         let (client, written, errors) = (client.clone(), written.clone(), write_errors.clone());
+        let latency = write_latency.clone();
         writes.push(tokio::spawn(async move {
+            let sent = Instant::now();
             let ok = call(&client, Method::POST, &url, Some(&body))
                 .await
                 .is_ok_and(|(status, _)| status == StatusCode::CREATED);
+            let _ = latency.lock().record(sent.elapsed().as_micros().max(1) as u64);
             if ok {
                 written.fetch_add(1, Ordering::Relaxed)
             } else {
@@ -381,6 +385,8 @@ async fn watch(servers: &[String], watchers: usize, namespaces: usize, rate: u64
         write_errors.load(Ordering::Relaxed),
         delivered.load(Ordering::Relaxed),
     );
-    print_latency("watch delivery", h.len(), elapsed, &h, 0);
+    print_latency("watch delivery (from sending the write)", h.len(), elapsed, &h, 0);
+    let w = write_latency.lock().clone();
+    print_latency("the writes themselves (until their response)", w.len(), elapsed, &w, 0);
     Ok(())
 }

@@ -16,7 +16,7 @@ use keel_api::error::{ApiError, Result};
 use keel_api::object;
 use keel_api::registry::ResourceType;
 use keel_api::rest::{Api, DeleteOptions, FieldValidation, WriteOptions, decode};
-use keel_api::storage::{Consistency, prefix_end};
+use keel_api::storage::{Consistency, Stored, prefix_end};
 use serde_json::{Value, json};
 
 const ROOT: &str = "/registry/";
@@ -35,10 +35,36 @@ pub struct Pass {
 
 struct Item {
     rt: Arc<ResourceType>,
+    /// What the collector reads: type, metadata and a namespace's `spec.finalizers`.
     object: Value,
+    /// The whole object, decoded only when the collector changes it.
+    stored: Stored,
+}
+
+/// The parts of an object a pass reads; the rest (most of its bytes) is skipped unparsed.
+#[derive(serde::Deserialize)]
+struct Skeleton {
+    #[serde(rename = "apiVersion", default)]
+    api_version: String,
+    #[serde(default)]
+    kind: String,
+    #[serde(default)]
+    metadata: Value,
+    #[serde(default)]
+    spec: Option<SkeletonSpec>,
+}
+
+#[derive(serde::Deserialize)]
+struct SkeletonSpec {
+    #[serde(default)]
+    finalizers: Option<Value>,
 }
 
 impl Item {
+    fn full(&self) -> Result<Value> {
+        decode(&self.stored)
+    }
+
     fn namespace(&self) -> Option<&str> {
         let ns = object::namespace(&self.object);
         (!ns.is_empty()).then_some(ns)
@@ -76,12 +102,27 @@ impl GarbageCollector {
 
     async fn snapshot(&self) -> Result<Vec<Item>> {
         let page = self.api.storage.list(ROOT, &prefix_end(ROOT), 0, 0, Consistency::Linearizable).await?;
-        let mut items = Vec::with_capacity(page.items.len());
-        for stored in &page.items {
-            let object = decode(stored)?;
+        // Parsing every object is the expensive part of a pass: off the request threads.
+        let skeletons = tokio::task::spawn_blocking(move || {
+            page.items
+                .into_iter()
+                .filter_map(|stored| {
+                    let skeleton: Skeleton = serde_json::from_slice(&stored.value).ok()?;
+                    let mut object = json!({"apiVersion": skeleton.api_version, "kind": skeleton.kind, "metadata": skeleton.metadata});
+                    if let Some(finalizers) = skeleton.spec.and_then(|s| s.finalizers) {
+                        object["spec"] = json!({"finalizers": finalizers});
+                    }
+                    Some((object, stored))
+                })
+                .collect::<Vec<_>>()
+        })
+        .await
+        .map_err(|e| ApiError::internal(format!("garbage collection scan: {e}")))?;
+        let mut items = Vec::with_capacity(skeletons.len());
+        for (object, stored) in skeletons {
             // Objects of kinds no longer served (a deleted CRD's) are left alone.
             if let Ok(rt) = self.api.type_of(&object) {
-                items.push(Item { rt, object });
+                items.push(Item { rt, object, stored });
             }
         }
         Ok(items)
@@ -108,7 +149,7 @@ impl GarbageCollector {
     }
 
     async fn remove_finalizer(&self, item: &Item, finalizer: &str) -> Result<()> {
-        let mut object = item.object.clone();
+        let mut object = item.full()?;
         let remaining: Vec<String> = object::finalizers(&object).into_iter().filter(|f| f != finalizer).collect();
         object::meta_mut(&mut object).insert("finalizers".into(), json!(remaining));
         self.update(item, object).await
@@ -144,7 +185,7 @@ impl GarbageCollector {
             if finalizers.iter().any(|f| f == "orphan") {
                 for &d in &mine {
                     let dependent = &items[d];
-                    let mut released = dependent.object.clone();
+                    let mut released = dependent.full()?;
                     if let Some(refs) =
                         object::meta_mut(&mut released).get_mut("ownerReferences").and_then(Value::as_array_mut)
                     {
@@ -175,7 +216,7 @@ impl GarbageCollector {
                 let contents: Vec<&Item> =
                     items.iter().filter(|o| o.rt.namespaced && o.namespace() == Some(name)).collect();
                 if contents.is_empty() {
-                    let mut finished = item.object.clone();
+                    let mut finished = item.full()?;
                     finished["spec"]["finalizers"] = json!([]);
                     self.update(item, finished).await?;
                     done.finalized += 1;
