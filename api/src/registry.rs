@@ -100,7 +100,8 @@ fn storage_prefix(group: &str, plural: &str) -> String {
 }
 
 fn roundtrip<K: Serialize + DeserializeOwned>(value: &Value) -> Result<Value, String> {
-    let typed: K = serde_json::from_value(value.clone()).map_err(|e| e.to_string())?;
+    // Deserializing from a reference spares a copy of the whole object.
+    let typed = K::deserialize(value).map_err(|e| e.to_string())?;
     serde_json::to_value(&typed).map_err(|e| e.to_string())
 }
 

@@ -241,19 +241,8 @@ impl GarbageCollector {
     }
 }
 
-/// The parts of an object that decide whether the collector has work.
-#[derive(serde::Deserialize, Default)]
-struct Relevance {
-    #[serde(default)]
-    metadata: RelevantMeta,
-}
-
-#[derive(serde::Deserialize, Default)]
-struct RelevantMeta {
-    #[serde(default, rename = "deletionTimestamp")]
-    deletion_timestamp: Option<serde::de::IgnoredAny>,
-    #[serde(default, rename = "ownerReferences")]
-    owner_references: Option<serde::de::IgnoredAny>,
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle)
 }
 
 /// Follows every change in the store and raises `dirty` when one may give the collector
@@ -273,9 +262,10 @@ pub async fn watch_for_work(api: Arc<Api>, dirty: Arc<std::sync::atomic::AtomicB
         while let Ok(changes) = feed.next().await {
             let relevant = changes.iter().any(|change| match change.kind {
                 keel_api::storage::ChangeKind::Delete => true,
+                // A byte search, not a parse: this runs for every write. A false match (the
+                // words inside some value) only costs an extra pass.
                 keel_api::storage::ChangeKind::Put => {
-                    let r: Relevance = serde_json::from_slice(&change.value).unwrap_or_default();
-                    r.metadata.deletion_timestamp.is_some() || r.metadata.owner_references.is_some()
+                    contains(&change.value, b"\"deletionTimestamp\"") || contains(&change.value, b"\"ownerReferences\"")
                 }
             });
             if relevant {
