@@ -182,6 +182,11 @@ pub async fn watcher(endpoints: Vec<String>, first: usize, from: i64, done_at: A
             if response.events.is_empty() {
                 if let Some(h) = response.header {
                     deliveries.push(Delivery::Progress(h.revision));
+                    // Everything up to a progress revision has been delivered (the checker
+                    // holds the member to that), so that is where a resumed watch starts;
+                    // it is also how the watcher learns it is done when the last revisions
+                    // are not writes to its keys (a new leader's blank entry, say).
+                    next = next.max(h.revision + 1);
                 }
                 continue;
             }

@@ -25,17 +25,19 @@ where
 {
     let mut collector = gc::GarbageCollector::new(api.clone());
     let dirty = Arc::new(std::sync::atomic::AtomicBool::new(true));
-    // Stops with this loop (its task is aborted when the member shuts down).
-    let _watcher = AbortOnDrop(tokio::spawn(gc::watch_for_work(api, dirty.clone())));
+    // Followers do not follow the writes: the watch runs only while leading, and stops with
+    // this loop (its task is aborted when the member shuts down).
+    let mut watcher: Option<AbortOnDrop> = None;
     let mut last_full = tokio::time::Instant::now();
-    let mut was_leader = false;
     loop {
         let leading = is_leader().await;
-        if leading && !was_leader {
+        if leading && watcher.is_none() {
             // A new leader cannot know what its predecessor left unfinished.
             dirty.store(true, std::sync::atomic::Ordering::SeqCst);
+            watcher = Some(AbortOnDrop(tokio::spawn(gc::watch_for_work(api.clone(), dirty.clone()))));
+        } else if !leading {
+            watcher = None;
         }
-        was_leader = leading;
         let due = last_full.elapsed() > Duration::from_secs(60);
         if leading && (dirty.swap(false, std::sync::atomic::Ordering::SeqCst) || due) {
             last_full = tokio::time::Instant::now();
