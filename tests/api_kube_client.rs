@@ -137,6 +137,26 @@ async fn a_kube_rs_reflector_survives_member_loss_and_410() {
     assert_eq!(final_state.get("cm-0").map(|v| v.1.as_str()), Some("v2"));
     assert!(!final_state.contains_key("cm-5"));
     assert!(final_state.contains_key("cm-24"));
+    // A watch resumes on another member from the last resourceVersion seen on this one:
+    // revisions are the store's, the same on every member.
+    let resume_from = cache_state(&store).values().map(|(rv, _)| rv.parse::<i64>().unwrap_or(0)).max().expect("cache");
+    watched_api
+        .create(&PostParams::default(), &config_map("cm-after", "v1"))
+        .await
+        .expect("create on the watched member");
+    let elsewhere = writer_api.watch(&WatchParams::default(), &resume_from.to_string()).await.expect("watch elsewhere");
+    futures::pin_mut!(elsewhere);
+    let mut seen_after = false;
+    while let Ok(Some(event)) = tokio::time::timeout(Duration::from_secs(10), elsewhere.next()).await {
+        if let Ok(WatchEvent::Added(cm)) = event
+            && cm.metadata.name.as_deref() == Some("cm-after")
+        {
+            seen_after = true;
+            break;
+        }
+    }
+    assert!(seen_after, "a watch resumed on another member from {resume_from} should see the next create");
+
     // The outage reached the reflector as errors it recovered from.
     assert!(errors.load(std::sync::atomic::Ordering::Relaxed) > 0);
     reflector_task.abort();
