@@ -242,7 +242,7 @@ impl GarbageCollector {
 }
 
 fn contains(haystack: &[u8], needle: &[u8]) -> bool {
-    haystack.windows(needle.len()).any(|w| w == needle)
+    memchr::memmem::find(haystack, needle).is_some()
 }
 
 /// Follows every change in the store and raises `dirty` when one may give the collector
