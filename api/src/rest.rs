@@ -676,28 +676,19 @@ impl Api {
         let key = rt.key(namespace, &name);
         let mut ops = vec![WriteOp::Put { key, value: encode(&object)?, precondition: Precondition::Absent }];
         ops.extend(self.companions(rt, &object)?);
-        match self.storage.write(ops).await? {
-            WriteOutcome::Applied { revision } => {
-                let mut object = object;
-                object::meta_mut(&mut object).insert("resourceVersion".into(), json!(revision.to_string()));
-                Ok((object, warnings))
-            }
-            WriteOutcome::Refused { index: 0, .. } => Err(ApiError::AlreadyExists { resource: rt.qualified(), name }),
-            // A companion already existed (left from an earlier namespace of that name): keep it.
-            WriteOutcome::Refused { .. } => {
-                let key = rt.key(namespace, &name);
-                match self
-                    .storage
-                    .write(vec![WriteOp::Put { key, value: encode(&object)?, precondition: Precondition::Absent }])
-                    .await?
-                {
-                    WriteOutcome::Applied { revision } => {
-                        let mut object = object;
-                        object::meta_mut(&mut object).insert("resourceVersion".into(), json!(revision.to_string()));
-                        Ok((object, warnings))
-                    }
-                    WriteOutcome::Refused { .. } => Err(ApiError::AlreadyExists { resource: rt.qualified(), name }),
+        loop {
+            match self.storage.write(ops.clone()).await? {
+                WriteOutcome::Applied { revision } => {
+                    let mut object = object;
+                    object::meta_mut(&mut object).insert("resourceVersion".into(), json!(revision.to_string()));
+                    return Ok((object, warnings));
                 }
+                WriteOutcome::Refused { index: 0, .. } => {
+                    return Err(ApiError::AlreadyExists { resource: rt.qualified(), name });
+                }
+                // A companion already exists (left from an earlier namespace of that name): keep
+                // it and write the object alone.
+                WriteOutcome::Refused { .. } => ops.truncate(1),
             }
         }
     }
@@ -946,12 +937,12 @@ impl Api {
         }
         let pinned = patch.pointer("/metadata/resourceVersion").and_then(Value::as_str).map(String::from);
         for _ in 0..PATCH_RETRIES {
-            let (stored, current) = if subresource == Some("scale") {
-                let (stored, current) = self.get_stored(rt, namespace, name).await?;
-                let scale = crate::scale::scale_of(rt, &current, stored.mod_revision)?;
-                (stored, scale)
+            let (stored, object) = self.get_stored(rt, namespace, name).await?;
+            // What the patch applies to: the object, or the Scale read from it.
+            let current = if subresource == Some("scale") {
+                crate::scale::scale_of(rt, &object, stored.mod_revision)?
             } else {
-                self.get_stored(rt, namespace, name).await?
+                object.clone()
             };
             if let Some(rv) = &pinned
                 && *rv != stored.mod_revision.to_string()
@@ -978,14 +969,11 @@ impl Api {
                 name: name.into(),
                 causes: vec![FieldCause::invalid("", e)],
             })?;
+            // The write holds the revision read above; a concurrent change is a conflict, retried.
             let result = if subresource == Some("scale") {
-                let (stored_obj, stored_rev) = (self.get_stored(rt, namespace, name).await?, stored.mod_revision);
-                if stored_obj.0.mod_revision != stored_rev {
-                    continue;
-                }
-                self.write_scale(rt, namespace, name, &stored_obj.1, stored_rev, patched, options).await
+                self.write_scale(rt, namespace, name, &object, stored.mod_revision, patched, options).await
             } else {
-                self.replace(rt, namespace, name, subresource, &current, stored.mod_revision, patched, options).await
+                self.replace(rt, namespace, name, subresource, &object, stored.mod_revision, patched, options).await
             };
             match result {
                 Err(ApiError::Conflict { .. }) if pinned.is_none() => continue,
