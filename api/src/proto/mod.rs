@@ -3,7 +3,9 @@
 //! magic and a `runtime.Unknown` wrapping the object's message; it is decoded to the same JSON
 //! a JSON client would have sent, using the field table in [`fields`] for wire numbers and the
 //! OpenAPI schemas for JSON names (Go's embedded structs, a nested message on the wire, are
-//! inlined as JSON has them).
+//! inlined as JSON has them). Go's protobuf writes every non-pointer field, zero or not, while
+//! its JSON leaves out the zero value of an `omitempty` one; [`fields::KEEPS_ZERO`] says which
+//! scalar fields keep theirs, so the JSON is what kube-apiserver would have made of the body.
 
 use std::collections::HashMap;
 use std::sync::OnceLock;
@@ -53,6 +55,21 @@ fn err<T>(message: impl Into<String>) -> Result<T> {
 fn messages() -> &'static HashMap<&'static str, &'static [F]> {
     static INDEX: OnceLock<HashMap<&'static str, &'static [F]>> = OnceLock::new();
     INDEX.get_or_init(|| fields::MESSAGES.iter().map(|(name, fields)| (*name, *fields)).collect())
+}
+
+/// The tags of the scalar fields of each message whose zero value JSON keeps.
+fn keeps_zero() -> &'static HashMap<&'static str, &'static [u32]> {
+    static INDEX: OnceLock<HashMap<&'static str, &'static [u32]>> = OnceLock::new();
+    INDEX.get_or_init(|| fields::KEEPS_ZERO.iter().map(|(name, tags)| (*name, *tags)).collect())
+}
+
+fn is_zero(value: &Value) -> bool {
+    match value {
+        Value::Bool(b) => !b,
+        Value::Number(n) => n.as_f64() == Some(0.0),
+        Value::String(s) => s.is_empty(),
+        _ => false,
+    }
 }
 
 /// JSON property names of each schema definition, keyed by the names with case and
@@ -313,6 +330,7 @@ pub fn to_json(message: &str, bytes: &[u8], names: &JsonNames) -> Result<Value> 
         return err(format!("unknown message {message}"));
     };
     let json_names = names.get(&definition_name(message));
+    let keeps_zero = keeps_zero().get(message).copied().unwrap_or_default();
     let mut out = Map::new();
     let mut reader = Reader { bytes, at: 0 };
     while !reader.done() {
@@ -360,11 +378,15 @@ pub fn to_json(message: &str, bytes: &[u8], names: &JsonNames) -> Result<Value> 
             }
             (kind, payload) => scalar(kind, payload)?,
         };
-        // Go writes every non-pointer field on the wire, but JSON omits its zero value: an
-        // empty string or zero time is "unset" unless the field is a pointer where "" means
-        // something (a PVC's storageClassName: "" asks for no class).
-        let keeps_empty = json_name.as_deref() == Some("storageClassName");
-        if value.is_null() || (value.as_str() == Some("") && !keeps_empty && !field.repeated) {
+        // Go writes every non-pointer field on the wire, but JSON leaves out a zero time and
+        // the zero value of an `omitempty` scalar; a pointer keeps it (a PVC's
+        // storageClassName: "" asks for no class, spec.replicas: 0 for no pods).
+        let omitted = match field.kind {
+            _ if field.repeated => false,
+            K::Message | K::Map(..) => value.as_str() == Some(""),
+            _ => is_zero(&value) && !keeps_zero.contains(&tag),
+        };
+        if value.is_null() || omitted {
             continue;
         }
         match json_name {
@@ -447,6 +469,49 @@ mod tests {
         out.extend_from_slice(payload);
     }
 
+    /// A message built field by field.
+    #[derive(Default)]
+    struct Pb(Vec<u8>);
+
+    impl Pb {
+        fn varint(mut self, tag: u32, value: u64) -> Self {
+            varint(u64::from(tag) << 3, &mut self.0);
+            varint(value, &mut self.0);
+            self
+        }
+
+        fn string(mut self, tag: u32, value: &str) -> Self {
+            bytes_field(tag, value.as_bytes(), &mut self.0);
+            self
+        }
+
+        fn message(mut self, tag: u32, value: Pb) -> Self {
+            bytes_field(tag, &value.0, &mut self.0);
+            self
+        }
+
+        fn label(self, tag: u32, key: &str, value: &str) -> Self {
+            self.message(tag, Pb::default().string(1, key).string(2, value))
+        }
+    }
+
+    fn envelope(api_version: &str, kind: &str, object: Pb) -> Vec<u8> {
+        let type_meta = Pb::default().string(1, api_version).string(2, kind);
+        let mut body = MAGIC.to_vec();
+        body.extend(Pb::default().message(1, type_meta).message(2, object).0);
+        body
+    }
+
+    /// ObjectMeta as Go writes it: every non-pointer field, the zero ones too.
+    fn object_meta(name: &str) -> Pb {
+        let mut meta = Pb::default().string(1, name);
+        for tag in 2..=6 {
+            meta = meta.string(tag, ""); // generateName, namespace, selfLink, uid, resourceVersion
+        }
+        // generation, creationTimestamp (a zero time is an empty message), labels
+        meta.varint(7, 0).message(8, Pb::default()).label(11, "app", "web")
+    }
+
     fn names() -> JsonNames {
         let registry = crate::registry::Registry::new(crate::registry::RuntimeConfig::default());
         let doc = crate::openapi::v2(&registry);
@@ -497,6 +562,84 @@ mod tests {
         varint(1, &mut spec);
         let value = to_json("api.core.v1.PodSpec", &spec, &names()).unwrap();
         assert_eq!(value, json!({"hostIPC": true}));
+    }
+
+    #[test]
+    fn zero_values_are_kept_only_where_go_json_keeps_them() {
+        // What kubectl create deployment --replicas=0 sends: Go's protobuf writes every
+        // non-pointer field (stdin: false, generation: 0, ...) and the pointers that are set.
+        let container = Pb::default()
+            .string(1, "web")
+            .string(2, "nginx")
+            .message(8, Pb::default()) // resources
+            .string(13, "") // terminationMessagePath
+            .string(14, "") // imagePullPolicy
+            .varint(16, 0) // stdin
+            .varint(17, 0) // stdinOnce
+            .varint(18, 0); // tty
+        let pod_spec = Pb::default()
+            .message(2, container)
+            .string(3, "") // restartPolicy
+            .string(6, "") // dnsPolicy
+            .varint(11, 0) // hostNetwork
+            .varint(21, 0); // automountServiceAccountToken, a *bool
+        let template = Pb::default().message(1, object_meta("")).message(2, pod_spec);
+        let selector = Pb::default().label(1, "app", "web");
+        let spec = Pb::default()
+            .varint(1, 0) // replicas, an *int32
+            .message(2, selector)
+            .message(3, template)
+            .message(4, Pb::default()) // strategy
+            .varint(5, 0) // minReadySeconds
+            .varint(7, 0); // paused
+        let body = envelope("apps/v1", "Deployment", Pb::default().message(1, object_meta("web")).message(2, spec));
+        let object = decode_body(&body, &names()).unwrap();
+        assert_eq!(
+            object,
+            json!({
+                "apiVersion": "apps/v1",
+                "kind": "Deployment",
+                "metadata": {"name": "web", "labels": {"app": "web"}},
+                "spec": {
+                    "replicas": 0,
+                    "selector": {"matchLabels": {"app": "web"}},
+                    "template": {
+                        "metadata": {"labels": {"app": "web"}},
+                        "spec": {
+                            "containers": [{"name": "web", "image": "nginx", "resources": {}}],
+                            "automountServiceAccountToken": false,
+                        },
+                    },
+                    "strategy": {},
+                },
+            })
+        );
+    }
+
+    #[test]
+    fn an_empty_storage_class_is_kept_on_a_claim_and_dropped_on_a_volume() {
+        // PersistentVolumeClaimSpec.storageClassName is a *string ("" asks for no class);
+        // PersistentVolumeSpec.storageClassName is a string with omitempty.
+        let claim = Pb::default().message(1, object_meta("data")).message(2, Pb::default().string(5, ""));
+        let object = decode_body(&envelope("v1", "PersistentVolumeClaim", claim), &names()).unwrap();
+        assert_eq!(object["spec"], json!({"storageClassName": ""}));
+        let volume = Pb::default().message(1, object_meta("pv")).message(2, Pb::default().string(6, ""));
+        let object = decode_body(&envelope("v1", "PersistentVolume", volume), &names()).unwrap();
+        assert_eq!(object["spec"], json!({}));
+    }
+
+    #[test]
+    fn fields_without_omitempty_keep_their_zero() {
+        // ServicePort.port is an int32 without omitempty; targetPort, an IntOrString struct,
+        // is never left out; name, protocol and nodePort are omitempty.
+        let port = Pb::default()
+            .string(1, "")
+            .string(2, "")
+            .varint(3, 0)
+            .message(4, Pb::default().varint(1, 0).varint(2, 0).string(3, ""))
+            .varint(5, 0);
+        let value = to_json("api.core.v1.ServicePort", &port.0, &names()).unwrap();
+        assert_eq!(value, json!({"port": 0, "targetPort": 0}));
     }
 
     #[test]
