@@ -126,7 +126,7 @@ async fn grpc_verbs_and_atomic_apply() {
     std::fs::create_dir_all(&dir).unwrap();
     std::fs::write(
         dir.join("app.yaml"),
-        "apiVersion: v1\nkind: Namespace\nmetadata: {name: shop}\n---\napiVersion: v1\nkind: ConfigMap\nmetadata: {name: cfg, namespace: shop}\ndata: {a: \"1\"}\n---\napiVersion: apps/v1\nkind: Deployment\nmetadata: {name: web, namespace: shop}\nspec:\n  selector: {matchLabels: {app: web}}\n  template:\n    metadata: {labels: {app: web}}\n    spec: {containers: [{name: app, image: busybox:1.36}]}\n",
+        "apiVersion: v1\nkind: Namespace\nmetadata: {name: shop}\n---\napiVersion: v1\nkind: ConfigMap\nmetadata: {name: cfg, namespace: shop}\ndata: {a: \"1\"}\n---\napiVersion: v1\nkind: Secret\nmetadata: {name: web, namespace: shop}\nstringData: {token: t0p}\n",
     )
     .unwrap();
     let output = Command::new(keel_binary())
@@ -141,7 +141,7 @@ async fn grpc_verbs_and_atomic_apply() {
     let revisions: Vec<String> = [
         ("v1", "Namespace", ""),
         ("v1", "ConfigMap", "shop"),
-        ("apps/v1", "Deployment", "shop"),
+        ("v1", "Secret", "shop"),
         ("v1", "ServiceAccount", "shop"),
     ]
     .iter()
@@ -149,7 +149,7 @@ async fn grpc_verbs_and_atomic_apply() {
         let name = match *k {
             "Namespace" => "shop",
             "ConfigMap" => "cfg",
-            "Deployment" => "web",
+            "Secret" => "web",
             _ => "default",
         };
         (v, k, ns, name)

@@ -35,6 +35,11 @@ pub trait Plugin: Send + Sync {
         Ok(())
     }
 
+    /// A mutation that has to read the store (after `mutate`).
+    fn resolve<'a>(&'a self, _attributes: &'a Attributes<'a>, _object: &'a mut Value) -> BoxFuture<'a, Result<()>> {
+        Box::pin(async { Ok(()) })
+    }
+
     fn validate<'a>(&'a self, _attributes: &'a Attributes<'a>, _object: &'a Value) -> BoxFuture<'a, Result<()>> {
         Box::pin(async { Ok(()) })
     }
@@ -45,20 +50,24 @@ pub struct Chain {
 }
 
 impl Chain {
-    /// The default chain: NamespaceLifecycle, ServiceAccount, defaulting.
+    /// The default chain: NamespaceLifecycle, ServiceAccount, Priority,
+    /// DefaultTolerationSeconds, defaulting.
     pub fn standard(storage: SharedStorage) -> Chain {
         Chain {
             plugins: vec![
                 Box::new(NamespaceLifecycle { storage: storage.clone() }),
-                Box::new(ServiceAccount { storage }),
+                Box::new(ServiceAccount { storage: storage.clone() }),
+                Box::new(Priority { storage }),
+                Box::new(DefaultTolerationSeconds),
                 Box::new(Defaulting),
             ],
         }
     }
 
-    pub fn mutate(&self, attributes: &Attributes<'_>, object: &mut Value) -> Result<()> {
+    pub async fn mutate(&self, attributes: &Attributes<'_>, object: &mut Value) -> Result<()> {
         for plugin in &self.plugins {
             plugin.mutate(attributes, object)?;
+            plugin.resolve(attributes, object).await?;
         }
         Ok(())
     }
@@ -198,6 +207,132 @@ impl Plugin for ServiceAccount {
             }
             Ok(())
         })
+    }
+}
+
+/// The priority classes every cluster has, as kube-apiserver creates them.
+pub const SYSTEM_PRIORITY_CLASSES: &[(&str, i64)] =
+    &[("system-node-critical", 2_000_001_000), ("system-cluster-critical", 2_000_000_000)];
+
+/// Pods get `spec.priority` (and `preemptionPolicy`) from their PriorityClass, or from the
+/// global default class, or 0; an unknown class is refused, as kube-apiserver's Priority
+/// plugin does.
+pub struct Priority {
+    storage: SharedStorage,
+}
+
+impl Priority {
+    async fn class(&self, name: &str) -> Result<Option<Value>> {
+        let key = format!("/registry/scheduling.k8s.io/priorityclasses/{name}");
+        let (found, _) = self.storage.get(&key, Consistency::Local).await?;
+        found
+            .map(|f| {
+                serde_json::from_slice(&f.value).map_err(|e| ApiError::internal(format!("{key} is not JSON: {e}")))
+            })
+            .transpose()
+    }
+
+    async fn global_default(&self) -> Result<Option<Value>> {
+        let prefix = "/registry/scheduling.k8s.io/priorityclasses/";
+        let page = self.storage.list(prefix, &crate::storage::prefix_end(prefix), 0, 0, Consistency::Local).await?;
+        for item in page.items {
+            let class: Value = serde_json::from_slice(&item.value)
+                .map_err(|e| ApiError::internal(format!("{} is not JSON: {e}", item.key)))?;
+            if class.get("globalDefault").and_then(Value::as_bool) == Some(true) {
+                return Ok(Some(class));
+            }
+        }
+        Ok(None)
+    }
+}
+
+impl Plugin for Priority {
+    fn name(&self) -> &'static str {
+        "Priority"
+    }
+
+    fn resolve<'a>(&'a self, a: &'a Attributes<'a>, object: &'a mut Value) -> BoxFuture<'a, Result<()>> {
+        Box::pin(async move {
+            if !is_pod(a) || a.operation != Operation::Create {
+                return Ok(());
+            }
+            let name = object.pointer("/spec/priorityClassName").and_then(Value::as_str).unwrap_or("").to_string();
+            let forbidden = |message: String| ApiError::Forbidden {
+                resource: "pods".into(),
+                name: a.name.into(),
+                message: format!("pods \"{}\" is forbidden: {message}", a.name),
+            };
+            let (value, policy, class_name) = if name.is_empty() {
+                match self.global_default().await? {
+                    Some(class) => (
+                        class.get("value").and_then(Value::as_i64).unwrap_or(0),
+                        class.get("preemptionPolicy").cloned(),
+                        Some(crate::object::name(&class).to_string()),
+                    ),
+                    None => (0, None, None),
+                }
+            } else if let Some((_, value)) = SYSTEM_PRIORITY_CLASSES.iter().find(|(n, _)| *n == name) {
+                (*value, None, None)
+            } else {
+                match self.class(&name).await? {
+                    Some(class) => (
+                        class.get("value").and_then(Value::as_i64).unwrap_or(0),
+                        class.get("preemptionPolicy").cloned(),
+                        None,
+                    ),
+                    None => return Err(forbidden(format!("no PriorityClass with name {name} was found"))),
+                }
+            };
+            let Some(spec) = object.get_mut("spec").and_then(Value::as_object_mut) else { return Ok(()) };
+            if let Some(given) = spec.get("priority").and_then(Value::as_i64)
+                && given != value
+            {
+                return Err(forbidden(format!(
+                    "the integer value of priority ({given}) must not be provided in pod spec; priority admission controller computed {value} from the given PriorityClass name"
+                )));
+            }
+            spec.insert("priority".into(), json!(value));
+            if let Some(class_name) = class_name {
+                spec.insert("priorityClassName".into(), json!(class_name));
+            }
+            if !spec.contains_key("preemptionPolicy") {
+                spec.insert("preemptionPolicy".into(), policy.unwrap_or_else(|| json!("PreemptLowerPriority")));
+            }
+            Ok(())
+        })
+    }
+}
+
+/// Every pod tolerates the not-ready and unreachable NoExecute taints for 300 s unless it says
+/// otherwise, so a short node hiccup does not evict it (kube-apiserver's plugin of that name).
+pub struct DefaultTolerationSeconds;
+
+pub const DEFAULT_TOLERATION_SECONDS: i64 = 300;
+
+impl Plugin for DefaultTolerationSeconds {
+    fn name(&self) -> &'static str {
+        "DefaultTolerationSeconds"
+    }
+
+    fn mutate(&self, a: &Attributes<'_>, object: &mut Value) -> Result<()> {
+        if !is_pod(a) || a.operation != Operation::Create {
+            return Ok(());
+        }
+        let Some(spec) = object.get_mut("spec").and_then(Value::as_object_mut) else { return Ok(()) };
+        let tolerations = spec.entry("tolerations").or_insert_with(|| json!([]));
+        let Some(list) = tolerations.as_array_mut() else { return Ok(()) };
+        for key in ["node.kubernetes.io/not-ready", "node.kubernetes.io/unreachable"] {
+            let covered = list.iter().any(|t| {
+                let t_key = t.get("key").and_then(Value::as_str).unwrap_or("");
+                let effect = t.get("effect").and_then(Value::as_str).unwrap_or("");
+                let exists = t.get("operator").and_then(Value::as_str) == Some("Exists");
+                (t_key == key || (t_key.is_empty() && exists)) && (effect.is_empty() || effect == "NoExecute")
+            });
+            if !covered {
+                list.push(json!({"key": key, "operator": "Exists", "effect": "NoExecute", "tolerationSeconds": DEFAULT_TOLERATION_SECONDS}));
+            }
+        }
+        Ok(())
     }
 }
 

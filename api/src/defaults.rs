@@ -119,8 +119,12 @@ pub fn apply(kind: &str, group: &str, object: &mut Value) {
             template_spec(object, "/spec/template/spec");
         }
         ("batch", "Job") => {
+            // Neither given: one pod to one completion. Parallelism alone: a work queue,
+            // done when any pod succeeds (completions stays unset).
+            if object.pointer("/spec/parallelism").is_none() && object.pointer("/spec/completions").is_none() {
+                set_if_absent(object, "/spec/completions", json!(1));
+            }
             set_if_absent(object, "/spec/parallelism", json!(1));
-            set_if_absent(object, "/spec/completions", json!(1));
             set_if_absent(object, "/spec/backoffLimit", json!(6));
             set_if_absent(object, "/spec/completionMode", json!("NonIndexed"));
             set_if_absent(object, "/spec/suspend", json!(false));

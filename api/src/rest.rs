@@ -211,6 +211,34 @@ fn decode_continue(token: &str, prefix: &str) -> Result<ContinueToken> {
     Ok(token)
 }
 
+/// A new Job selects its own pods by its uid, as kube-apiserver arranges it (unless the
+/// user asked for `manualSelector`): the selector and the template's labels are set here.
+fn job_selector(job: &mut Value) {
+    if job.pointer("/spec/manualSelector").and_then(Value::as_bool) == Some(true) {
+        return;
+    }
+    let uid = object::meta_str(job, "uid").to_string();
+    let name = object::name(job).to_string();
+    let Some(spec) = job.get_mut("spec").and_then(Value::as_object_mut) else { return };
+    spec.insert("selector".into(), json!({"matchLabels": {"batch.kubernetes.io/controller-uid": uid}}));
+    let template = spec.entry("template").or_insert_with(|| json!({}));
+    if !template.get("metadata").is_some_and(Value::is_object) {
+        template["metadata"] = json!({});
+    }
+    if !template["metadata"].get("labels").is_some_and(Value::is_object) {
+        template["metadata"]["labels"] = json!({});
+    }
+    let labels = &mut template["metadata"]["labels"];
+    for (key, value) in [
+        ("batch.kubernetes.io/controller-uid", &uid),
+        ("batch.kubernetes.io/job-name", &name),
+        ("controller-uid", &uid),
+        ("job-name", &name),
+    ] {
+        labels[key] = json!(value);
+    }
+}
+
 /// Decodes a stored object and stamps it with its revision.
 pub fn decode(stored: &Stored) -> Result<Value> {
     decode_bytes(&stored.value, stored.mod_revision, &stored.key)
@@ -584,6 +612,19 @@ impl Api {
             return Err(ApiError::bad_request(format!("strict decoding error: {}", warnings.join(", "))));
         }
         let warnings = if validation == FieldValidation::Warn { warnings } else { Vec::new() };
+        let mut decoded = decoded;
+        // Go's omitempty: an emptied list or map in metadata (the last owner reference
+        // released, the last finalizer removed) is absent, not `[]`, as kube-apiserver stores it.
+        if let Some(meta) = decoded.get_mut("metadata").and_then(Value::as_object_mut) {
+            for field in ["ownerReferences", "finalizers", "labels", "annotations", "managedFields"] {
+                let empty = meta.get(field).is_some_and(|v| {
+                    v.as_array().is_some_and(Vec::is_empty) || v.as_object().is_some_and(serde_json::Map::is_empty)
+                });
+                if empty {
+                    meta.remove(field);
+                }
+            }
+        }
         Ok((decoded, warnings))
     }
 
@@ -729,6 +770,9 @@ impl Api {
         if rt.group == "apiextensions.k8s.io" {
             crate::crd::accept(&mut object);
         }
+        if rt.group == "batch" && rt.kind == "Job" {
+            job_selector(&mut object);
+        }
         let name = object::name(&object).to_string();
         let attributes = Attributes {
             operation: Operation::Create,
@@ -739,7 +783,7 @@ impl Api {
             old: None,
             batch,
         };
-        self.admission.mutate(&attributes, &mut object)?;
+        self.admission.mutate(&attributes, &mut object).await?;
         let (object, warnings) = self.validate(rt, object, options.field_validation)?;
         self.admission.validate(&attributes, &object).await?;
         Ok((object, warnings))
@@ -855,7 +899,7 @@ impl Api {
             old: Some(current),
             batch: &[],
         };
-        self.admission.mutate(&attributes, &mut object)?;
+        self.admission.mutate(&attributes, &mut object).await?;
         let generation = object::meta(current).and_then(|m| m.get("generation")).and_then(Value::as_i64).unwrap_or(1);
         if spec_changed(current, &object) {
             object::meta_mut(&mut object).insert("generation".into(), json!(generation + 1));

@@ -4,6 +4,7 @@
 
 pub mod client;
 pub mod inproc;
+pub mod kubectl;
 pub mod linearizability;
 pub mod net;
 pub mod processes;

@@ -1,0 +1,72 @@
+//! The real `kubectl` (v1.32, as installed on the machine), pointed at one member.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+pub struct Kubectl {
+    pub kubeconfig: PathBuf,
+    pub cache: PathBuf,
+    pub dir: PathBuf,
+}
+
+impl Kubectl {
+    pub fn new(dir: &Path, api: &str) -> Kubectl {
+        let kubeconfig = dir.join("kubeconfig");
+        let output = Command::new(super::processes::keel_binary())
+            .args(["kubeconfig", "--server", &format!("http://{api}")])
+            .output()
+            .expect("run keel kubeconfig");
+        assert!(output.status.success(), "keel kubeconfig: {}", String::from_utf8_lossy(&output.stderr));
+        std::fs::write(&kubeconfig, &output.stdout).expect("write kubeconfig");
+        Kubectl { kubeconfig, cache: dir.join("kube-cache"), dir: dir.to_path_buf() }
+    }
+
+    pub fn command(&self, args: &[&str]) -> Command {
+        let mut command = Command::new("kubectl");
+        command
+            .args(args)
+            .arg("--cache-dir")
+            .arg(&self.cache)
+            .arg("--request-timeout=20s")
+            .env("KUBECONFIG", &self.kubeconfig)
+            .current_dir(&self.dir)
+            .stdin(Stdio::null());
+        command
+    }
+
+    pub fn run(&self, args: &[&str]) -> Output {
+        self.command(args).output().expect("run kubectl")
+    }
+
+    /// Runs kubectl and returns its standard output; panics with both streams on failure.
+    pub fn ok(&self, args: &[&str]) -> String {
+        let output = self.run(args);
+        assert!(
+            output.status.success(),
+            "kubectl {} failed ({}):\nstdout: {}\nstderr: {}",
+            args.join(" "),
+            output.status,
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    }
+
+    /// Runs kubectl expecting failure; returns its standard error.
+    pub fn fails(&self, args: &[&str]) -> String {
+        let output = self.run(args);
+        assert!(
+            !output.status.success(),
+            "kubectl {} should have failed but printed {}",
+            args.join(" "),
+            String::from_utf8_lossy(&output.stdout)
+        );
+        String::from_utf8_lossy(&output.stderr).into_owned()
+    }
+
+    pub fn write(&self, name: &str, text: &str) -> String {
+        let path = self.dir.join(name);
+        std::fs::write(&path, text).expect("write manifest");
+        path.display().to_string()
+    }
+}
