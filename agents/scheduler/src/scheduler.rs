@@ -1,0 +1,558 @@
+//! The scheduling loop. One task owns the cluster snapshot (nodes and the pods on them) and
+//! takes pending pods one at a time, highest priority first: filter the nodes (stopping once
+//! enough feasible ones are found, as kube-scheduler's percentageOfNodesToScore does), score
+//! those, assume the pod on the best node and go on. Bindings are written in the background
+//! (many at a time), so the loop never waits on the store; a failed binding un-assumes the
+//! pod and retries it with backoff. Pods no node can take get a FailedScheduling event and a
+//! PodScheduled=False condition and wait until the cluster changes.
+
+use std::cmp::Ordering;
+use std::collections::{BinaryHeap, HashMap, HashSet};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering as AtomicOrdering};
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::core::v1::{Node, Pod};
+use keel_api::patch::PatchType;
+use keel_runtime::events::{EventType, reference_to};
+use keel_runtime::{Client, Informer, ObjectKey, Recorder};
+use tokio::sync::{Semaphore, mpsc};
+
+use crate::framework::{self, Diagnosis, Snapshot};
+
+pub const DEFAULT_SCHEDULER: &str = "default-scheduler";
+/// Bindings in flight at once.
+const BINDERS: usize = 256;
+/// Unschedulable pods are tried again at least this often even if nothing seems to change.
+const UNSCHEDULABLE_RETRY: Duration = Duration::from_secs(60);
+
+/// What the loop has done, for the bench and for operators (logged every few seconds).
+#[derive(Default)]
+pub struct Metrics {
+    pub attempts: AtomicU64,
+    pub scheduled: AtomicU64,
+    pub bound: AtomicU64,
+    pub unschedulable: AtomicU64,
+    pub bind_failures: AtomicU64,
+    pub preemptions: AtomicU64,
+}
+
+enum Change {
+    Node(Option<Arc<Node>>, Option<Arc<Node>>),
+    Pod(Option<Arc<Pod>>, Option<Arc<Pod>>),
+    BindFailed(Arc<Pod>, String),
+}
+
+#[derive(PartialEq, Eq)]
+struct Queued {
+    priority: i32,
+    seq: u64,
+    key: ObjectKey,
+}
+
+impl Ord for Queued {
+    fn cmp(&self, other: &Self) -> Ordering {
+        // Highest priority first, then first come first served.
+        self.priority.cmp(&other.priority).then(other.seq.cmp(&self.seq))
+    }
+}
+
+impl PartialOrd for Queued {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+pub struct Scheduler {
+    client: Client,
+    name: String,
+    recorder: Recorder,
+    pub metrics: Arc<Metrics>,
+}
+
+fn is_terminal(pod: &Pod) -> bool {
+    matches!(pod.status.as_ref().and_then(|s| s.phase.as_deref()), Some("Succeeded") | Some("Failed"))
+}
+
+fn node_name(pod: &Pod) -> Option<&str> {
+    pod.spec.as_ref().and_then(|s| s.node_name.as_deref()).filter(|n| !n.is_empty())
+}
+
+fn scheduler_name(pod: &Pod) -> &str {
+    pod.spec.as_ref().and_then(|s| s.scheduler_name.as_deref()).unwrap_or(DEFAULT_SCHEDULER)
+}
+
+fn priority(pod: &Pod) -> i32 {
+    pod.spec.as_ref().and_then(|s| s.priority).unwrap_or(0)
+}
+
+impl Scheduler {
+    /// A scheduler that takes the pods whose `spec.schedulerName` is `name`.
+    pub fn new(client: Client, name: &str) -> Scheduler {
+        let recorder = Recorder::new(client.clone());
+        Scheduler { client, name: name.to_string(), recorder, metrics: Arc::default() }
+    }
+
+    /// Runs until the task is dropped.
+    pub async fn run(self) {
+        let (tx, mut rx) = mpsc::unbounded_channel::<Change>();
+        let nodes = Informer::<Node>::new(self.client.clone());
+        let pods = Informer::<Pod>::new(self.client.clone());
+        {
+            let tx = tx.clone();
+            nodes.on_change(move |old, new| {
+                let _ = tx.send(Change::Node(old.cloned(), new.cloned()));
+            });
+        }
+        {
+            let tx = tx.clone();
+            pods.on_change(move |old, new| {
+                let _ = tx.send(Change::Pod(old.cloned(), new.cloned()));
+            });
+        }
+        let node_task = tokio::spawn(nodes.clone().run());
+        let pod_task = tokio::spawn(pods.clone().run());
+        nodes.wait_synced().await;
+        pods.wait_synced().await;
+        tracing::info!(scheduler = %self.name, nodes = nodes.len(), pods = pods.len(), "scheduler caches synced");
+
+        let mut state = State::default();
+        let binders = Arc::new(Semaphore::new(BINDERS));
+        let mut last_log = Instant::now();
+        loop {
+            // Take in everything that changed, then schedule what is pending.
+            let mut changed = false;
+            while let Ok(change) = rx.try_recv() {
+                changed |= state.apply(change, &self.name);
+            }
+            if changed || state.last_flush.elapsed() > UNSCHEDULABLE_RETRY {
+                state.retry_unschedulable();
+            }
+            if last_log.elapsed() > Duration::from_secs(10) {
+                last_log = Instant::now();
+                let m = &self.metrics;
+                tracing::info!(
+                    pending = state.queue.len(),
+                    unschedulable = state.unschedulable.len(),
+                    scheduled = m.scheduled.load(AtomicOrdering::Relaxed),
+                    bound = m.bound.load(AtomicOrdering::Relaxed),
+                    bind_failures = m.bind_failures.load(AtomicOrdering::Relaxed),
+                    "scheduler"
+                );
+            }
+            let Some(queued) = state.queue.pop() else {
+                // Idle: wait for a change (or the periodic retry of unschedulable pods).
+                match tokio::time::timeout(Duration::from_secs(1), rx.recv()).await {
+                    Ok(Some(change)) => {
+                        let changed = state.apply(change, &self.name);
+                        if changed {
+                            state.retry_unschedulable();
+                        }
+                    }
+                    Ok(None) => break,
+                    Err(_) => {}
+                }
+                continue;
+            };
+            let Some(pod) = state.pending.get(&queued.key).cloned() else { continue };
+            if queued.seq != state.seq_of.get(&queued.key).copied().unwrap_or(0) {
+                continue; // superseded by a later enqueue of the same pod
+            }
+            self.metrics.attempts.fetch_add(1, AtomicOrdering::Relaxed);
+            match self.schedule_one(&mut state, &pod) {
+                Ok(node) => {
+                    state.assume(&queued.key, &pod, &node);
+                    self.metrics.scheduled.fetch_add(1, AtomicOrdering::Relaxed);
+                    let permit = binders.clone().acquire_owned().await;
+                    let client = self.client.clone();
+                    let recorder = self.recorder.clone();
+                    let metrics = self.metrics.clone();
+                    let tx = tx.clone();
+                    let pod = pod.clone();
+                    tokio::spawn(async move {
+                        let _permit = permit;
+                        let key = ObjectKey::of(pod.as_ref());
+                        let span = tracing::debug_span!("bind", pod = %key, node = %node);
+                        let outcome =
+                            tracing::Instrument::instrument(client.bind(&key.namespace, &key.name, &node), span).await;
+                        match outcome {
+                            Ok(()) => {
+                                metrics.bound.fetch_add(1, AtomicOrdering::Relaxed);
+                                recorder.record(
+                                    reference_to(pod.as_ref()),
+                                    EventType::Normal,
+                                    "Scheduled",
+                                    format!("Successfully assigned {key} to {node}"),
+                                );
+                            }
+                            Err(e) => {
+                                metrics.bind_failures.fetch_add(1, AtomicOrdering::Relaxed);
+                                let _ = tx.send(Change::BindFailed(pod, e.to_string()));
+                            }
+                        }
+                    });
+                }
+                Err(failure) => {
+                    self.metrics.unschedulable.fetch_add(1, AtomicOrdering::Relaxed);
+                    self.unschedulable(&mut state, &queued.key, &pod, failure).await;
+                }
+            }
+        }
+        node_task.abort();
+        pod_task.abort();
+    }
+
+    /// Picks a node for `pod`, or says why none fits (the FailedScheduling message) and
+    /// which nodes preemption could help on.
+    fn schedule_one(&self, state: &mut State, pod: &Pod) -> Result<String, Unschedulable> {
+        let snapshot = &state.snapshot;
+        let total = snapshot.len();
+        let mut diagnosis = Diagnosis::new(total);
+        if total == 0 {
+            return Err(Unschedulable {
+                message: "0/0 nodes are available: no nodes registered.".into(),
+                preempt: None,
+            });
+        }
+        let cycle = match framework::prefilter(pod, snapshot) {
+            Ok(cycle) => cycle,
+            Err(failure) => {
+                diagnosis.record_prefilter(&failure);
+                return Err(Unschedulable { message: diagnosis.message(), preempt: None });
+            }
+        };
+        let wanted = framework::nodes_to_evaluate(total);
+        let mut feasible = Vec::with_capacity(wanted.min(total));
+        let mut resolvable = Vec::new();
+        let narrowed: Option<Vec<usize>> = cycle.candidate_nodes().map(<[usize]>::to_vec);
+        let order: Box<dyn Iterator<Item = usize>> = match &narrowed {
+            Some(candidates) => Box::new(candidates.iter().copied()),
+            None => {
+                let start = state.next_start % total;
+                Box::new((0..total).map(move |offset| (start + offset) % total))
+            }
+        };
+        let mut examined = 0;
+        for index in order {
+            examined += 1;
+            let Some(node) = snapshot.node(index) else { continue };
+            match framework::filter(pod, &cycle, node) {
+                Ok(()) => {
+                    feasible.push(index);
+                    if feasible.len() >= wanted {
+                        break;
+                    }
+                }
+                Err(failure) => {
+                    if failure.resolvable {
+                        resolvable.push(index);
+                    }
+                    diagnosis.record(&failure);
+                }
+            }
+        }
+        if narrowed.is_none() {
+            state.next_start = (state.next_start + examined) % total;
+        } else if let Some(candidates) = &narrowed {
+            // Nodes outside the narrowed set fail node affinity (matchFields).
+            let outside = total.saturating_sub(candidates.len());
+            for _ in 0..outside {
+                diagnosis
+                    .record(&framework::Failure::unresolvable("NodeAffinity", framework::Reason::NodeAffinityMismatch));
+            }
+        }
+        if feasible.is_empty() {
+            return Err(Unschedulable {
+                message: diagnosis.message(),
+                preempt: Some(Box::new((cycle, resolvable, diagnosis))),
+            });
+        }
+        let scored = framework::score_nodes(pod, &cycle, snapshot, &feasible);
+        // Highest score wins; ties go to a random one of them, as kube-scheduler does.
+        let top = scored.iter().map(|(_, score)| *score).max().unwrap_or(0);
+        let tied: Vec<usize> = scored.iter().filter(|(_, score)| *score == top).map(|(index, _)| *index).collect();
+        let best = match tied.len() {
+            0 => feasible[0],
+            1 => tied[0],
+            n => tied[state.tie_breaker(n)],
+        };
+        Ok(state.snapshot.node(best).map(|n| n.name().to_string()).unwrap_or_default())
+    }
+
+    async fn unschedulable(&self, state: &mut State, key: &ObjectKey, pod: &Arc<Pod>, failure: Unschedulable) {
+        // Preemption: a node where evicting lower-priority pods makes room.
+        let mut message = failure.message.clone();
+        if let Some(preempt) = failure.preempt {
+            let (cycle, candidates, mut diagnosis) = *preempt;
+            match framework::eligible_to_preempt(pod) {
+                Err(note) => diagnosis.preemption_not_eligible(note),
+                Ok(()) => {
+                    let enough = framework::preemption_candidates_to_find(state.snapshot.len());
+                    let mut found = Vec::new();
+                    for index in candidates {
+                        let Some(node) = state.snapshot.node(index) else { continue };
+                        match framework::select_victims(pod, &cycle, node) {
+                            Ok(victims) => {
+                                found.push((index, victims));
+                                if found.len() >= enough {
+                                    break;
+                                }
+                            }
+                            Err(failure) => diagnosis.record_preemption(&failure),
+                        }
+                    }
+                    if let Some(chosen) = framework::pick_preemption_node(&found)
+                        && let Some((index, victims)) = found.into_iter().find(|(index, _)| *index == chosen)
+                    {
+                        let node = state.snapshot.node(index).map(|n| n.name().to_string()).unwrap_or_default();
+                        self.preempt(pod, key, &node, &victims.pods).await;
+                    }
+                }
+            }
+            message = diagnosis.message_after_preemption();
+        }
+        let failure = Unschedulable { message, preempt: None };
+        self.recorder.record(
+            reference_to(pod.as_ref()),
+            EventType::Warning,
+            "FailedScheduling",
+            failure.message.clone(),
+        );
+        let already = pod
+            .status
+            .as_ref()
+            .and_then(|s| s.conditions.as_ref())
+            .and_then(|c| c.iter().find(|c| c.type_ == "PodScheduled"))
+            .is_some_and(|c| c.status == "False" && c.message.as_deref() == Some(failure.message.as_str()));
+        if !already {
+            let patch = serde_json::json!({"status": {"conditions": [{
+                "type": "PodScheduled", "status": "False", "reason": "Unschedulable",
+                "message": failure.message, "lastTransitionTime": keel_runtime::now(),
+            }]}});
+            // Written in the background: the loop goes on with the next pod.
+            let client = self.client.clone();
+            let key = key.clone();
+            tokio::spawn(async move {
+                if let Err(e) = client
+                    .patch::<Pod>(key.namespace(), &key.name, Some("status"), PatchType::StrategicMerge, patch)
+                    .await
+                {
+                    tracing::debug!(pod = %key, error = %e, "PodScheduled condition not written");
+                }
+            });
+        }
+        state.unschedulable.insert(key.clone());
+    }
+}
+
+impl Scheduler {
+    /// Deletes the victims and nominates the node; the pod is tried again when they are gone.
+    async fn preempt(&self, pod: &Pod, key: &ObjectKey, node: &str, victims: &[Arc<Pod>]) {
+        self.metrics.preemptions.fetch_add(1, AtomicOrdering::Relaxed);
+        for victim in victims {
+            let victim_key = ObjectKey::of(victim.as_ref());
+            self.recorder.record(
+                reference_to(victim.as_ref()),
+                EventType::Normal,
+                "Preempted",
+                format!("Preempted by pod {} on node {node}", pod.metadata.uid.as_deref().unwrap_or("")),
+            );
+            let options = keel_api::rest::DeleteOptions {
+                precondition_uid: victim.metadata.uid.clone(),
+                ..keel_api::rest::DeleteOptions::default()
+            };
+            if let Err(e) = self.client.delete::<Pod>(victim_key.namespace(), &victim_key.name, &options).await {
+                tracing::info!(victim = %victim_key, error = %e, "preemption: victim not deleted");
+            }
+        }
+        let patch = serde_json::json!({"status": {"nominatedNodeName": node}});
+        if let Err(e) =
+            self.client.patch::<Pod>(key.namespace(), &key.name, Some("status"), PatchType::Merge, patch).await
+        {
+            tracing::debug!(pod = %key, error = %e, "nominatedNodeName not written");
+        }
+    }
+}
+
+struct Unschedulable {
+    message: String,
+    /// The cycle, the nodes preemption may help on, and what the filters said.
+    preempt: Option<Box<(framework::CycleState, Vec<usize>, Diagnosis)>>,
+}
+
+#[derive(Default)]
+struct State {
+    snapshot: Snapshot,
+    /// Pods bound to a node the snapshot does not know (yet): added when it appears.
+    homeless: HashMap<ObjectKey, Arc<Pod>>,
+    /// Pending pods of this scheduler by key, and the sequence number of their latest enqueue.
+    pending: HashMap<ObjectKey, Arc<Pod>>,
+    seq_of: HashMap<ObjectKey, u64>,
+    queue: BinaryHeap<Queued>,
+    seq: u64,
+    unschedulable: HashSet<ObjectKey>,
+    /// Pods assumed on a node while their binding is written.
+    assumed: HashSet<ObjectKey>,
+    next_start: usize,
+    last_flush: Option<Instant>,
+    random: u64,
+}
+
+trait Elapsed {
+    fn elapsed(&self) -> Duration;
+}
+
+impl Elapsed for Option<Instant> {
+    fn elapsed(&self) -> Duration {
+        self.map(|t| t.elapsed()).unwrap_or(Duration::MAX)
+    }
+}
+
+impl State {
+    fn enqueue(&mut self, key: ObjectKey, pod: Arc<Pod>) {
+        self.seq += 1;
+        self.seq_of.insert(key.clone(), self.seq);
+        self.queue.push(Queued { priority: priority(&pod), seq: self.seq, key: key.clone() });
+        self.pending.insert(key, pod);
+    }
+
+    /// A cheap pseudo-random index below `n` (xorshift), for breaking score ties.
+    fn tie_breaker(&mut self, n: usize) -> usize {
+        if self.random == 0 {
+            self.random = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos() as u64)
+                .unwrap_or(0x9e37_79b9_7f4a_7c15)
+                | 1;
+        }
+        self.random ^= self.random << 13;
+        self.random ^= self.random >> 7;
+        self.random ^= self.random << 17;
+        (self.random % n as u64) as usize
+    }
+
+    /// Accounts a bound, running pod on its node.
+    fn place(&mut self, key: ObjectKey, pod: Arc<Pod>) {
+        if !self.snapshot.add_pod(pod.clone()) {
+            self.homeless.insert(key, pod);
+        } else {
+            self.homeless.remove(&key);
+        }
+    }
+
+    /// Applies an informer change; true when it may make an unschedulable pod fit.
+    fn apply(&mut self, change: Change, scheduler: &str) -> bool {
+        match change {
+            Change::Node(_, Some(node)) => {
+                let name = node.metadata.name.clone().unwrap_or_default();
+                self.snapshot.upsert_node(node);
+                let arrived: Vec<(ObjectKey, Arc<Pod>)> = self
+                    .homeless
+                    .iter()
+                    .filter(|(_, p)| node_name(p) == Some(name.as_str()))
+                    .map(|(k, p)| (k.clone(), p.clone()))
+                    .collect();
+                for (key, pod) in arrived {
+                    self.place(key, pod);
+                }
+                true
+            }
+            Change::Node(Some(old), None) => {
+                self.snapshot.remove_node(old.metadata.name.as_deref().unwrap_or(""));
+                false
+            }
+            Change::Node(None, None) => false,
+            Change::Pod(old, new) => {
+                let mut freed = false;
+                if let (Some(old), None) = (&old, &new) {
+                    let key = ObjectKey::of(old.as_ref());
+                    freed |= self.snapshot.remove_pod(old);
+                    self.homeless.remove(&key);
+                    self.forget(&key);
+                }
+                if let Some(new) = new {
+                    let key = ObjectKey::of(new.as_ref());
+                    match node_name(&new) {
+                        Some(_) => {
+                            // Bound (by us or anyone): account it on its node for real.
+                            self.pending.remove(&key);
+                            self.seq_of.remove(&key);
+                            self.unschedulable.remove(&key);
+                            self.assumed.remove(&key);
+                            if is_terminal(&new) {
+                                freed |= self.snapshot.remove_pod(&new);
+                                self.homeless.remove(&key);
+                            } else {
+                                self.place(key, new);
+                            }
+                        }
+                        None => {
+                            let ours = scheduler_name(&new) == scheduler
+                                && new.metadata.deletion_timestamp.is_none()
+                                && !is_terminal(&new);
+                            if !ours {
+                                self.forget(&key);
+                            } else if !self.assumed.contains(&key) {
+                                if self.unschedulable.contains(&key) || self.pending.contains_key(&key) {
+                                    // Known and waiting: keep its place, update what we know.
+                                    self.pending.insert(key, new);
+                                } else {
+                                    self.enqueue(key, new);
+                                }
+                            }
+                        }
+                    }
+                }
+                freed
+            }
+            Change::BindFailed(pod, error) => {
+                let key = ObjectKey::of(pod.as_ref());
+                tracing::debug!(pod = %key, error, "binding failed; retrying");
+                if self.assumed.remove(&key) {
+                    self.snapshot.remove_pod(&pod);
+                }
+                if self.pending.contains_key(&key) {
+                    self.enqueue(key, pod);
+                }
+                true
+            }
+        }
+    }
+
+    fn forget(&mut self, key: &ObjectKey) {
+        self.pending.remove(key);
+        self.seq_of.remove(key);
+        self.unschedulable.remove(key);
+        if self.assumed.remove(key)
+            && let Some(index) = self.snapshot.node_of_pod(&key.namespace, &key.name)
+            && let Some(pod) =
+                self.snapshot.node(index).and_then(|n| n.pods().find(|p| ObjectKey::of(p.as_ref()) == *key).cloned())
+        {
+            self.snapshot.remove_pod(&pod);
+        }
+    }
+
+    fn assume(&mut self, key: &ObjectKey, pod: &Arc<Pod>, node: &str) {
+        let Some(index) = self.snapshot.index_of(node) else { return };
+        let mut assumed = (**pod).clone();
+        assumed.spec.get_or_insert_with(Default::default).node_name = Some(node.to_string());
+        self.snapshot.add_pod_to(index, Arc::new(assumed));
+        self.assumed.insert(key.clone());
+    }
+
+    fn retry_unschedulable(&mut self) {
+        self.last_flush = Some(Instant::now());
+        let waiting: Vec<ObjectKey> = self.unschedulable.drain().collect();
+        for key in waiting {
+            if let Some(pod) = self.pending.get(&key).cloned() {
+                self.enqueue(key, pod);
+            }
+        }
+    }
+}
+
+/// The scheduler's loop for one term of leadership.
+pub fn loops(api: Arc<keel_api::rest::Api>) -> Vec<(&'static str, keel_runtime::leader::Loop)> {
+    let scheduler = Scheduler::new(Client::new(api, DEFAULT_SCHEDULER), DEFAULT_SCHEDULER);
+    vec![("scheduler", Box::pin(scheduler.run()))]
+}
