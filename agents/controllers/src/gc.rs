@@ -264,8 +264,13 @@ pub async fn watch_for_work(api: Arc<Api>, dirty: Arc<std::sync::atomic::AtomicB
                 keel_api::storage::ChangeKind::Delete => true,
                 // A byte search, not a parse: this runs for every write. A false match (the
                 // words inside some value) only costs an extra pass.
+                // Objects being deleted, and owner references appearing (a new dependent may
+                // name an owner already gone) — not every status update of every pod.
                 keel_api::storage::ChangeKind::Put => {
-                    contains(&change.value, b"\"deletionTimestamp\"") || contains(&change.value, b"\"ownerReferences\"")
+                    let owners = |value: &[u8]| contains(value, b"\"ownerReferences\"");
+                    contains(&change.value, b"\"deletionTimestamp\"")
+                        || (change.create_revision == change.revision && owners(&change.value))
+                        || change.previous.as_ref().is_some_and(|p| owners(p) != owners(&change.value))
                 }
             });
             if relevant {

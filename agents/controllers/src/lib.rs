@@ -1,46 +1,104 @@
-//! Control loops that run on the Raft leader only, talking to the API in process through the
-//! same verbs (and admission) as any client. So far: the garbage collector (ownerReferences
-//! with background, foreground and orphan propagation) and namespace deletion. The rest of
-//! the controller manager and the scheduler are issue 4.
+//! The controller manager: loops that run on the Raft leader only (see
+//! `keel_runtime::leader`), talking to the API in process through the same verbs and
+//! admission as any client. Each is level-triggered: informer caches fed by list+watch, a
+//! de-duplicating work queue with backoff, and a reconcile that compares desired with
+//! observed state.
+//!
+//! * garbage collection by ownerReferences (background, foreground, orphan) and namespace
+//!   deletion (`gc`);
+//! * ReplicaSets and ReplicationControllers (`replicaset`);
+//! * Deployments: rolling update, recreate, history, pause, rollback (`deployment`);
+//! * Endpoints and EndpointSlices from Services and their ready pods (`endpoints`);
+//! * node lifecycle: heartbeats, Ready/Unknown, not-ready and unreachable taints, eviction
+//!   after tolerationSeconds (`nodelifecycle`);
+//! * Jobs: completions, parallelism, backoff, deadlines, Indexed, ttlSecondsAfterFinished (`job`).
 
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
+pub mod deployment;
+pub mod endpoints;
 pub mod gc;
+pub mod job;
+pub mod nodelifecycle;
+pub mod replicaset;
 
-use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
+use k8s_openapi::api::apps::v1::ReplicaSet;
+use k8s_openapi::api::core::v1::{Pod, ReplicationController};
 use keel_api::rest::Api;
+use keel_runtime::informer::controller_uid;
+use keel_runtime::leader::Loop;
+use keel_runtime::{Client, Informer, Recorder};
 
-/// Runs the loops while `is_leader` says this member leads; checks leadership every
-/// `interval`, so the loops stop within about that long after leadership is lost. A pass of
-/// the garbage collector reads every object, so it runs when a change that can concern it
-/// (a deletion, an object being deleted, an object with owners) has been seen — at most
-/// once per `interval` — and once a minute regardless.
-pub async fn run_while_leader<F, Fut>(api: Arc<Api>, interval: Duration, is_leader: F)
-where
-    F: Fn() -> Fut,
-    Fut: Future<Output = bool>,
-{
+/// The field manager and event source of the controllers' writes.
+pub const MANAGER: &str = "keel-controller-manager";
+
+/// Seconds since the epoch, for the comparisons with API timestamps.
+pub fn unix_now() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
+}
+
+/// Knobs of the controller manager (kube-controller-manager's flags of the same meaning).
+#[derive(Debug, Clone, Default)]
+pub struct Settings {
+    pub node_lifecycle: nodelifecycle::Settings,
+}
+
+/// The controller manager's loops, fresh (new informers), for one term of leadership.
+pub fn loops(api: Arc<Api>) -> Vec<(&'static str, Loop)> {
+    loops_with(api, Settings::default())
+}
+
+pub fn loops_with(api: Arc<Api>, settings: Settings) -> Vec<(&'static str, Loop)> {
+    let client = Client::new(api.clone(), MANAGER);
+    let recorder = Recorder::new(client.clone());
+    let pods = Informer::<Pod>::new(client.clone());
+    pods.add_index(replicaset::POD_BY_CONTROLLER, |pod| controller_uid(pod).into_iter().collect());
+    pods.add_index(replicaset::ORPHAN_POD_BY_NAMESPACE, |pod| {
+        if controller_uid(pod).is_none() { pod.metadata.namespace.clone().into_iter().collect() } else { Vec::new() }
+    });
+    pods.add_index(endpoints::POD_BY_NAMESPACE, |pod| pod.metadata.namespace.clone().into_iter().collect());
+    pods.add_index(nodelifecycle::POD_BY_NODE, |pod| {
+        pod.spec.as_ref().and_then(|s| s.node_name.clone()).filter(|n| !n.is_empty()).into_iter().collect()
+    });
+    let replica_sets = replicaset::ReplicaController::<ReplicaSet>::new(client.clone(), pods.clone(), recorder.clone());
+    replica_sets.owners().add_index("namespace", |rs| rs.metadata.namespace.clone().into_iter().collect());
+    let controllers =
+        replicaset::ReplicaController::<ReplicationController>::new(client.clone(), pods.clone(), recorder.clone());
+    let deployments = deployment::DeploymentController::new(
+        client.clone(),
+        replica_sets.owners().clone(),
+        pods.clone(),
+        recorder.clone(),
+    );
+    let jobs = job::JobController::new(client.clone(), pods.clone(), recorder.clone());
+    let endpoints = endpoints::EndpointsController::new(client.clone(), pods.clone());
+    let node_lifecycle =
+        nodelifecycle::NodeLifecycle::new(client.clone(), pods.clone(), recorder.clone(), settings.node_lifecycle);
+    vec![
+        ("pod-informer", Box::pin(pods.run())),
+        ("garbage-collector", Box::pin(run_garbage_collector(api, Duration::from_millis(500)))),
+        ("replicaset", Box::pin(replica_sets.run(4))),
+        ("replicationcontroller", Box::pin(controllers.run(2))),
+        ("deployment", Box::pin(deployments.run(4))),
+        ("job", Box::pin(jobs.run(2))),
+        ("endpoints", Box::pin(endpoints.run(2))),
+        ("node-lifecycle", Box::pin(node_lifecycle.run())),
+    ]
+}
+
+/// The garbage collector and namespace deletion. A pass reads every object, so it runs when
+/// a change that can concern it (a deletion, an object being deleted, an object with owners)
+/// has been seen — at most once per `interval`.
+pub async fn run_garbage_collector(api: Arc<Api>, interval: Duration) {
     let mut collector = gc::GarbageCollector::new(api.clone());
+    // A new leader cannot know what its predecessor left unfinished: start dirty.
     let dirty = Arc::new(std::sync::atomic::AtomicBool::new(true));
-    // Followers do not follow the writes: the watch runs only while leading, and stops with
-    // this loop (its task is aborted when the member shuts down).
-    let mut watcher: Option<AbortOnDrop> = None;
-    let mut last_full = tokio::time::Instant::now();
+    let _watcher = keel_runtime::AbortOnDrop::spawn(gc::watch_for_work(api.clone(), dirty.clone()));
     loop {
-        let leading = is_leader().await;
-        if leading && watcher.is_none() {
-            // A new leader cannot know what its predecessor left unfinished.
-            dirty.store(true, std::sync::atomic::Ordering::SeqCst);
-            watcher = Some(AbortOnDrop(tokio::spawn(gc::watch_for_work(api.clone(), dirty.clone()))));
-        } else if !leading {
-            watcher = None;
-        }
-        let due = last_full.elapsed() > Duration::from_secs(60);
-        if leading && (dirty.swap(false, std::sync::atomic::Ordering::SeqCst) || due) {
-            last_full = tokio::time::Instant::now();
+        if dirty.swap(false, std::sync::atomic::Ordering::SeqCst) {
             match collector.pass().await {
                 // Work left (dependents still going): look again next time.
                 Ok(pass) if pass != gc::Pass::default() => dirty.store(true, std::sync::atomic::Ordering::SeqCst),
@@ -52,13 +110,5 @@ where
             }
         }
         tokio::time::sleep(interval).await;
-    }
-}
-
-struct AbortOnDrop(tokio::task::JoinHandle<()>);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
     }
 }
