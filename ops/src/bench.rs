@@ -25,6 +25,8 @@ enum BenchKind {
     Store(StoreBench),
     /// Creates, lists and watches through the Kubernetes API.
     Api(crate::bench_api::ApiBench),
+    /// Binds pending pods to nodes: pods per second and placement validity.
+    Scheduler(crate::bench_scheduler::SchedulerBench),
 }
 
 #[derive(Args, Debug, Clone)]
@@ -139,6 +141,7 @@ pub async fn run(args: BenchArgs) -> Result<()> {
     match args.kind {
         BenchKind::Store(b) => store(b).await,
         BenchKind::Api(b) => crate::bench_api::run(b).await,
+        BenchKind::Scheduler(b) => crate::bench_scheduler::run(b).await,
     }
 }
 

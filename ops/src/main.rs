@@ -4,6 +4,7 @@
 mod apply;
 mod bench;
 mod bench_api;
+mod bench_scheduler;
 mod kubeconfig;
 mod member;
 mod server;

@@ -150,11 +150,20 @@ pub async fn run(args: ServerArgs) -> Result<()> {
     let crd_sync = tokio::spawn(keel_api::crd::sync(api.clone()));
     let bootstrap = tokio::spawn(ensure_system_namespaces(api.clone()));
     let leader_store = store.clone();
-    let controllers =
-        tokio::spawn(keel_controllers::run_while_leader(api.clone(), Duration::from_millis(500), move || {
+    // The scheduler and the controller manager run on the Raft leader only.
+    let loops_api = api.clone();
+    let controllers = tokio::spawn(keel_runtime::leader::run_while_leader(
+        Duration::from_millis(250),
+        move || {
+            let mut loops = keel_controllers::loops(loops_api.clone());
+            loops.extend(keel_scheduler::loops(loops_api.clone()));
+            loops
+        },
+        move || {
             let store = leader_store.clone();
             async move { store.is_leader() }
-        }));
+        },
+    ));
     tracing::info!(peer = %args.listen_peer, client = %args.listen_client, api = %args.listen_api, "serving");
 
     wait_for_signal().await?;
