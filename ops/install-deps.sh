@@ -4,7 +4,8 @@
 # benchmarks), and cargo-nextest. Safe to run again.
 set -euo pipefail
 
-packages=(protobuf-compiler clang libclang-dev etcd-server etcd-client python3 curl)
+# tzdata: CronJobs take an IANA time zone (spec.timeZone).
+packages=(protobuf-compiler clang libclang-dev etcd-server etcd-client python3 curl tzdata)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

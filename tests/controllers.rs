@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
-use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::batch::v1::{CronJob, Job};
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Endpoints, Event, Node, Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
@@ -600,6 +600,7 @@ async fn a_lost_node_is_tainted_and_its_pods_evicted_after_their_toleration() {
             monitor_period: Duration::from_millis(200),
             grace_period: Duration::from_secs(3),
         },
+        ..keel_controllers::Settings::default()
     };
     let plane = ControlPlane::start_with(settings).await;
     plane.node("doomed", "4", json!({}), json!([])).await;
@@ -692,4 +693,78 @@ async fn endpoints_follow_the_ready_pods_of_a_service() {
         .await
         .expect("scale down");
     eventually(WAIT, "one address left", || addresses(1)).await;
+}
+
+fn cron_job(name: &str, policy: &str, outcome: &str) -> CronJob {
+    serde_json::from_value(json!({
+        "metadata": {"name": name, "namespace": "default"},
+        "spec": {
+            "schedule": "*/5 * * * *",
+            "concurrencyPolicy": policy,
+            "successfulJobsHistoryLimit": 1,
+            "jobTemplate": {"spec": {"template": {
+                "metadata": {"labels": {"test-outcome": outcome, "cron": name}},
+                "spec": {"restartPolicy": "Never", "containers": [{"name": "c", "image": "busybox"}]},
+            }}},
+        },
+    }))
+    .unwrap()
+}
+
+async fn jobs_of(plane: &ControlPlane, cron: &str) -> Vec<Job> {
+    let mut jobs = plane.client.list::<Job>(Some("default"), &ListOptions::default()).await.expect("jobs").0;
+    jobs.retain(|j| j.metadata.owner_references.as_ref().is_some_and(|o| o[0].name == cron));
+    jobs.sort_by(|a, b| a.metadata.name.cmp(&b.metadata.name));
+    jobs
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn cron_jobs_start_on_schedule_by_a_controllable_clock() {
+    let clock = keel_runtime::clock::ManualClock::new(jiff::Timestamp::now());
+    let settings = keel_controllers::Settings {
+        clock: clock.clone(),
+        cron_job_period: Duration::from_millis(200),
+        ..keel_controllers::Settings::default()
+    };
+    let plane = ControlPlane::start_with(settings).await;
+    plane.node("n1", "8", json!({}), json!([])).await;
+    plane.client.create(Some("default"), &cron_job("tick", "Allow", "succeed")).await.expect("create");
+    plane.client.create(Some("default"), &cron_job("long", "Forbid", "")).await.expect("create");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(jobs_of(&plane, "tick").await.is_empty(), "nothing runs before its time");
+
+    // The clock passes one scheduled time: one Job each, named after the scheduled minute.
+    clock.advance(jiff::SignedDuration::from_mins(5));
+    let first = eventually(WAIT, "tick's first job complete", || async {
+        let jobs = jobs_of(&plane, "tick").await;
+        let complete = jobs.len() == 1 && job_condition(&jobs[0], "Complete").is_some();
+        complete.then(|| jobs[0].clone())
+    })
+    .await;
+    let minute = first.metadata.name.as_deref().unwrap().strip_prefix("tick-").unwrap().parse::<i64>().unwrap();
+    assert_eq!(minute % 5, 0, "named after a */5 minute");
+    eventually(WAIT, "lastSuccessfulTime recorded", || async {
+        let cron: CronJob = plane.client.get(Some("default"), "tick").await.ok()?;
+        cron.status?.last_successful_time.map(|_| ())
+    })
+    .await;
+    assert_eq!(jobs_of(&plane, "long").await.len(), 1);
+
+    // The next time: tick starts another and keeps one finished Job only; long's first Job
+    // still runs, and Forbid starts no second one.
+    clock.advance(jiff::SignedDuration::from_mins(5));
+    eventually(WAIT, "tick's second job, the first cleaned up", || async {
+        let jobs = jobs_of(&plane, "tick").await;
+        let names: Vec<_> = jobs.iter().filter_map(|j| j.metadata.name.clone()).collect();
+        let done = jobs.len() == 1
+            && names[0] != first.metadata.name.clone().unwrap()
+            && job_condition(&jobs[0], "Complete").is_some();
+        done.then_some(())
+    })
+    .await;
+    assert_eq!(jobs_of(&plane, "long").await.len(), 1, "Forbid: no second job while the first runs");
+    let events = plane.events_for("long").await;
+    assert!(events.iter().any(|e| e.reason.as_deref() == Some("JobAlreadyActive")), "{events:?}");
+    let cron: CronJob = plane.client.get(Some("default"), "long").await.unwrap();
+    assert_eq!(cron.status.unwrap().active.unwrap().len(), 1);
 }

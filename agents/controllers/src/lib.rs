@@ -11,10 +11,13 @@
 //! * Endpoints and EndpointSlices from Services and their ready pods (`endpoints`);
 //! * node lifecycle: heartbeats, Ready/Unknown, not-ready and unreachable taints, eviction
 //!   after tolerationSeconds (`nodelifecycle`);
+//! * CronJobs: cron schedules in a time zone, concurrency policies, deadlines, history (`cronjob`);
 //! * Jobs: completions, parallelism, backoff, deadlines, Indexed, ttlSecondsAfterFinished (`job`).
 
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
+pub mod cron;
+pub mod cronjob;
 pub mod deployment;
 pub mod endpoints;
 pub mod gc;
@@ -41,9 +44,23 @@ pub fn unix_now() -> i64 {
 }
 
 /// Knobs of the controller manager (kube-controller-manager's flags of the same meaning).
-#[derive(Debug, Clone, Default)]
+#[derive(Clone)]
 pub struct Settings {
     pub node_lifecycle: nodelifecycle::Settings,
+    /// What time the time-driven loops (CronJobs) see.
+    pub clock: keel_runtime::clock::SharedClock,
+    /// How often CronJobs are looked at.
+    pub cron_job_period: Duration,
+}
+
+impl Default for Settings {
+    fn default() -> Settings {
+        Settings {
+            node_lifecycle: nodelifecycle::Settings::default(),
+            clock: keel_runtime::clock::system(),
+            cron_job_period: Duration::from_secs(5),
+        }
+    }
 }
 
 /// The controller manager's loops, fresh (new informers), for one term of leadership.
@@ -75,6 +92,12 @@ pub fn loops_with(api: Arc<Api>, settings: Settings) -> Vec<(&'static str, Loop)
     );
     let jobs = job::JobController::new(client.clone(), pods.clone(), recorder.clone());
     let endpoints = endpoints::EndpointsController::new(client.clone(), pods.clone());
+    let cron_jobs = cronjob::CronJobController::new(
+        client.clone(),
+        recorder.clone(),
+        settings.clock.clone(),
+        settings.cron_job_period,
+    );
     let node_lifecycle =
         nodelifecycle::NodeLifecycle::new(client.clone(), pods.clone(), recorder.clone(), settings.node_lifecycle);
     vec![
@@ -86,6 +109,7 @@ pub fn loops_with(api: Arc<Api>, settings: Settings) -> Vec<(&'static str, Loop)
         ("job", Box::pin(jobs.run(2))),
         ("endpoints", Box::pin(endpoints.run(2))),
         ("node-lifecycle", Box::pin(node_lifecycle.run())),
+        ("cronjob", Box::pin(cron_jobs.run())),
     ]
 }
 
