@@ -12,7 +12,7 @@ use std::time::Duration;
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
 use k8s_openapi::api::batch::v1::{CronJob, Job};
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::{Endpoints, Event, Node, Pod, Service};
+use k8s_openapi::api::core::v1::{Endpoints, Event, Node, Pod, ResourceQuota, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use keel_api::patch::PatchType;
 use keel_api::registry::{Registry, RuntimeConfig};
@@ -767,4 +767,64 @@ async fn cron_jobs_start_on_schedule_by_a_controllable_clock() {
     assert!(events.iter().any(|e| e.reason.as_deref() == Some("JobAlreadyActive")), "{events:?}");
     let cron: CronJob = plane.client.get(Some("default"), "long").await.unwrap();
     assert_eq!(cron.status.unwrap().active.unwrap().len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn resource_quota_refuses_what_goes_over_and_reports_usage() {
+    let plane = ControlPlane::start().await;
+    plane.node("n1", "8", json!({}), json!([])).await;
+    let quota: ResourceQuota = serde_json::from_value(json!({
+        "metadata": {"name": "small", "namespace": "default"},
+        "spec": {"hard": {"pods": "2", "requests.cpu": "1"}},
+    }))
+    .unwrap();
+    plane.client.create(Some("default"), &quota).await.expect("create quota");
+    plane.client.create(Some("default"), &deployment_manifest("web", 3, "busybox:1", json!({}))).await.expect("create");
+    eventually(WAIT, "two pods and a FailedCreate naming the quota", || async {
+        let pods = plane.pods("app=web").await;
+        let sets = plane.replica_sets("app=web").await;
+        let rs = sets.first()?.metadata.name.clone()?;
+        let refused = plane.events_for(&rs).await.iter().any(|e| {
+            e.reason.as_deref() == Some("FailedCreate")
+                && e.message
+                    .as_deref()
+                    .is_some_and(|m| m.contains("exceeded quota: small") && m.contains("limited: pods=2"))
+        });
+        if !refused || pods.len() != 2 {
+            eprintln!(
+                "pods {} events {:?}",
+                pods.len(),
+                plane.events_for(&rs).await.iter().map(|e| e.message.clone()).collect::<Vec<_>>()
+            );
+        }
+        (pods.len() == 2 && refused).then_some(())
+    })
+    .await;
+    let used = eventually(WAIT, "status.used", || async {
+        let quota: ResourceQuota = plane.client.get(Some("default"), "small").await.ok()?;
+        let used = quota.status?.used?;
+        (used.get("pods")?.0 == "2").then_some(used)
+    })
+    .await;
+    assert_eq!(used["requests.cpu"].0, "200m");
+    // A pod without a cpu request cannot be counted, so it is refused too.
+    let bare: Pod = serde_json::from_value(json!({
+        "metadata": {"name": "bare", "namespace": "default"},
+        "spec": {"containers": [{"name": "c", "image": "busybox"}]},
+    }))
+    .unwrap();
+    let error = plane.client.create(Some("default"), &bare).await.unwrap_err().to_string();
+    assert!(error.contains("failed quota: small: must specify requests.cpu"), "{error}");
+    // Scaling down frees room: nothing over quota is left waiting.
+    plane
+        .client
+        .patch::<Deployment>(Some("default"), "web", None, PatchType::Merge, json!({"spec": {"replicas": 1}}))
+        .await
+        .expect("scale");
+    eventually(WAIT, "one pod, used pods=1", || async {
+        let quota: ResourceQuota = plane.client.get(Some("default"), "small").await.ok()?;
+        let active: Vec<Pod> = plane.pods("app=web").await.into_iter().filter(is_active).collect();
+        (active.len() == 1 && quota.status?.used?.get("pods")?.0 == "1").then_some(())
+    })
+    .await;
 }

@@ -51,15 +51,16 @@ pub struct Chain {
 
 impl Chain {
     /// The default chain: NamespaceLifecycle, ServiceAccount, Priority,
-    /// DefaultTolerationSeconds, defaulting.
-    pub fn standard(storage: SharedStorage) -> Chain {
+    /// DefaultTolerationSeconds, defaulting, ResourceQuota.
+    pub fn standard(storage: SharedStorage, registry: std::sync::Arc<crate::registry::Registry>) -> Chain {
         Chain {
             plugins: vec![
                 Box::new(NamespaceLifecycle { storage: storage.clone() }),
                 Box::new(ServiceAccount { storage: storage.clone() }),
-                Box::new(Priority { storage }),
+                Box::new(Priority { storage: storage.clone() }),
                 Box::new(DefaultTolerationSeconds),
                 Box::new(Defaulting),
+                Box::new(ResourceQuota { storage, registry }),
             ],
         }
     }
@@ -349,5 +350,141 @@ impl Plugin for Defaulting {
             crate::defaults::apply(&a.resource.kind, &a.resource.group, object);
         }
         Ok(())
+    }
+}
+
+/// Refuses a new object that would take its namespace over a ResourceQuota's `hard` limit.
+/// As in kube-apiserver, admitting an object charges it to the quota's `status.used` in a
+/// write conditional on the quota's revision, so concurrent creations (on any member) are
+/// serialized through the quota and cannot both take the last unit; the controller
+/// recomputes `status.used` from the objects, which returns charges for creations that then
+/// failed.
+pub struct ResourceQuota {
+    storage: SharedStorage,
+    registry: std::sync::Arc<crate::registry::Registry>,
+}
+
+/// Attempts at charging a quota whose status keeps changing underneath.
+const QUOTA_RETRIES: usize = 16;
+
+impl ResourceQuota {
+    /// Checks one quota and charges it; `Ok(false)` when it changed meanwhile (retry).
+    async fn charge(
+        &self,
+        a: &Attributes<'_>,
+        namespace: &str,
+        item: &crate::storage::Stored,
+        adds: &crate::quota::Usage,
+        is_pod: bool,
+    ) -> Result<bool> {
+        let forbidden = |message: String| ApiError::Forbidden {
+            resource: a.resource.plural.clone(),
+            name: a.name.into(),
+            message: format!("{} \"{}\" is forbidden: {message}", a.resource.plural, a.name),
+        };
+        let mut quota: Value = serde_json::from_slice(&item.value)
+            .map_err(|e| ApiError::internal(format!("{} is not JSON: {e}", item.key)))?;
+        let quota_name = crate::object::name(&quota).to_string();
+        let hard = crate::quota::hard(&quota);
+        // A quota on pod compute resources needs every pod to say what it asks for.
+        if is_pod {
+            let missing: Vec<&str> = hard
+                .keys()
+                .filter(|k| k.starts_with("requests.") || k.starts_with("limits.") || *k == "cpu" || *k == "memory")
+                .filter(|k| adds.get(*k).copied().unwrap_or(0) == 0)
+                .map(String::as_str)
+                .collect();
+            if !missing.is_empty() {
+                return Err(forbidden(format!("failed quota: {quota_name}: must specify {}", missing.join(","))));
+            }
+        }
+        let touched: Vec<String> = hard.keys().filter(|k| adds.get(*k).is_some_and(|v| *v > 0)).cloned().collect();
+        if touched.is_empty() {
+            return Ok(true);
+        }
+        // What the quota has charged so far; counted from the objects when it never has.
+        let recorded = crate::quota::used(&quota);
+        let used = if touched.iter().all(|k| recorded.contains_key(k)) {
+            recorded
+        } else {
+            crate::quota::usage(&self.storage, &self.registry.all(), namespace, &touched).await?
+        };
+        let over: Vec<&String> = touched.iter().filter(|k| used[*k] + adds[*k] > hard[*k]).collect();
+        if !over.is_empty() {
+            let list = |f: &dyn Fn(&String) -> i128| {
+                over.iter().map(|k| format!("{k}={}", crate::quota::format(k, f(k)))).collect::<Vec<_>>().join(",")
+            };
+            return Err(forbidden(format!(
+                "exceeded quota: {quota_name}, requested: {}, used: {}, limited: {}",
+                list(&|k| adds[k]),
+                list(&|k| used[k]),
+                list(&|k| hard[k]),
+            )));
+        }
+        let status = quota.as_object_mut().map(|q| q.entry("status").or_insert_with(|| json!({})));
+        if let Some(status) = status {
+            status["hard"] = quota_hard_copy(&item.value);
+            if !status.get("used").is_some_and(Value::is_object) {
+                status["used"] = json!({});
+            }
+            for key in &touched {
+                status["used"][key] = json!(crate::quota::format(key, used[key] + adds[key]));
+            }
+        }
+        let mut stored = quota;
+        crate::object::meta_mut(&mut stored).remove("resourceVersion");
+        let value = serde_json::to_vec(&stored).map_err(|e| ApiError::internal(format!("encode quota: {e}")))?;
+        let op = crate::storage::WriteOp::Put {
+            key: item.key.clone(),
+            value,
+            precondition: crate::storage::Precondition::Revision(item.mod_revision),
+        };
+        Ok(matches!(self.storage.write(vec![op]).await?, crate::storage::WriteOutcome::Applied { .. }))
+    }
+}
+
+fn quota_hard_copy(raw: &[u8]) -> Value {
+    serde_json::from_slice::<Value>(raw).ok().and_then(|q| q.pointer("/spec/hard").cloned()).unwrap_or(json!({}))
+}
+
+impl Plugin for ResourceQuota {
+    fn name(&self) -> &'static str {
+        "ResourceQuota"
+    }
+
+    fn validate<'a>(&'a self, a: &'a Attributes<'a>, object: &'a Value) -> BoxFuture<'a, Result<()>> {
+        Box::pin(async move {
+            let (Some(namespace), Operation::Create, None) = (a.namespace, a.operation, a.subresource) else {
+                return Ok(());
+            };
+            if !a.resource.namespaced {
+                return Ok(());
+            }
+            let prefix = format!("/registry/core/resourcequotas/{namespace}/");
+            let end = crate::storage::prefix_end(&prefix);
+            let adds = crate::quota::contribution(a.resource, object);
+            let is_pod = a.resource.group.is_empty() && a.resource.kind == "Pod";
+            for _ in 0..QUOTA_RETRIES {
+                // Linearizable: a charge another member just made must be seen.
+                let quotas = self.storage.list(&prefix, &end, 0, 0, Consistency::Linearizable).await?;
+                let mut all_charged = true;
+                for item in &quotas.items {
+                    if !self.charge(a, namespace, item, &adds, is_pod).await? {
+                        all_charged = false;
+                        break;
+                    }
+                }
+                if all_charged {
+                    return Ok(());
+                }
+            }
+            Err(ApiError::Conflict {
+                resource: a.resource.plural.clone(),
+                name: a.name.into(),
+                message: format!(
+                    "Operation cannot be fulfilled on resourcequotas in {namespace}: the quota kept changing; try again"
+                ),
+            })
+        })
     }
 }

@@ -16,6 +16,7 @@ pub mod object;
 pub mod openapi;
 pub mod patch;
 pub mod proto;
+pub mod quota;
 pub mod rawjson;
 pub mod registry;
 pub mod rest;

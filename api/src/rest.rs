@@ -393,7 +393,7 @@ fn same_ignoring_version(a: &Value, b: &Value) -> bool {
 impl Api {
     pub fn new(storage: SharedStorage, registry: Arc<Registry>) -> Api {
         Api {
-            admission: Chain::standard(storage.clone()),
+            admission: Chain::standard(storage.clone(), registry.clone()),
             fanout: crate::fanout::Fanout::new(storage.clone()),
             storage,
             registry,

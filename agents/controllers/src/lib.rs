@@ -12,6 +12,7 @@
 //! * node lifecycle: heartbeats, Ready/Unknown, not-ready and unreachable taints, eviction
 //!   after tolerationSeconds (`nodelifecycle`);
 //! * CronJobs: cron schedules in a time zone, concurrency policies, deadlines, history (`cronjob`);
+//! * ResourceQuota usage (`quota`; the refusal is an admission plugin in keel-api);
 //! * Jobs: completions, parallelism, backoff, deadlines, Indexed, ttlSecondsAfterFinished (`job`).
 
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
@@ -23,6 +24,7 @@ pub mod endpoints;
 pub mod gc;
 pub mod job;
 pub mod nodelifecycle;
+pub mod quota;
 pub mod replicaset;
 
 use std::sync::Arc;
@@ -98,6 +100,7 @@ pub fn loops_with(api: Arc<Api>, settings: Settings) -> Vec<(&'static str, Loop)
         settings.clock.clone(),
         settings.cron_job_period,
     );
+    let quotas = quota::QuotaController::new(client.clone(), Duration::from_secs(2));
     let node_lifecycle =
         nodelifecycle::NodeLifecycle::new(client.clone(), pods.clone(), recorder.clone(), settings.node_lifecycle);
     vec![
@@ -110,6 +113,7 @@ pub fn loops_with(api: Arc<Api>, settings: Settings) -> Vec<(&'static str, Loop)
         ("endpoints", Box::pin(endpoints.run(2))),
         ("node-lifecycle", Box::pin(node_lifecycle.run())),
         ("cronjob", Box::pin(cron_jobs.run())),
+        ("resourcequota", Box::pin(quotas.run())),
     ]
 }
 
