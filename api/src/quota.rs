@@ -147,24 +147,20 @@ pub fn format(name: &str, milli: i128) -> String {
 
 /// `spec.hard` of a quota as milli-units; unparseable amounts are left out.
 pub fn hard(quota: &Value) -> BTreeMap<String, i128> {
-    quota
-        .pointer("/spec/hard")
-        .and_then(Value::as_object)
-        .map(|hard| {
-            hard.iter()
-                .filter_map(|(k, v)| Some((k.clone(), quantity::parse_nanos(v.as_str()?).ok()? / 1_000_000)))
-                .collect()
-        })
-        .unwrap_or_default()
+    amounts(quota, "/spec/hard")
 }
 
 /// `status.used` of a quota as milli-units.
 pub fn used(quota: &Value) -> BTreeMap<String, i128> {
+    amounts(quota, "/status/used")
+}
+
+fn amounts(quota: &Value, pointer: &str) -> BTreeMap<String, i128> {
     quota
-        .pointer("/status/used")
+        .pointer(pointer)
         .and_then(Value::as_object)
-        .map(|used| {
-            used.iter()
+        .map(|list| {
+            list.iter()
                 .filter_map(|(k, v)| Some((k.clone(), quantity::parse_nanos(v.as_str()?).ok()? / 1_000_000)))
                 .collect()
         })
