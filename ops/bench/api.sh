@@ -6,6 +6,9 @@
 #   ops/bench/api.sh                      # uses target/release/keel
 #   DURATION=20s WATCHERS=10000 ops/bench/api.sh
 #   SKIP_CREATES=1 LIST_SIZES= ops/bench/api.sh     # the watch scenario alone
+#   CONTROL_LOOPS=true ops/bench/api.sh    # with the scheduler and controllers running (the
+#                                          # benchmark's pods then fit no node: each gets a
+#                                          # FailedScheduling event and condition)
 set -euo pipefail
 
 KEEL=${KEEL:-target/release/keel}
@@ -30,7 +33,8 @@ cluster="a1=127.0.0.51:2380,a2=127.0.0.52:2380,a3=127.0.0.53:2380"
 for i in 1 2 3; do
   "$KEEL" server --name "a$i" --data-dir "$work/a$i" \
     --listen-peer "127.0.0.5$i:2380" --listen-client "127.0.0.5$i:2379" --listen-api "127.0.0.5$i:6443" \
-    --initial-cluster "$cluster" --runtime-threads 1 --log-level warn 2>"$work/a$i.log" &
+    --initial-cluster "$cluster" --runtime-threads 1 --log-level warn \
+    --control-loops "${CONTROL_LOOPS:-false}" 2>"$work/a$i.log" &
   pids+=($!)
 done
 servers=127.0.0.51:6443,127.0.0.52:6443,127.0.0.53:6443

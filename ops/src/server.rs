@@ -30,6 +30,10 @@ pub struct ServerArgs {
     /// (`batch/v1=false`, `api/all=false,api/v1=true`).
     #[arg(long, default_value = "")]
     runtime_config: String,
+    /// Run the scheduler and the controllers on this member while it leads (`false`: an API
+    /// and store only, e.g. for an external scheduler or to measure the API alone).
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    control_loops: bool,
     /// Peer address other members use to reach this one (defaults to --listen-peer).
     #[arg(long)]
     advertise_peer: Option<String>,
@@ -152,9 +156,13 @@ pub async fn run(args: ServerArgs) -> Result<()> {
     let leader_store = store.clone();
     // The scheduler and the controller manager run on the Raft leader only.
     let loops_api = api.clone();
+    let control_loops = args.control_loops;
     let controllers = tokio::spawn(keel_runtime::leader::run_while_leader(
         Duration::from_millis(250),
         move || {
+            if !control_loops {
+                return Vec::new();
+            }
             let mut loops = keel_controllers::loops(loops_api.clone());
             loops.extend(keel_scheduler::loops(loops_api.clone()));
             loops
