@@ -131,12 +131,7 @@ impl DeploymentController {
         let deployments = Informer::<Deployment>::new(client.clone());
         let queue = WorkQueue::new();
         let this = Arc::new(DeploymentController { client, deployments, replica_sets, pods, queue, recorder });
-        let queue = this.queue.clone();
-        this.deployments.on_change(move |_, new| {
-            if let Some(new) = new {
-                queue.add(ObjectKey::of(new.as_ref()));
-            }
-        });
+        this.deployments.feed(this.queue.clone());
         let weak = Arc::downgrade(&this);
         this.replica_sets.on_change(move |old, new| {
             let Some(this) = weak.upgrade() else { return };

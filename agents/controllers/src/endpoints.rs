@@ -60,12 +60,7 @@ impl EndpointsController {
         let services = Informer::<Service>::new(client.clone());
         let queue = WorkQueue::new();
         let this = Arc::new(EndpointsController { client, services, pods, queue });
-        let queue = this.queue.clone();
-        this.services.on_change(move |_, new| {
-            if let Some(new) = new {
-                queue.add(ObjectKey::of(new.as_ref()));
-            }
-        });
+        this.services.feed(this.queue.clone());
         let weak = Arc::downgrade(&this);
         this.pods.on_change(move |old, new| {
             let Some(this) = weak.upgrade() else { return };

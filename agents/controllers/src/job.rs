@@ -80,12 +80,7 @@ impl JobController {
         let jobs = Informer::<Job>::new(client.clone());
         let queue = WorkQueue::new();
         let this = Arc::new(JobController { client, jobs, pods, queue, recorder });
-        let queue = this.queue.clone();
-        this.jobs.on_change(move |_, new| {
-            if let Some(new) = new {
-                queue.add(ObjectKey::of(new.as_ref()));
-            }
-        });
+        this.jobs.feed(this.queue.clone());
         let queue = this.queue.clone();
         this.pods.on_change(move |old, new| {
             for pod in [old, new].into_iter().flatten() {
@@ -132,10 +127,7 @@ impl JobController {
                 .await;
         }
 
-        let active: Vec<&Arc<Pod>> = pods
-            .iter()
-            .filter(|p| !matches!(phase(p), "Succeeded" | "Failed") && p.metadata.deletion_timestamp.is_none())
-            .collect();
+        let active: Vec<&Arc<Pod>> = pods.iter().filter(|p| crate::replicaset::is_active(p)).collect();
         let succeeded_pods: Vec<&Arc<Pod>> = pods.iter().filter(|p| phase(p) == "Succeeded").collect();
         let failed = (pods.iter().filter(|p| phase(p) == "Failed").count() as i32).max(old.failed.unwrap_or(0));
         let indexed = spec.completion_mode.as_deref() == Some("Indexed");

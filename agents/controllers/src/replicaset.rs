@@ -201,12 +201,7 @@ impl<K: ReplicaKind> ReplicaController<K> {
         let owners = Informer::<K>::new(client.clone());
         let queue = WorkQueue::new();
         let this = Arc::new(ReplicaController { client, owners, pods, queue, recorder });
-        let queue = this.queue.clone();
-        this.owners.on_change(move |_, new| {
-            if let Some(new) = new {
-                queue.add(ObjectKey::of(new.as_ref()));
-            }
-        });
+        this.owners.feed(this.queue.clone());
         let weak = Arc::downgrade(&this);
         this.pods.on_change(move |old, new| {
             let Some(this) = weak.upgrade() else { return };

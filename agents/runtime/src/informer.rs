@@ -89,6 +89,15 @@ where
         self.handlers.write().push(Box::new(handler));
     }
 
+    /// Queues the key of every object added or changed: how a controller follows its own kind.
+    pub fn feed(&self, queue: Arc<crate::WorkQueue<ObjectKey>>) {
+        self.on_change(move |_, new| {
+            if let Some(new) = new {
+                queue.add(ObjectKey::of(new.as_ref()));
+            }
+        });
+    }
+
     /// Keeps objects findable by the values `index` gives them. Register before `run`.
     pub fn add_index(&self, name: &'static str, index: impl Fn(&K) -> Vec<String> + Send + Sync + 'static) {
         self.index_fns.write().insert(name, Box::new(index));
