@@ -9,10 +9,10 @@ use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
+use k8s_openapi::api::apps::v1::{ControllerRevision, DaemonSet, Deployment, ReplicaSet, StatefulSet};
 use k8s_openapi::api::batch::v1::{CronJob, Job};
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::{Endpoints, Event, Node, Pod, ResourceQuota, Service};
+use k8s_openapi::api::core::v1::{Endpoints, Event, Node, PersistentVolumeClaim, Pod, ResourceQuota, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use keel_api::patch::PatchType;
 use keel_api::registry::{Registry, RuntimeConfig};
@@ -50,6 +50,8 @@ impl ControlPlane {
         let store = cluster.store(0).clone();
         let storage: keel_api::storage::SharedStorage = Arc::new(store.clone());
         let api = Arc::new(Api::new(storage, Arc::new(Registry::new(RuntimeConfig::default()))));
+        // As `keel server` bootstraps a new cluster: the default StorageClass, then the namespaces.
+        keel_controllers::localpath::ensure_default_storage_class(&api).await.expect("default storage class");
         api.ensure_system_namespaces().await.expect("system namespaces");
         let loops_api = api.clone();
         let loops = tokio::spawn(keel_runtime::leader::run_while_leader(
@@ -827,4 +829,961 @@ async fn resource_quota_refuses_what_goes_over_and_reports_usage() {
         (active.len() == 1 && quota.status?.used?.get("pods")?.0 == "1").then_some(())
     })
     .await;
+}
+
+/// The plane's API over HTTP on a loopback port chosen at run time, for what only shows on
+/// the wire: the eviction subresource's status codes, bodies and headers.
+struct Wire {
+    base: String,
+    client: hyper_util::client::legacy::Client<
+        hyper_util::client::legacy::connect::HttpConnector,
+        http_body_util::Full<bytes::Bytes>,
+    >,
+    server: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Wire {
+    fn drop(&mut self) {
+        self.server.abort();
+    }
+}
+
+impl Wire {
+    async fn serve(api: Arc<Api>) -> Wire {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind the API");
+        let base = format!("http://{}", listener.local_addr().expect("address"));
+        let server = tokio::spawn(async move {
+            let _ = keel_api::server::serve(api, listener, std::future::pending()).await;
+        });
+        let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+            .build(hyper_util::client::legacy::connect::HttpConnector::new());
+        Wire { base, client, server }
+    }
+
+    /// POSTs an Eviction of `pod` (with `extra` merged into it); the code, the body and the
+    /// Retry-After header.
+    async fn evict(
+        &self,
+        pod: &str,
+        query: &str,
+        extra: serde_json::Value,
+    ) -> (u16, serde_json::Value, Option<String>) {
+        use http_body_util::BodyExt;
+        let mut eviction = json!({
+            "apiVersion": "policy/v1", "kind": "Eviction",
+            "metadata": {"name": pod, "namespace": "default"},
+        });
+        if let (Some(eviction), Some(extra)) = (eviction.as_object_mut(), extra.as_object()) {
+            eviction.extend(extra.clone());
+        }
+        let request = hyper::Request::builder()
+            .method(hyper::Method::POST)
+            .uri(format!("{}/api/v1/namespaces/default/pods/{pod}/eviction{query}", self.base))
+            .header("content-type", "application/json")
+            .body(http_body_util::Full::new(bytes::Bytes::from(eviction.to_string())))
+            .unwrap();
+        let response = self.client.request(request).await.expect("eviction request");
+        let code = response.status().as_u16();
+        let retry_after = response.headers().get("retry-after").map(|v| v.to_str().unwrap().to_string());
+        let body = response.into_body().collect().await.expect("eviction body").to_bytes();
+        (code, serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null), retry_after)
+    }
+}
+
+fn budget(name: &str, spec: serde_json::Value) -> k8s_openapi::api::policy::v1::PodDisruptionBudget {
+    serde_json::from_value(json!({"metadata": {"name": name, "namespace": "default"}, "spec": spec})).unwrap()
+}
+
+/// (expectedPods, currentHealthy, desiredHealthy, disruptionsAllowed) once the budget's
+/// status is of its current generation.
+async fn budget_counts(plane: &ControlPlane, name: &str) -> Option<(i32, i32, i32, i32)> {
+    let pdb: k8s_openapi::api::policy::v1::PodDisruptionBudget = plane.client.get(Some("default"), name).await.ok()?;
+    let status = pdb.status?;
+    (status.observed_generation == pdb.metadata.generation).then_some((
+        status.expected_pods,
+        status.current_healthy,
+        status.desired_healthy,
+        status.disruptions_allowed,
+    ))
+}
+
+async fn cordon(plane: &ControlPlane, node: &str, unschedulable: bool) {
+    let patch = json!({"spec": {"unschedulable": unschedulable}});
+    plane.client.patch::<Node>(None, node, None, PatchType::Merge, patch).await.expect("cordon");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_disruption_budget_counts_its_pods_and_evictions_spend_it() {
+    let plane = ControlPlane::start().await;
+    plane.node("n1", "8", json!({}), json!([])).await;
+    plane.client.create(Some("default"), &deployment_manifest("web", 3, "busybox:1", json!({}))).await.expect("create");
+    let web = budget("web", json!({"minAvailable": 2, "selector": {"matchLabels": {"app": "web"}}}));
+    plane.client.create(Some("default"), &web).await.expect("create budget");
+    eventually(WAIT, "expected 3, healthy 3, desired 2, allowed 1", || async {
+        (budget_counts(&plane, "web").await? == (3, 3, 2, 1)).then_some(())
+    })
+    .await;
+    let pdb: k8s_openapi::api::policy::v1::PodDisruptionBudget =
+        plane.client.get(Some("default"), "web").await.unwrap();
+    let condition = pdb.status.unwrap().conditions.unwrap().into_iter().find(|c| c.type_ == "DisruptionAllowed");
+    let condition = condition.expect("a DisruptionAllowed condition");
+    assert_eq!((condition.status.as_str(), condition.reason.as_str()), ("True", "SufficientPods"));
+
+    let wire = Wire::serve(plane.client.api.clone()).await;
+    let (code, body, _) = wire.evict("nobody", "", json!({"metadata": {"name": "nobody"}})).await;
+    assert_eq!((code, body["reason"].as_str()), (404, Some("NotFound")), "{body}");
+    let mut pods: Vec<String> =
+        plane.pods("app=web").await.into_iter().filter(is_active).map(|p| p.metadata.name.unwrap()).collect();
+    pods.sort();
+    let (code, body, _) = wire.evict(&pods[0], "", json!({"metadata": {"name": "someone-else"}})).await;
+    assert_eq!(code, 400, "{body}");
+    assert_eq!(body["message"], "name in URL does not match name in Eviction object");
+
+    // A dry run is judged like the real thing and changes nothing.
+    let (code, body, _) = wire.evict(&pods[0], "?dryRun=All", json!({})).await;
+    assert_eq!((code, &body["status"]), (201, &json!("Success")), "{body}");
+    assert_eq!(plane.pods("app=web").await.iter().filter(|p| is_active(p)).count(), 3);
+    assert_eq!(budget_counts(&plane, "web").await, Some((3, 3, 2, 1)), "a dry run takes nothing from the budget");
+
+    // Cordoned, so nothing replaces the evicted pod: the budget is spent after one eviction.
+    cordon(&plane, "n1", true).await;
+    let (code, body, _) = wire.evict(&pods[0], "", json!({"deleteOptions": {"gracePeriodSeconds": 5}})).await;
+    assert_eq!((code, &body["status"], &body["code"]), (201, &json!("Success"), &json!(201)), "{body}");
+    let (code, body, retry_after) = wire.evict(&pods[1], "", json!({})).await;
+    assert_eq!(code, 429, "{body}");
+    assert_eq!(body["reason"], "TooManyRequests");
+    assert_eq!(body["message"], "Cannot evict pod as it would violate the pod's disruption budget.");
+    let cause = &body["details"]["causes"][0];
+    assert_eq!(cause["reason"], "DisruptionBudget", "{body}");
+    let message = cause["message"].as_str().unwrap();
+    assert!(message.starts_with("The disruption budget web needs 2 healthy pods and has "), "{message}");
+    assert_eq!(retry_after, None, "a spent budget gives no Retry-After (kubectl drain retries on its own)");
+    assert!(plane.pods("app=web").await.iter().any(|p| p.metadata.name.as_ref() == Some(&pods[1]) && is_active(p)));
+    eventually(WAIT, "the controller sees 2 healthy of 2 needed", || async {
+        (budget_counts(&plane, "web").await? == (3, 2, 2, 0)).then_some(())
+    })
+    .await;
+
+    // A pod under two budgets cannot be evicted at all.
+    let again = budget("web-again", json!({"maxUnavailable": 1, "selector": {"matchLabels": {"app": "web"}}}));
+    plane.client.create(Some("default"), &again).await.expect("second budget");
+    let (code, body, _) = wire.evict(&pods[1], "", json!({})).await;
+    assert_eq!(code, 500, "{body}");
+    assert_eq!(
+        body["message"],
+        "This pod has more than one PodDisruptionBudget, which the eviction subresource does not support."
+    );
+    plane
+        .client
+        .delete::<k8s_openapi::api::policy::v1::PodDisruptionBudget>(
+            Some("default"),
+            "web-again",
+            &DeleteOptions::default(),
+        )
+        .await
+        .expect("delete second budget");
+
+    // A pending pod never counted as healthy: it goes whatever its budget says.
+    let waiting: Pod = serde_json::from_value(json!({
+        "metadata": {"name": "waiting", "namespace": "default", "labels": {"app": "solo"}},
+        "spec": {"schedulerName": "nobody", "containers": [{"name": "c", "image": "busybox"}]},
+    }))
+    .unwrap();
+    plane.client.create(Some("default"), &waiting).await.expect("pending pod");
+    let solo = budget("solo", json!({"minAvailable": 1, "selector": {"matchLabels": {"app": "solo"}}}));
+    plane.client.create(Some("default"), &solo).await.expect("solo budget");
+    eventually(WAIT, "the solo budget allows nothing", || async {
+        (budget_counts(&plane, "solo").await? == (1, 0, 1, 0)).then_some(())
+    })
+    .await;
+    let (code, body, _) = wire.evict("waiting", "", json!({})).await;
+    assert_eq!(code, 201, "{body}");
+    assert!(plane.client.get::<Pod>(Some("default"), "waiting").await.is_err(), "the pending pod is gone");
+
+    // Uncordoned, a replacement becomes ready and the next eviction goes through — what
+    // `kubectl drain` does by retrying every 5 s.
+    cordon(&plane, "n1", false).await;
+    eventually(WAIT, "the second eviction allowed", || async {
+        let (code, _, _) = wire.evict(&pods[1], "", json!({})).await;
+        (code == 201).then_some(())
+    })
+    .await;
+
+    // maxUnavailable as a percentage counts the Deployment's replicas, not the pods.
+    plane
+        .client
+        .delete::<k8s_openapi::api::policy::v1::PodDisruptionBudget>(Some("default"), "web", &DeleteOptions::default())
+        .await
+        .expect("delete budget");
+    let by_percent = budget("web-max", json!({"maxUnavailable": "50%", "selector": {"matchLabels": {"app": "web"}}}));
+    plane.client.create(Some("default"), &by_percent).await.expect("percentage budget");
+    plane
+        .client
+        .patch::<Deployment>(Some("default"), "web", None, PatchType::Merge, json!({"spec": {"replicas": 4}}))
+        .await
+        .expect("scale");
+    eventually(WAIT, "expected 4 (the Deployment's scale), desired 4 - ceil(50%) = 2", || async {
+        (budget_counts(&plane, "web-max").await? == (4, 4, 2, 2)).then_some(())
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn pods_of_a_deleted_node_are_failed_and_collected() {
+    let settings = keel_controllers::Settings {
+        pod_gc: keel_controllers::podgc::Settings {
+            period: Duration::from_millis(200),
+            quarantine: Duration::from_secs(1),
+            ..keel_controllers::podgc::Settings::default()
+        },
+        ..keel_controllers::Settings::default()
+    };
+    let plane = ControlPlane::start_with(settings).await;
+    plane.node("doomed", "4", json!({}), json!([])).await;
+    plane.node("kept", "4", json!({}), json!([])).await;
+    // A finalizer holds each pod after its deletion, so what the collector did stays visible.
+    let pod = |name: &str, spec: serde_json::Value| -> Pod {
+        let mut spec = spec;
+        spec["containers"] = json!([{"name": "c", "image": "busybox"}]);
+        serde_json::from_value(json!({
+            "metadata": {"name": name, "namespace": "default", "finalizers": ["keel.test/hold"]},
+            "spec": spec,
+        }))
+        .unwrap()
+    };
+    plane.client.create(Some("default"), &pod("stranded", json!({"nodeName": "doomed"}))).await.expect("create");
+    plane.client.create(Some("default"), &pod("fine", json!({"nodeName": "kept"}))).await.expect("create");
+    plane
+        .client
+        .create(Some("default"), &pod("unscheduled", json!({"schedulerName": "nobody"})))
+        .await
+        .expect("create");
+    let phase = |name: &'static str| {
+        let client = plane.client.clone();
+        async move {
+            let pod: Pod = client.get(Some("default"), name).await.ok()?;
+            pod.status?.phase
+        }
+    };
+    eventually(WAIT, "both bound pods running", || async {
+        (phase("stranded").await? == "Running" && phase("fine").await? == "Running").then_some(())
+    })
+    .await;
+
+    // Never bound and being deleted: no kubelet will finish it.
+    plane.client.delete::<Pod>(Some("default"), "unscheduled", &DeleteOptions::default()).await.expect("delete");
+    eventually(WAIT, "the unscheduled terminating pod marked Failed", || async {
+        (phase("unscheduled").await? == "Failed").then_some(())
+    })
+    .await;
+
+    plane.client.delete::<Node>(None, "doomed", &DeleteOptions::default()).await.expect("delete node");
+    let stranded = eventually(WAIT, "the stranded pod Failed and deleted", || async {
+        let pod: Pod = plane.client.get(Some("default"), "stranded").await.ok()?;
+        (pod.metadata.deletion_timestamp.is_some() && pod.status.as_ref()?.phase.as_deref() == Some("Failed"))
+            .then_some(pod)
+    })
+    .await;
+    let conditions = stranded.status.unwrap().conditions.unwrap();
+    let target = conditions.iter().find(|c| c.type_ == "DisruptionTarget").expect("a DisruptionTarget condition");
+    assert_eq!(
+        (target.status.as_str(), target.reason.as_deref(), target.message.as_deref()),
+        ("True", Some("DeletionByPodGC"), Some("PodGC: node no longer exists"))
+    );
+    let fine: Pod = plane.client.get(Some("default"), "fine").await.unwrap();
+    assert!(fine.metadata.deletion_timestamp.is_none(), "a pod of a node that exists is left alone");
+    assert_eq!(fine.status.unwrap().phase.as_deref(), Some("Running"));
+
+    for name in ["stranded", "unscheduled", "fine"] {
+        let release = json!({"metadata": {"finalizers": null}});
+        plane.client.patch::<Pod>(Some("default"), name, None, PatchType::Merge, release).await.expect("release");
+    }
+    eventually(WAIT, "the collected pods gone", || async {
+        let stranded = plane.client.get::<Pod>(Some("default"), "stranded").await.is_err();
+        let unscheduled = plane.client.get::<Pod>(Some("default"), "unscheduled").await.is_err();
+        (stranded && unscheduled).then_some(())
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn finished_pods_beyond_the_threshold_are_collected_oldest_first() {
+    let settings = keel_controllers::Settings {
+        pod_gc: keel_controllers::podgc::Settings {
+            period: Duration::from_millis(200),
+            terminated_pod_threshold: 2,
+            ..keel_controllers::podgc::Settings::default()
+        },
+        ..keel_controllers::Settings::default()
+    };
+    let plane = ControlPlane::start_with(settings).await;
+    // Named against their age, each created in a later second than the one before: only
+    // creation time can put them in the order the collector must follow.
+    let names = ["z-oldest", "y-older", "b-newer", "a-newest"];
+    for name in names {
+        let pod: Pod = serde_json::from_value(json!({
+            "metadata": {"name": name, "namespace": "default", "labels": {"test": "gc"}},
+            "spec": {"schedulerName": "nobody", "containers": [{"name": "c", "image": "busybox"}]},
+        }))
+        .unwrap();
+        let created = plane.client.create(Some("default"), &pod).await.expect("create");
+        let second = created.metadata.creation_timestamp.unwrap().0;
+        eventually(WAIT, "the next second", || async {
+            (k8s_openapi::chrono::Utc::now().timestamp() > second.timestamp()).then_some(())
+        })
+        .await;
+    }
+    for name in names {
+        let done = json!({"status": {"phase": "Succeeded"}});
+        plane.client.patch::<Pod>(Some("default"), name, Some("status"), PatchType::Merge, done).await.expect("finish");
+    }
+    let left = eventually(WAIT, "two finished pods left", || async {
+        let pods = plane.pods("test=gc").await;
+        (pods.len() == 2).then(|| pods.into_iter().map(|p| p.metadata.name.unwrap()).collect::<BTreeSet<_>>())
+    })
+    .await;
+    assert_eq!(left, BTreeSet::from(["a-newest".to_string(), "b-newer".to_string()]));
+}
+
+fn ordinals_present(pods: &[Pod]) -> Vec<i32> {
+    let mut ordinals: Vec<i32> = pods
+        .iter()
+        .filter(|p| is_active(p))
+        .filter_map(|p| p.metadata.name.as_deref()?.strip_prefix("db-")?.parse().ok())
+        .collect();
+    ordinals.sort();
+    ordinals
+}
+
+async fn stateful_set(plane: &ControlPlane) -> StatefulSet {
+    plane.client.get(Some("default"), "db").await.expect("get statefulset")
+}
+
+async fn revisions_of(plane: &ControlPlane, selector: &str) -> Vec<ControllerRevision> {
+    let options = ListOptions {
+        label_selector: keel_api::selector::LabelSelector::parse(selector).expect("selector"),
+        ..ListOptions::default()
+    };
+    let mut revisions = plane.client.list::<ControllerRevision>(Some("default"), &options).await.expect("revisions").0;
+    revisions.sort_by_key(|r| r.revision);
+    revisions
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn stateful_set_starts_in_order_keeps_claims_and_rolls_from_the_top_down_to_its_partition() {
+    let plane = ControlPlane::start().await;
+    plane.node("n1", "8", json!({}), json!([])).await;
+    let set: StatefulSet = serde_json::from_value(json!({
+        "metadata": {"name": "db", "namespace": "default"},
+        "spec": {
+            "replicas": 3,
+            "serviceName": "db",
+            "selector": {"matchLabels": {"app": "db"}},
+            "template": {
+                "metadata": {"labels": {"app": "db"}},
+                "spec": {"containers": [{"name": "db", "image": "busybox:1", "volumeMounts": [{"name": "data", "mountPath": "/data"}]}]},
+            },
+            "volumeClaimTemplates": [{"metadata": {"name": "data"}, "spec": {
+                "accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}}}],
+        },
+    }))
+    .unwrap();
+    plane.client.create(Some("default"), &set).await.expect("create statefulset");
+
+    // OrderedReady: at every look, the pods that exist are 0..n and all but the last ready.
+    eventually(WAIT, "db-0, db-1, db-2 ready in order", || async {
+        let pods = plane.pods("app=db").await;
+        let ordinals = ordinals_present(&pods);
+        assert_eq!(ordinals, (0..ordinals.len() as i32).collect::<Vec<_>>(), "a gap in the ordinals");
+        for pod in &pods {
+            let ordinal: i32 = pod.metadata.name.as_deref().unwrap()[3..].parse().unwrap();
+            if ordinal > 0 {
+                let previous = pods.iter().find(|p| p.metadata.name.as_deref() == Some(&format!("db-{}", ordinal - 1)));
+                assert!(
+                    previous.is_some_and(keel_controllers::replicaset::is_ready),
+                    "db-{ordinal} exists before db-{} is ready",
+                    ordinal - 1
+                );
+            }
+        }
+        let status = stateful_set(&plane).await.status?;
+        (status.ready_replicas == Some(3)).then_some(())
+    })
+    .await;
+    let pods = plane.pods("app=db").await;
+    let db1 = pods.iter().find(|p| p.metadata.name.as_deref() == Some("db-1")).expect("db-1");
+    let spec = db1.spec.as_ref().unwrap();
+    assert_eq!(spec.hostname.as_deref(), Some("db-1"));
+    assert_eq!(spec.subdomain.as_deref(), Some("db"));
+    let claim = spec.volumes.as_ref().unwrap().iter().find(|v| v.name == "data").unwrap();
+    assert_eq!(claim.persistent_volume_claim.as_ref().unwrap().claim_name, "data-db-1");
+    let claims = plane.client.list::<PersistentVolumeClaim>(Some("default"), &ListOptions::default()).await.unwrap().0;
+    let mut names: Vec<_> = claims.iter().filter_map(|c| c.metadata.name.clone()).collect();
+    names.sort();
+    assert_eq!(names, ["data-db-0", "data-db-1", "data-db-2"]);
+
+    // A failed pod is replaced under the same name.
+    let failed_uid = db1.metadata.uid.clone();
+    let mut failed = db1.clone();
+    failed.status.as_mut().unwrap().phase = Some("Failed".into());
+    plane.client.replace_status(Some("default"), "db-1", &failed).await.expect("fail db-1");
+    eventually(WAIT, "db-1 recreated", || async {
+        let pod: Pod = plane.client.get(Some("default"), "db-1").await.ok()?;
+        (pod.metadata.uid != failed_uid && keel_controllers::replicaset::is_ready(&pod)).then_some(())
+    })
+    .await;
+
+    // Rolling update with partition 2: only db-2 moves to the new template.
+    let roll = json!({"spec": {"updateStrategy": {"rollingUpdate": {"partition": 2}},
+        "template": {"spec": {"containers": [{"name": "db", "image": "busybox:2"}]}}}});
+    plane
+        .client
+        .patch::<StatefulSet>(Some("default"), "db", None, PatchType::StrategicMerge, roll)
+        .await
+        .expect("roll");
+    let status = eventually(WAIT, "db-2 updated, the rest not", || async {
+        let status = stateful_set(&plane).await.status?;
+        (status.updated_replicas == Some(1) && status.ready_replicas == Some(3)).then_some(status)
+    })
+    .await;
+    assert_ne!(status.current_revision, status.update_revision);
+    let images: Vec<String> = {
+        let mut pods = plane.pods("app=db").await;
+        pods.sort_by_key(|p| p.metadata.name.clone());
+        pods.iter().map(image_of).collect()
+    };
+    assert_eq!(images, ["busybox:1", "busybox:1", "busybox:2"]);
+
+    // Partition 0: the rest follow, highest first, and the update becomes current.
+    let unpartition = json!({"spec": {"updateStrategy": {"rollingUpdate": {"partition": 0}}}});
+    plane
+        .client
+        .patch::<StatefulSet>(Some("default"), "db", None, PatchType::StrategicMerge, unpartition)
+        .await
+        .expect("unpartition");
+    eventually(WAIT, "all on busybox:2 and current", || async {
+        let pods = plane.pods("app=db").await;
+        let status = stateful_set(&plane).await.status?;
+        let done = pods.len() == 3
+            && pods.iter().all(|p| image_of(p) == "busybox:2")
+            && status.current_revision == status.update_revision
+            && status.ready_replicas == Some(3);
+        done.then_some(())
+    })
+    .await;
+    let revisions = revisions_of(&plane, "app=db").await;
+    assert_eq!(revisions.iter().map(|r| r.revision).collect::<Vec<_>>(), [1, 2]);
+
+    // Undo as kubectl does it: revision 1's data as a strategic merge patch.
+    let data = revisions[0].data.clone().unwrap().0;
+    plane
+        .client
+        .patch::<StatefulSet>(Some("default"), "db", None, PatchType::StrategicMerge, data)
+        .await
+        .expect("undo");
+    eventually(WAIT, "back on busybox:1, revision 1 renumbered 3", || async {
+        let pods = plane.pods("app=db").await;
+        let revisions = revisions_of(&plane, "app=db").await;
+        let done = pods.len() == 3
+            && pods.iter().all(|p| image_of(p) == "busybox:1")
+            && revisions.len() == 2
+            && revisions.iter().any(|r| r.revision == 3 && image_of_revision(r) == "busybox:1");
+        done.then_some(())
+    })
+    .await;
+
+    // Scale down: highest ordinal first, one at a time; claims stay.
+    plane
+        .client
+        .patch::<StatefulSet>(Some("default"), "db", None, PatchType::Merge, json!({"spec": {"replicas": 1}}))
+        .await
+        .expect("scale down");
+    eventually(WAIT, "only db-0 left", || async {
+        let ordinals = ordinals_present(&plane.pods("app=db").await);
+        assert_eq!(ordinals, (0..ordinals.len() as i32).collect::<Vec<_>>(), "removed out of order");
+        (ordinals == [0]).then_some(())
+    })
+    .await;
+    let claims = plane.client.list::<PersistentVolumeClaim>(Some("default"), &ListOptions::default()).await.unwrap().0;
+    assert_eq!(claims.len(), 3, "claims outlive their pods by default");
+    let events = plane.events_for("db").await;
+    assert!(
+        events
+            .iter()
+            .any(|e| e.message.as_deref() == Some("create Claim data-db-0 Pod db-0 in StatefulSet db success")),
+        "{events:?}"
+    );
+    assert!(events.iter().any(|e| e.message.as_deref() == Some("delete Pod db-2 in StatefulSet db successful")));
+}
+
+fn image_of_revision(revision: &ControllerRevision) -> String {
+    keel_controllers::history::template_of(revision)
+        .and_then(|t| t.spec)
+        .map(|s| s.containers[0].image.clone().unwrap_or_default())
+        .unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn parallel_stateful_sets_start_all_pods_at_once() {
+    let plane = ControlPlane::start().await;
+    plane.node("n1", "8", json!({}), json!([])).await;
+    // `test-outcome: hold`: the stand-in kubelet runs these but never marks them Ready, so
+    // only Parallel gets past the first.
+    let set: StatefulSet = serde_json::from_value(json!({
+        "metadata": {"name": "db", "namespace": "default"},
+        "spec": {
+            "replicas": 4,
+            "podManagementPolicy": "Parallel",
+            "serviceName": "db",
+            "selector": {"matchLabels": {"app": "db"}},
+            "template": {"metadata": {"labels": {"app": "db", "test-outcome": "hold"}}, "spec": {"containers": [{"name": "db", "image": "busybox"}]}},
+        },
+    }))
+    .unwrap();
+    plane.client.create(Some("default"), &set).await.expect("create statefulset");
+    eventually(WAIT, "four pods without waiting for readiness", || async {
+        let pods = plane.pods("app=db").await;
+        (ordinals_present(&pods) == [0, 1, 2, 3] && !pods.iter().any(keel_controllers::replicaset::is_ready))
+            .then_some(())
+    })
+    .await;
+}
+
+async fn daemon_set(plane: &ControlPlane) -> DaemonSet {
+    plane.client.get(Some("default"), "agent").await.expect("get daemonset")
+}
+
+fn nodes_of(pods: &[Pod]) -> Vec<String> {
+    let mut nodes: Vec<String> =
+        pods.iter().filter(|p| is_active(p)).filter_map(keel_controllers::daemonset::target_node).collect();
+    nodes.sort();
+    nodes
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn daemon_set_follows_eligible_nodes_and_rolls_node_by_node() {
+    let plane = ControlPlane::start().await;
+    plane.node("n1", "4", json!({"role": "worker"}), json!([])).await;
+    plane.node("n2", "4", json!({"role": "worker"}), json!([])).await;
+    plane
+        .node(
+            "n3",
+            "4",
+            json!({"role": "worker"}),
+            json!([{"key": "dedicated", "value": "db", "effect": "NoSchedule"}]),
+        )
+        .await;
+    plane.node("other", "4", json!({"role": "edge"}), json!([])).await;
+    let set: DaemonSet = serde_json::from_value(json!({
+        "metadata": {"name": "agent", "namespace": "default"},
+        "spec": {
+            "selector": {"matchLabels": {"app": "agent"}},
+            "template": {
+                "metadata": {"labels": {"app": "agent"}},
+                "spec": {"nodeSelector": {"role": "worker"}, "containers": [{"name": "agent", "image": "busybox:1"}]},
+            },
+        },
+    }))
+    .unwrap();
+    plane.client.create(Some("default"), &set).await.expect("create daemonset");
+    eventually(WAIT, "a ready pod on n1 and n2 only", || async {
+        let pods = plane.pods("app=agent").await;
+        let status = daemon_set(&plane).await.status?;
+        let bound = pods
+            .iter()
+            .all(|p| p.spec.as_ref().and_then(|s| s.node_name.clone()) == keel_controllers::daemonset::target_node(p));
+        (nodes_of(&pods) == ["n1", "n2"]
+            && bound
+            && status.desired_number_scheduled == 2
+            && status.number_available == Some(2))
+        .then_some(())
+    })
+    .await;
+
+    // A new eligible node gets one.
+    plane.node("n4", "4", json!({"role": "worker"}), json!([])).await;
+    eventually(WAIT, "n4 joins", || async {
+        let status = daemon_set(&plane).await.status?;
+        (nodes_of(&plane.pods("app=agent").await) == ["n1", "n2", "n4"] && status.number_ready == 3).then_some(())
+    })
+    .await;
+
+    // New image: node by node, never more than maxUnavailable (1) short.
+    let roll = json!({"spec": {"template": {"spec": {"containers": [{"name": "agent", "image": "busybox:2"}]}}}});
+    plane
+        .client
+        .patch::<DaemonSet>(Some("default"), "agent", None, PatchType::StrategicMerge, roll)
+        .await
+        .expect("roll");
+    eventually(WAIT, "every node on busybox:2", || async {
+        let pods: Vec<Pod> = plane.pods("app=agent").await.into_iter().filter(is_active).collect();
+        let ready_nodes: BTreeSet<String> = pods
+            .iter()
+            .filter(|p| keel_controllers::replicaset::is_ready(p))
+            .filter_map(keel_controllers::daemonset::target_node)
+            .collect();
+        assert!(ready_nodes.len() >= 2, "more than maxUnavailable nodes without a ready pod: {ready_nodes:?}");
+        let status = daemon_set(&plane).await.status?;
+        let done = pods.len() == 3
+            && pods.iter().all(|p| image_of(p) == "busybox:2")
+            && status.updated_number_scheduled == Some(3)
+            && status.number_available == Some(3);
+        done.then_some(())
+    })
+    .await;
+    let revisions = revisions_of(&plane, "app=agent").await;
+    assert_eq!(revisions.iter().map(|r| r.revision).collect::<Vec<_>>(), [1, 2]);
+
+    // NoExecute on n1 takes its pod away; NoSchedule on n2 leaves it.
+    for (node, effect) in [("n1", "NoExecute"), ("n2", "NoSchedule")] {
+        let taint = json!({"spec": {"taints": [{"key": "maintenance", "value": "yes", "effect": effect}]}});
+        plane.client.patch::<Node>(None, node, None, PatchType::Merge, taint).await.expect("taint");
+    }
+    eventually(WAIT, "n1's pod gone, n2's kept", || async {
+        let status = daemon_set(&plane).await.status?;
+        (nodes_of(&plane.pods("app=agent").await) == ["n2", "n4"] && status.desired_number_scheduled == 1).then_some(())
+    })
+    .await;
+}
+
+fn claim_manifest(name: &str, spec: serde_json::Value) -> PersistentVolumeClaim {
+    serde_json::from_value(json!({"metadata": {"name": name, "namespace": "default"}, "spec": spec})).unwrap()
+}
+
+async fn claim_named(plane: &ControlPlane, name: &str) -> Option<PersistentVolumeClaim> {
+    plane.client.get(Some("default"), name).await.ok()
+}
+
+fn phase_of_claim(claim: &PersistentVolumeClaim) -> Option<&str> {
+    claim.status.as_ref()?.phase.as_deref()
+}
+
+fn phase_of_volume(volume: &k8s_openapi::api::core::v1::PersistentVolume) -> Option<&str> {
+    volume.status.as_ref()?.phase.as_deref()
+}
+
+/// The node a volume's required node affinity pins it to (`kubernetes.io/hostname In [x]`).
+fn pinned_node(volume: &k8s_openapi::api::core::v1::PersistentVolume) -> Option<String> {
+    let terms = &volume.spec.as_ref()?.node_affinity.as_ref()?.required.as_ref()?.node_selector_terms;
+    let expression = terms.first()?.match_expressions.as_ref()?.first()?;
+    assert_eq!(expression.key, "kubernetes.io/hostname");
+    expression.values.as_ref()?.first().cloned()
+}
+
+fn pod_using(name: &str, claims: &[&str]) -> Pod {
+    let volumes: Vec<serde_json::Value> =
+        claims.iter().map(|c| json!({"name": c, "persistentVolumeClaim": {"claimName": c}})).collect();
+    serde_json::from_value(json!({
+        "metadata": {"name": name, "namespace": "default", "labels": {"test": "volumes"}},
+        "spec": {"containers": [{"name": "c", "image": "busybox"}], "volumes": volumes},
+    }))
+    .unwrap()
+}
+
+async fn has_event(plane: &ControlPlane, object: &str, reason: &str, message: &str) -> bool {
+    plane
+        .events_for(object)
+        .await
+        .iter()
+        .any(|e| e.reason.as_deref() == Some(reason) && e.message.as_deref().is_some_and(|m| m.contains(message)))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn static_volumes_bind_to_matching_claims_and_follow_their_reclaim_policy() {
+    use k8s_openapi::api::core::v1::PersistentVolume;
+    let plane = ControlPlane::start().await;
+    let volume = |name: &str, size: &str, class: &str, policy: &str| -> PersistentVolume {
+        serde_json::from_value(json!({
+            "metadata": {"name": name},
+            "spec": {"capacity": {"storage": size}, "accessModes": ["ReadWriteOnce"], "storageClassName": class,
+                "persistentVolumeReclaimPolicy": policy, "hostPath": {"path": format!("/srv/{name}")}},
+        }))
+        .unwrap()
+    };
+    for pv in [
+        volume("pv-small", "1Gi", "manual", "Retain"),
+        volume("pv-big", "5Gi", "manual", "Delete"),
+        volume("pv-other", "10Gi", "other", "Retain"),
+    ] {
+        plane.client.create(None, &pv).await.expect("create volume");
+    }
+    let rwo = |size: &str, class: &str| json!({"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": size}}, "storageClassName": class});
+    let mut named = rwo("1Gi", "other");
+    named["volumeName"] = json!("pv-other");
+    for claim in [
+        claim_manifest("want-2g", rwo("2Gi", "manual")),
+        claim_manifest("want-1g", rwo("1Gi", "manual")),
+        claim_manifest("named", named),
+        claim_manifest("too-big", rwo("100Gi", "manual")),
+    ] {
+        plane.client.create(Some("default"), &claim).await.expect("create claim");
+    }
+    for (claim, volume) in [("want-2g", "pv-big"), ("want-1g", "pv-small"), ("named", "pv-other")] {
+        let bound = eventually(WAIT, &format!("{claim} bound to {volume}"), || async {
+            let c = claim_named(&plane, claim).await?;
+            (phase_of_claim(&c) == Some("Bound")).then_some(c)
+        })
+        .await;
+        let spec = bound.spec.as_ref().unwrap();
+        assert_eq!(spec.volume_name.as_deref(), Some(volume), "{claim}");
+        let annotations = bound.metadata.annotations.clone().unwrap_or_default();
+        assert_eq!(annotations.get("pv.kubernetes.io/bind-completed").map(String::as_str), Some("yes"));
+        // Only the claims whose volume the controller chose say so.
+        let by_controller = annotations.get("pv.kubernetes.io/bound-by-controller").map(String::as_str);
+        assert_eq!(by_controller, (claim != "named").then_some("yes"), "{claim}");
+        let status = bound.status.as_ref().unwrap();
+        assert_eq!(status.access_modes.as_deref(), Some(&["ReadWriteOnce".to_string()][..]));
+        let pv: PersistentVolume = plane.client.get(None, volume).await.expect("get volume");
+        assert_eq!(
+            status.capacity.as_ref().unwrap()["storage"],
+            pv.spec.as_ref().unwrap().capacity.as_ref().unwrap()["storage"]
+        );
+        let claim_ref = pv.spec.as_ref().unwrap().claim_ref.clone().expect("claimRef");
+        assert_eq!((claim_ref.name.as_deref(), claim_ref.uid.as_ref()), (Some(claim), bound.metadata.uid.as_ref()));
+        eventually(WAIT, &format!("{volume} Bound"), || async {
+            let pv: PersistentVolume = plane.client.get(None, volume).await.ok()?;
+            (phase_of_volume(&pv) == Some("Bound")).then_some(())
+        })
+        .await;
+    }
+    // Nothing fits and its class is not an object a provisioner could act on: it waits.
+    eventually(WAIT, "too-big told why it waits", || async {
+        has_event(&plane, "too-big", "ProvisioningFailed", "storageclass.storage.k8s.io \"manual\" not found")
+            .await
+            .then_some(())
+    })
+    .await;
+    assert_eq!(phase_of_claim(&claim_named(&plane, "too-big").await.unwrap()), Some("Pending"));
+
+    // The claims go: Retain keeps its volume Released, Delete removes it.
+    for claim in ["want-1g", "want-2g"] {
+        plane.client.delete::<PersistentVolumeClaim>(Some("default"), claim, &DeleteOptions::default()).await.unwrap();
+    }
+    eventually(WAIT, "pv-small Released, pv-big deleted", || async {
+        let small: PersistentVolume = plane.client.get(None, "pv-small").await.ok()?;
+        let big = plane.client.get::<PersistentVolume>(None, "pv-big").await;
+        (phase_of_volume(&small) == Some("Released") && big.is_err()).then_some(())
+    })
+    .await;
+    // A Released volume is not handed to the next claim.
+    plane.client.create(Some("default"), &claim_manifest("again", rwo("1Gi", "manual"))).await.unwrap();
+    eventually(WAIT, "again looked at", || async {
+        has_event(&plane, "again", "ProvisioningFailed", "\"manual\" not found").await.then_some(())
+    })
+    .await;
+    let again = claim_named(&plane, "again").await.unwrap();
+    assert_eq!(phase_of_claim(&again), Some("Pending"));
+    assert_eq!(again.spec.unwrap().volume_name, None);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn claims_of_the_default_local_path_class_are_provisioned_on_their_pods_node() {
+    use k8s_openapi::api::core::v1::PersistentVolume;
+    use k8s_openapi::api::storage::v1::StorageClass;
+    let plane = ControlPlane::start().await;
+    plane.node("n1", "4", json!({}), json!([])).await;
+    plane.node("n2", "4", json!({}), json!([])).await;
+    let class: StorageClass = plane.client.get(None, "local-path").await.expect("the default class exists");
+    assert_eq!(class.provisioner, "rancher.io/local-path");
+    assert_eq!(class.volume_binding_mode.as_deref(), Some("WaitForFirstConsumer"));
+    assert_eq!(class.reclaim_policy.as_deref(), Some("Delete"));
+    assert_eq!(class.metadata.annotations.unwrap()["storageclass.kubernetes.io/is-default-class"], "true");
+
+    let spec = json!({"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "2Gi"}}});
+    let created = plane.client.create(Some("default"), &claim_manifest("data", spec)).await.expect("create claim");
+    assert_eq!(created.spec.as_ref().unwrap().storage_class_name.as_deref(), Some("local-path"), "defaulted");
+    eventually(WAIT, "WaitForFirstConsumer", || async {
+        has_event(&plane, "data", "WaitForFirstConsumer", "waiting for first consumer to be created before binding")
+            .await
+            .then_some(())
+    })
+    .await;
+    assert_eq!(phase_of_claim(&claim_named(&plane, "data").await.unwrap()), Some("Pending"));
+
+    plane.client.create(Some("default"), &pod_using("user", &["data"])).await.expect("create pod");
+    let node = eventually(WAIT, "user scheduled", || async {
+        let pod: Pod = plane.client.get(Some("default"), "user").await.ok()?;
+        pod.spec?.node_name
+    })
+    .await;
+    let claim = eventually(WAIT, "data bound", || async {
+        let c = claim_named(&plane, "data").await?;
+        (phase_of_claim(&c) == Some("Bound")).then_some(c)
+    })
+    .await;
+    let annotations = claim.metadata.annotations.clone().unwrap();
+    assert_eq!(annotations["volume.kubernetes.io/selected-node"], node);
+    assert_eq!(annotations["volume.kubernetes.io/storage-provisioner"], "rancher.io/local-path");
+    let volume_name = claim.spec.as_ref().unwrap().volume_name.clone().unwrap();
+    assert_eq!(volume_name, format!("pvc-{}", claim.metadata.uid.as_deref().unwrap()));
+    let volume: PersistentVolume = plane.client.get(None, &volume_name).await.expect("provisioned volume");
+    assert_eq!(pinned_node(&volume).as_deref(), Some(node.as_str()), "the volume is on the pod's node");
+    let spec = volume.spec.as_ref().unwrap();
+    assert_eq!(
+        spec.host_path.as_ref().map(|h| (h.path.clone(), h.type_.clone())),
+        Some((format!("/var/lib/keel/storage/{volume_name}_default_data"), Some("DirectoryOrCreate".into())))
+    );
+    assert_eq!(spec.capacity.as_ref().unwrap()["storage"].0, "2Gi");
+    assert_eq!(spec.persistent_volume_reclaim_policy.as_deref(), Some("Delete"));
+    assert_eq!(
+        volume.metadata.annotations.as_ref().unwrap()["pv.kubernetes.io/provisioned-by"],
+        "rancher.io/local-path"
+    );
+    assert!(
+        has_event(&plane, "data", "ProvisioningSucceeded", &format!("Successfully provisioned volume {volume_name}"))
+            .await
+    );
+
+    // Another pod of the same claim can only go where the volume is.
+    plane.client.create(Some("default"), &pod_using("second", &["data"])).await.expect("create pod");
+    let second = eventually(WAIT, "second scheduled", || async {
+        let pod: Pod = plane.client.get(Some("default"), "second").await.ok()?;
+        pod.spec?.node_name
+    })
+    .await;
+    assert_eq!(second, node);
+
+    // A pod whose claim does not exist waits, saying so.
+    plane.client.create(Some("default"), &pod_using("lost", &["ghost"])).await.expect("create pod");
+    let message = eventually(WAIT, "lost reported unschedulable", || async {
+        let pod: Pod = plane.client.get(Some("default"), "lost").await.ok()?;
+        let condition = pod.status?.conditions?.into_iter().find(|c| c.type_ == "PodScheduled")?;
+        (condition.status == "False").then_some(condition.message.unwrap_or_default())
+    })
+    .await;
+    assert!(message.starts_with("0/2 nodes are available: persistentvolumeclaim \"ghost\" not found."), "{message}");
+
+    // The pods and the claim go: the volume (reclaimPolicy Delete) goes too.
+    for pod in ["user", "second"] {
+        plane.client.delete::<Pod>(Some("default"), pod, &DeleteOptions::default()).await.unwrap();
+    }
+    plane.client.delete::<PersistentVolumeClaim>(Some("default"), "data", &DeleteOptions::default()).await.unwrap();
+    eventually(WAIT, "the provisioned volume deleted", || async {
+        plane.client.get::<PersistentVolume>(None, &volume_name).await.is_err().then_some(())
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn local_path_refuses_immediate_binding() {
+    use k8s_openapi::api::storage::v1::StorageClass;
+    let plane = ControlPlane::start().await;
+    plane.node("n1", "4", json!({}), json!([])).await;
+    let class: StorageClass = serde_json::from_value(json!({
+        "metadata": {"name": "local-now"}, "provisioner": "keel.dev/local-path", "volumeBindingMode": "Immediate",
+    }))
+    .unwrap();
+    plane.client.create(None, &class).await.expect("create class");
+    let spec = json!({"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}},
+        "storageClassName": "local-now"});
+    plane.client.create(Some("default"), &claim_manifest("now", spec)).await.expect("create claim");
+    eventually(WAIT, "ProvisioningFailed", || async {
+        let events = plane.events_for("now").await;
+        events
+            .iter()
+            .find(|e| e.reason.as_deref() == Some("ProvisioningFailed"))
+            .map(|e| (e.type_.clone(), e.message.clone().unwrap_or_default()))
+    })
+    .await;
+    let events = plane.events_for("now").await;
+    let failed = events.iter().find(|e| e.reason.as_deref() == Some("ProvisioningFailed")).unwrap();
+    assert_eq!(failed.type_.as_deref(), Some("Warning"));
+    let message = failed.message.clone().unwrap();
+    assert!(message.starts_with("failed to provision volume with StorageClass \"local-now\""), "{message}");
+    assert!(message.contains("WaitForFirstConsumer"), "{message}");
+    // Its pod waits for the claim to be bound.
+    plane.client.create(Some("default"), &pod_using("waits", &["now"])).await.expect("create pod");
+    let message = eventually(WAIT, "waits reported unschedulable", || async {
+        let pod: Pod = plane.client.get(Some("default"), "waits").await.ok()?;
+        let condition = pod.status?.conditions?.into_iter().find(|c| c.type_ == "PodScheduled")?;
+        (condition.status == "False").then_some(condition.message.unwrap_or_default())
+    })
+    .await;
+    assert!(
+        message.starts_with("0/1 nodes are available: pod has unbound immediate PersistentVolumeClaims."),
+        "{message}"
+    );
+    assert_eq!(phase_of_claim(&claim_named(&plane, "now").await.unwrap()), Some("Pending"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn claims_without_a_class_get_the_newest_default_class() {
+    use k8s_openapi::api::storage::v1::StorageClass;
+    let plane = ControlPlane::start().await;
+    let spec = |class: Option<&str>| {
+        let mut spec = json!({"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}});
+        if let Some(class) = class {
+            spec["storageClassName"] = json!(class);
+        }
+        spec
+    };
+    let class_of = |claim: &PersistentVolumeClaim| claim.spec.as_ref().and_then(|s| s.storage_class_name.clone());
+    // Creation timestamps have a resolution of a second: make "fast" newer than "local-path".
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let fast: StorageClass = serde_json::from_value(json!({
+        "metadata": {"name": "fast", "annotations": {"storageclass.kubernetes.io/is-default-class": "true"}},
+        "provisioner": "example.com/fast",
+    }))
+    .unwrap();
+    plane.client.create(None, &fast).await.expect("create class");
+    let created = plane.client.create(Some("default"), &claim_manifest("a", spec(None))).await.unwrap();
+    assert_eq!(class_of(&created).as_deref(), Some("fast"), "the newest default");
+    let created = plane.client.create(Some("default"), &claim_manifest("b", spec(Some("")))).await.unwrap();
+    assert_eq!(class_of(&created).as_deref(), Some(""), "an explicit empty class is kept");
+    let created = plane.client.create(Some("default"), &claim_manifest("c", spec(Some("local-path")))).await.unwrap();
+    assert_eq!(class_of(&created).as_deref(), Some("local-path"));
+    // Without a default class, a claim is left without one.
+    for name in ["fast", "local-path"] {
+        plane.client.delete::<StorageClass>(None, name, &DeleteOptions::default()).await.unwrap();
+    }
+    let created = plane.client.create(Some("default"), &claim_manifest("d", spec(None))).await.unwrap();
+    assert_eq!(class_of(&created), None);
+    // fast is an external provisioner's: the claim is handed to it.
+    eventually(WAIT, "ExternalProvisioning", || async {
+        has_event(&plane, "a", "ExternalProvisioning", "external provisioner 'example.com/fast'").await.then_some(())
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn stateful_set_claims_get_local_path_volumes_on_their_pods_nodes() {
+    use k8s_openapi::api::core::v1::PersistentVolume;
+    let plane = ControlPlane::start().await;
+    plane.node("n1", "4", json!({}), json!([])).await;
+    plane.node("n2", "4", json!({"kubernetes.io/hostname": "host-2"}), json!([])).await;
+    let set: StatefulSet = serde_json::from_value(json!({
+        "metadata": {"name": "web", "namespace": "default"},
+        "spec": {
+            "replicas": 3,
+            "podManagementPolicy": "Parallel",
+            "serviceName": "web",
+            "selector": {"matchLabels": {"app": "web"}},
+            "template": {
+                "metadata": {"labels": {"app": "web"}},
+                "spec": {"containers": [{"name": "web", "image": "busybox:1", "volumeMounts": [{"name": "www", "mountPath": "/www"}]}]},
+            },
+            "volumeClaimTemplates": [{"metadata": {"name": "www"}, "spec": {
+                "accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}}}],
+        },
+    }))
+    .unwrap();
+    plane.client.create(Some("default"), &set).await.expect("create statefulset");
+    for ordinal in 0..3 {
+        let (pod, claim) = (format!("web-{ordinal}"), format!("www-web-{ordinal}"));
+        let claim = eventually(WAIT, &format!("{claim} bound"), || async {
+            let c = claim_named(&plane, &claim).await?;
+            (phase_of_claim(&c) == Some("Bound")).then_some(c)
+        })
+        .await;
+        let node = eventually(WAIT, &format!("{pod} scheduled"), || async {
+            let pod: Pod = plane.client.get(Some("default"), &pod).await.ok()?;
+            pod.spec?.node_name
+        })
+        .await;
+        let volume: PersistentVolume =
+            plane.client.get(None, claim.spec.as_ref().unwrap().volume_name.as_deref().unwrap()).await.unwrap();
+        // n2 is pinned by its hostname label, n1 (which has none) by its name.
+        let want = if node == "n2" { "host-2" } else { "n1" };
+        assert_eq!(pinned_node(&volume).as_deref(), Some(want), "{pod} on {node}");
+    }
 }

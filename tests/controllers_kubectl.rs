@@ -234,3 +234,193 @@ async fn kubectl_rolls_deployments_through_a_leader_failure() {
     assert!(k.ok(&["get", "rs", "-l", "app=fg", "-o", "name"]).trim().is_empty());
     kubelet.abort();
 }
+
+/// The node each pod with label app=`app` runs on, for those not being deleted.
+fn nodes_of_app(k: &Kubectl, app: &str) -> Vec<String> {
+    let out = k.ok(&[
+        "get",
+        "pods",
+        "-l",
+        &format!("app={app}"),
+        "-o",
+        "jsonpath={range .items[*]}{.spec.nodeName}{\" \"}{.metadata.deletionTimestamp}{\"\\n\"}{end}",
+    ]);
+    out.lines()
+        .filter_map(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            (fields.len() == 1).then(|| fields[0].to_string())
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubectl_drain_evicts_within_a_disruption_budget() {
+    support::init_logging();
+    let cluster = Cluster::start(1, &[]).await;
+    cluster.wait_for_leader().await;
+    let work = cluster.dir().join("kubectl");
+    std::fs::create_dir_all(&work).expect("work dir");
+    let k = Kubectl::new(&work, &cluster.members[0].api);
+    eventually(Duration::from_secs(20), "the default namespace", || async {
+        k.run(&["get", "namespace", "default"]).status.success().then_some(())
+    })
+    .await;
+    let kubelet = tokio::spawn(stand_in_kubelet(vec![cluster.members[0].api.clone()], vec!["node-a", "node-b"]));
+    let nodes = k.write("nodes.yaml", NODES);
+    k.ok(&["apply", "-f", &nodes]);
+    for node in ["node-a", "node-b"] {
+        k.ok(&["patch", "node", node, "--subresource=status", "--type=merge", "-p", READY_NODE]);
+    }
+    // Every replica on node-a to start with.
+    k.ok(&["cordon", "node-b"]);
+    k.ok(&["create", "deployment", "web", "--image=busybox:1.36", "--replicas=3"]);
+    k.ok(&["rollout", "status", "deployment/web", "--timeout=90s"]);
+    assert_eq!(nodes_of_app(&k, "web"), ["node-a"; 3]);
+    k.ok(&["uncordon", "node-b"]);
+
+    k.ok(&["create", "pdb", "web", "--selector=app=web", "--min-available=2"]);
+    let table = eventually(Duration::from_secs(30), "the budget allowing one disruption", || async {
+        let table = k.ok(&["get", "pdb", "web"]);
+        let row: Vec<String> = table.lines().nth(1)?.split_whitespace().map(String::from).collect();
+        (row.get(..4)? == ["web", "2", "N/A", "1"]).then_some(table)
+    })
+    .await;
+    let header: Vec<&str> =
+        table.lines().next().unwrap_or("").split("  ").map(str::trim).filter(|c| !c.is_empty()).collect();
+    assert_eq!(header, ["NAME", "MIN AVAILABLE", "MAX UNAVAILABLE", "ALLOWED DISRUPTIONS", "AGE"], "{table}");
+
+    // Three evictions at once against a budget that allows one: kubectl retries the refused
+    // ones every 5 s until replacements on node-b are ready.
+    let drain = k.run(&["drain", "node-a", "--ignore-daemonsets", "--delete-emptydir-data", "--timeout=120s"]);
+    let (stdout, stderr) = (String::from_utf8_lossy(&drain.stdout), String::from_utf8_lossy(&drain.stderr));
+    assert!(drain.status.success(), "kubectl drain failed:\nstdout: {stdout}\nstderr: {stderr}");
+    assert!(stdout.contains("node/node-a cordoned") && stdout.contains("node/node-a drained"), "{stdout}");
+    let evicted = stdout.lines().filter(|l| l.starts_with("pod/web-") && l.ends_with(" evicted")).count();
+    assert_eq!(evicted, 3, "{stdout}");
+    assert!(
+        stderr.contains("Cannot evict pod as it would violate the pod's disruption budget."),
+        "the budget held evictions back: {stderr}"
+    );
+    assert_eq!(nodes_of_app(&k, "web"), ["node-b"; 3]);
+    let unschedulable = k.ok(&["get", "node", "node-a", "-o", "jsonpath={.spec.unschedulable}"]);
+    assert_eq!(unschedulable.trim(), "true");
+    eventually(Duration::from_secs(30), "the budget allowing one disruption again", || async {
+        let row = k.ok(&["get", "pdb", "web", "--no-headers"]);
+        (row.split_whitespace().nth(3) == Some("1")).then_some(())
+    })
+    .await;
+    kubelet.abort();
+}
+
+const STATEFUL_AND_DAEMON: &str = r#"apiVersion: v1
+kind: Service
+metadata: {name: db}
+spec:
+  clusterIP: None
+  selector: {app: db}
+  ports: [{port: 5432}]
+---
+apiVersion: apps/v1
+kind: StatefulSet
+metadata: {name: db}
+spec:
+  serviceName: db
+  replicas: 2
+  selector: {matchLabels: {app: db}}
+  template:
+    metadata: {labels: {app: db}}
+    spec:
+      containers: [{name: db, image: "busybox:1.36"}]
+---
+apiVersion: apps/v1
+kind: DaemonSet
+metadata: {name: agent}
+spec:
+  selector: {matchLabels: {app: agent}}
+  template:
+    metadata: {labels: {app: agent}}
+    spec:
+      containers: [{name: agent, image: "busybox:1.36"}]
+"#;
+
+/// The first column of `kubectl rollout history`'s revision lines.
+fn revisions_listed(history: &str) -> Vec<String> {
+    history
+        .lines()
+        .filter_map(|l| l.split_whitespace().next())
+        .filter(|w| w.bytes().all(|b| b.is_ascii_digit()))
+        .map(str::to_string)
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubectl_rolls_stateful_and_daemon_sets_and_undoes_them() {
+    support::init_logging();
+    let cluster = Cluster::start(1, &[]).await;
+    cluster.wait_for_leader().await;
+    let work = cluster.dir().join("kubectl");
+    std::fs::create_dir_all(&work).expect("work dir");
+    let k = Kubectl::new(&work, &cluster.members[0].api);
+    eventually(Duration::from_secs(20), "the default namespace", || async {
+        k.run(&["get", "namespace", "default"]).status.success().then_some(())
+    })
+    .await;
+    let kubelet = tokio::spawn(stand_in_kubelet(vec![cluster.members[0].api.clone()], vec!["node-a", "node-b"]));
+    let nodes = k.write("nodes.yaml", NODES);
+    k.ok(&["apply", "-f", &nodes]);
+    for node in ["node-a", "node-b"] {
+        k.ok(&["patch", "node", node, "--subresource=status", "--type=merge", "-p", READY_NODE]);
+    }
+    let manifest = k.write("workloads.yaml", STATEFUL_AND_DAEMON);
+    k.ok(&["apply", "-f", &manifest]);
+
+    let status = k.ok(&["rollout", "status", "statefulset/db", "--timeout=90s"]);
+    assert!(status.contains("roll out complete") || status.contains("rolling update complete"), "{status}");
+    let status = k.ok(&["rollout", "status", "daemonset/agent", "--timeout=90s"]);
+    assert!(status.contains("successfully rolled out"), "{status}");
+    let names = k.ok(&["get", "pods", "-l", "app=db", "-o", "jsonpath={.items[*].metadata.name}"]);
+    assert_eq!(names.split_whitespace().collect::<BTreeSet<_>>(), BTreeSet::from(["db-0", "db-1"]));
+    let nodes_used = k.ok(&["get", "pods", "-l", "app=agent", "-o", "jsonpath={.items[*].spec.nodeName}"]);
+    assert_eq!(nodes_used.split_whitespace().collect::<BTreeSet<_>>(), BTreeSet::from(["node-a", "node-b"]));
+    let ds = k.ok(&["get", "ds", "agent"]);
+    assert!(
+        ds.contains("DESIRED") && ds.lines().nth(1).is_some_and(|l| l.split_whitespace().nth(1) == Some("2")),
+        "{ds}"
+    );
+
+    for (kind, container) in [("statefulset/db", "db"), ("daemonset/agent", "agent")] {
+        k.ok(&["set", "image", kind, &format!("{container}=busybox:1.37")]);
+        k.ok(&["rollout", "status", kind, "--timeout=90s"]);
+        let app = container;
+        eventually(Duration::from_secs(30), "every pod on busybox:1.37", || async {
+            let pods = pods_of(&k, app);
+            (pods.len() == 2 && pods.iter().all(|(_, i)| i == "busybox:1.37")).then_some(())
+        })
+        .await;
+        let history = k.ok(&["rollout", "history", kind]);
+        assert_eq!(revisions_listed(&history), ["1", "2"], "{kind}: {history}");
+
+        k.ok(&["rollout", "undo", kind]);
+        k.ok(&["rollout", "status", kind, "--timeout=90s"]);
+        eventually(Duration::from_secs(30), "back on busybox:1.36", || async {
+            let pods = pods_of(&k, app);
+            (pods.len() == 2 && pods.iter().all(|(_, i)| i == "busybox:1.36")).then_some(())
+        })
+        .await;
+        let history = k.ok(&["rollout", "history", kind]);
+        assert_eq!(revisions_listed(&history), ["2", "3"], "{kind}: undo renumbers, not copies: {history}");
+    }
+    let revisions = k.ok(&["get", "controllerrevisions"]);
+    assert!(
+        revisions.contains("CONTROLLER")
+            && revisions.contains("statefulset.apps/db")
+            && revisions.contains("daemonset.apps/agent"),
+        "{revisions}"
+    );
+    let describe = k.ok(&["describe", "statefulset", "db"]);
+    assert!(
+        describe.contains("SuccessfulCreate") && describe.contains("create Pod db-0 in StatefulSet db successful"),
+        "{describe}"
+    );
+    kubelet.abort();
+}

@@ -51,7 +51,7 @@ pub struct Chain {
 
 impl Chain {
     /// The default chain: NamespaceLifecycle, ServiceAccount, Priority,
-    /// DefaultTolerationSeconds, defaulting, ResourceQuota.
+    /// DefaultTolerationSeconds, DefaultStorageClass, defaulting, ResourceQuota.
     pub fn standard(storage: SharedStorage, registry: std::sync::Arc<crate::registry::Registry>) -> Chain {
         Chain {
             plugins: vec![
@@ -59,6 +59,7 @@ impl Chain {
                 Box::new(ServiceAccount { storage: storage.clone() }),
                 Box::new(Priority { storage: storage.clone() }),
                 Box::new(DefaultTolerationSeconds),
+                Box::new(DefaultStorageClass { storage: storage.clone() }),
                 Box::new(Defaulting),
                 Box::new(ResourceQuota { storage, registry }),
             ],
@@ -334,6 +335,73 @@ impl Plugin for DefaultTolerationSeconds {
             }
         }
         Ok(())
+    }
+}
+
+/// The annotation that makes a StorageClass the default one.
+pub const DEFAULT_CLASS_ANNOTATION: &str = "storageclass.kubernetes.io/is-default-class";
+const DEFAULT_CLASS_ANNOTATION_BETA: &str = "storageclass.beta.kubernetes.io/is-default-class";
+
+/// A PersistentVolumeClaim created without a class gets the default StorageClass (the one
+/// annotated `storageclass.kubernetes.io/is-default-class: "true"`, the newest if several
+/// are), as kube-apiserver's DefaultStorageClass plugin does. Without one it is left
+/// without a class. A claim that says `storageClassName: ""` asked for no class and keeps it.
+pub struct DefaultStorageClass {
+    storage: SharedStorage,
+}
+
+impl DefaultStorageClass {
+    async fn default_class(&self) -> Result<Option<String>> {
+        let prefix = "/registry/storage.k8s.io/storageclasses/";
+        let page = self.storage.list(prefix, &crate::storage::prefix_end(prefix), 0, 0, Consistency::Local).await?;
+        // (creationTimestamp, name) of the newest default; ties go to the first name.
+        let mut newest: Option<(String, String)> = None;
+        for item in page.items {
+            let class: Value = serde_json::from_slice(&item.value)
+                .map_err(|e| ApiError::internal(format!("{} is not JSON: {e}", item.key)))?;
+            let annotations = class.pointer("/metadata/annotations");
+            let is_default = [DEFAULT_CLASS_ANNOTATION, DEFAULT_CLASS_ANNOTATION_BETA]
+                .iter()
+                .any(|key| annotations.and_then(|a| a.get(*key)).and_then(Value::as_str) == Some("true"));
+            if !is_default {
+                continue;
+            }
+            let created = crate::object::meta_str(&class, "creationTimestamp").to_string();
+            let name = crate::object::name(&class).to_string();
+            let newer = match &newest {
+                None => true,
+                Some((t, n)) => created > *t || (created == *t && name < *n),
+            };
+            if newer {
+                newest = Some((created, name));
+            }
+        }
+        Ok(newest.map(|(_, name)| name))
+    }
+}
+
+impl Plugin for DefaultStorageClass {
+    fn name(&self) -> &'static str {
+        "DefaultStorageClass"
+    }
+
+    fn resolve<'a>(&'a self, a: &'a Attributes<'a>, object: &'a mut Value) -> BoxFuture<'a, Result<()>> {
+        Box::pin(async move {
+            let is_claim = a.resource.group.is_empty() && a.resource.kind == "PersistentVolumeClaim";
+            if !is_claim || a.subresource.is_some() || a.operation != Operation::Create {
+                return Ok(());
+            }
+            let has_class = object.pointer("/spec/storageClassName").is_some_and(|c| !c.is_null())
+                || object.pointer("/metadata/annotations/volume.beta.kubernetes.io~1storage-class").is_some();
+            if has_class {
+                return Ok(());
+            }
+            let Some(class) = self.default_class().await? else { return Ok(()) };
+            if let Some(spec) = object.get_mut("spec").and_then(Value::as_object_mut) {
+                spec.insert("storageClassName".into(), json!(class));
+            }
+            Ok(())
+        })
     }
 }
 

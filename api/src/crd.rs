@@ -95,6 +95,7 @@ pub fn types_of(crd: &Value) -> Vec<ResourceType> {
                 .and_then(Value::as_array)
                 .cloned()
                 .unwrap_or_default(),
+            create_only: false,
         });
     }
     types

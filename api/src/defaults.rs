@@ -160,8 +160,19 @@ pub fn apply(kind: &str, group: &str, object: &mut Value) {
             }
         }
         ("", "Secret") => set_if_absent(object, "/type", json!("Opaque")),
-        ("", "PersistentVolumeClaim") => set_if_absent(object, "/spec/volumeMode", json!("Filesystem")),
-        ("", "PersistentVolume") => set_if_absent(object, "/spec/persistentVolumeReclaimPolicy", json!("Retain")),
+        ("", "PersistentVolumeClaim") => {
+            set_if_absent(object, "/spec/volumeMode", json!("Filesystem"));
+            set_if_absent(object, "/status/phase", json!("Pending"));
+        }
+        ("", "PersistentVolume") => {
+            set_if_absent(object, "/spec/persistentVolumeReclaimPolicy", json!("Retain"));
+            set_if_absent(object, "/spec/volumeMode", json!("Filesystem"));
+            set_if_absent(object, "/status/phase", json!("Pending"));
+        }
+        ("storage.k8s.io", "StorageClass") => {
+            set_if_absent(object, "/reclaimPolicy", json!("Delete"));
+            set_if_absent(object, "/volumeBindingMode", json!("Immediate"));
+        }
         _ => {}
     }
 }

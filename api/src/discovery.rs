@@ -78,6 +78,12 @@ fn subresources(t: &ResourceType) -> Vec<Subresource> {
     }
     if t.group.is_empty() && t.kind == "Pod" {
         out.push(("binding", "Binding".to_string(), None, "", vec!["create"]));
+        // As kube-apiserver lists it: group and version are what `kubectl drain` looks for
+        // to decide it can evict rather than delete.
+        out.push(("eviction", "Eviction".to_string(), Some("policy"), "v1", vec!["create"]));
+    }
+    if t.group.is_empty() && t.kind == "ServiceAccount" {
+        out.push(("token", "TokenRequest".to_string(), Some("authentication.k8s.io"), "v1", vec!["create"]));
     }
     out
 }
@@ -172,6 +178,11 @@ mod tests {
         let names: Vec<&str> =
             core["resources"].as_array().unwrap().iter().map(|r| r["name"].as_str().unwrap()).collect();
         assert!(names.contains(&"pods") && names.contains(&"pods/status") && names.contains(&"pods/binding"));
+        let eviction = core["resources"].as_array().unwrap().iter().find(|r| r["name"] == "pods/eviction").unwrap();
+        assert_eq!(
+            (&eviction["group"], &eviction["version"], &eviction["kind"], &eviction["verbs"]),
+            (&json!("policy"), &json!("v1"), &json!("Eviction"), &json!(["create"]))
+        );
         let apps = group(&registry, "apps").unwrap();
         assert_eq!(apps["preferredVersion"]["groupVersion"], "apps/v1");
         let autoscaling = group(&registry, "autoscaling").unwrap();

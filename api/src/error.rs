@@ -51,6 +51,11 @@ pub enum ApiError {
     UnsupportedMediaType { accepted: String },
     #[error("only the following media types are accepted: application/json, application/yaml")]
     NotAcceptable,
+    /// 429: refused for now, to be retried (an eviction its disruption budget does not allow
+    /// yet). `causes` become `Status.details.causes`; a `retry_after_seconds` above 0 is
+    /// also sent as the `Retry-After` header, as kube-apiserver does.
+    #[error("{message}")]
+    TooManyRequests { message: String, causes: Vec<FieldCause>, retry_after_seconds: u32 },
     #[error("{message}")]
     Timeout { message: String },
     #[error("{message}")]
@@ -84,6 +89,7 @@ impl ApiError {
             ApiError::TooLarge { .. } => 413,
             ApiError::UnsupportedMediaType { .. } => 415,
             ApiError::Invalid { .. } => 422,
+            ApiError::TooManyRequests { .. } => 429,
             ApiError::Internal { .. } => 500,
             ApiError::Unavailable { .. } => 503,
             ApiError::Timeout { .. } => 504,
@@ -103,9 +109,20 @@ impl ApiError {
             ApiError::TooLarge { .. } => "RequestEntityTooLarge",
             ApiError::UnsupportedMediaType { .. } => "UnsupportedMediaType",
             ApiError::NotAcceptable => "NotAcceptable",
+            ApiError::TooManyRequests { .. } => "TooManyRequests",
             ApiError::Timeout { .. } => "Timeout",
             ApiError::Unavailable { .. } => "ServiceUnavailable",
             ApiError::Internal { .. } => "InternalError",
+        }
+    }
+
+    /// Seconds the client is asked to wait before retrying, if any.
+    pub fn retry_after(&self) -> Option<u32> {
+        match self {
+            ApiError::TooManyRequests { retry_after_seconds, .. } if *retry_after_seconds > 0 => {
+                Some(*retry_after_seconds)
+            }
+            _ => None,
         }
     }
 
@@ -134,6 +151,24 @@ impl ApiError {
                     .map(|c| json!({"reason": c.reason, "message": c.message, "field": c.field}))
                     .collect::<Vec<_>>(),
             })),
+            ApiError::TooManyRequests { causes, retry_after_seconds, .. } => {
+                // A cause names a field only when there is one (StatusCause's `field` is omitempty).
+                let causes: Vec<Value> = causes
+                    .iter()
+                    .map(|c| {
+                        let mut cause = json!({"reason": c.reason, "message": c.message});
+                        if !c.field.is_empty() {
+                            cause["field"] = json!(c.field);
+                        }
+                        cause
+                    })
+                    .collect();
+                let mut details = json!({"causes": causes});
+                if *retry_after_seconds > 0 {
+                    details["retryAfterSeconds"] = json!(retry_after_seconds);
+                }
+                Some(details)
+            }
             _ => None,
         };
         if let Some(mut details) = details {

@@ -40,6 +40,7 @@ fn status(error: ApiError) -> Status {
         409 if matches!(error, ApiError::AlreadyExists { .. }) => Code::AlreadyExists,
         409 => Code::Aborted,
         410 => Code::OutOfRange,
+        429 => Code::ResourceExhausted,
         503 => Code::Unavailable,
         504 => Code::DeadlineExceeded,
         _ => Code::Internal,

@@ -94,6 +94,12 @@ fn schemas(types: &[&ResourceType], settings: SchemaSettings) -> Map<String, Val
             }
         }
     }
+    // A subresource whose body is a kind of its own is described beside its resource, as in
+    // kube's documents: the protobuf decoder takes the body's JSON names from here (without
+    // them `spec` would read as an embedded struct and be flattened away).
+    if types.iter().any(|t| t.group.is_empty() && t.kind == "ServiceAccount") {
+        generator.subschema_for::<k8s_openapi::api::authentication::v1::TokenRequest>();
+    }
     let mut definitions = generator.take_definitions(true);
     for (name, gvk) in kinds {
         if let Some(definition) = definitions.get_mut(&name) {
@@ -147,6 +153,11 @@ fn paths(types: &[&ResourceType], schema_ref: impl Fn(&ResourceType) -> String) 
             format!("{root}/{}", t.plural)
         };
         let r = schema_ref(t);
+        if t.create_only {
+            let post = operation(t, "post", &r, &[field_validation.clone(), field_manager.clone()]);
+            paths.insert(collection, json!({"post": post}));
+            continue;
+        }
         paths.insert(
             collection.clone(),
             json!({

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use k8s_openapi::schemars::{JsonSchema, Schema, SchemaGenerator};
-use k8s_openapi::{ListableResource, NamespaceResourceScope, Resource};
+use k8s_openapi::{NamespaceResourceScope, Resource};
 use parking_lot::RwLock;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -52,6 +52,9 @@ pub struct ResourceType {
     pub storage_prefix: String,
     /// Columns `kubectl get` prints for a custom resource (`additionalPrinterColumns`).
     pub printer_columns: Vec<Value>,
+    /// A kind that is only ever created, answered and never stored (TokenReview): its one
+    /// verb is create.
+    pub create_only: bool,
 }
 
 impl std::fmt::Debug for ResourceType {
@@ -90,6 +93,9 @@ impl ResourceType {
     }
 
     pub fn verbs(&self) -> Vec<&'static str> {
+        if self.create_only {
+            return vec!["create"];
+        }
         vec!["create", "delete", "deletecollection", "get", "list", "patch", "update", "watch"]
     }
 }
@@ -120,7 +126,7 @@ const NONE: Extra = Extra { short_names: &[], categories: &[], status: false, sc
 
 fn builtin<K>(extra: Extra) -> ResourceType
 where
-    K: Resource + ListableResource + Serialize + DeserializeOwned + JsonSchema + 'static,
+    K: Resource + Serialize + DeserializeOwned + JsonSchema + 'static,
     K::Scope: 'static,
 {
     ResourceType {
@@ -137,6 +143,7 @@ where
         shape: Shape::Typed { roundtrip: roundtrip::<K>, schema: schema::<K> },
         storage_prefix: storage_prefix(K::GROUP, K::URL_PATH_SEGMENT),
         printer_columns: Vec::new(),
+        create_only: false,
     }
 }
 
@@ -151,10 +158,10 @@ fn replicas_scale() -> Option<ScalePaths> {
 /// Every built-in resource, grouped as the Kubernetes API reference groups them.
 pub fn builtins() -> Vec<ResourceType> {
     use k8s_openapi::api::{
-        apps::v1 as apps, autoscaling::v1 as autoscaling1, autoscaling::v2 as autoscaling2, batch::v1 as batch,
-        coordination::v1 as coordination, core::v1 as core, discovery::v1 as discovery, events::v1 as events,
-        networking::v1 as networking, policy::v1 as policy, rbac::v1 as rbac, scheduling::v1 as scheduling,
-        storage::v1 as storage,
+        apps::v1 as apps, authentication::v1 as authentication, autoscaling::v1 as autoscaling1,
+        autoscaling::v2 as autoscaling2, batch::v1 as batch, coordination::v1 as coordination, core::v1 as core,
+        discovery::v1 as discovery, events::v1 as events, networking::v1 as networking, policy::v1 as policy,
+        rbac::v1 as rbac, scheduling::v1 as scheduling, storage::v1 as storage,
     };
     use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1 as apiextensions;
     const ALL: &[&str] = &["all"];
@@ -212,6 +219,7 @@ pub fn builtins() -> Vec<ResourceType> {
         builtin::<core::ResourceQuota>(status(&["quota"], &[])),
         builtin::<core::LimitRange>(short(&["limits"])),
         builtin::<core::ServiceAccount>(short(&["sa"])),
+        ResourceType { create_only: true, ..builtin::<authentication::TokenReview>(NONE) },
         builtin::<rbac::Role>(NONE),
         builtin::<rbac::RoleBinding>(NONE),
         builtin::<rbac::ClusterRole>(NONE),

@@ -29,6 +29,8 @@ pub struct Api {
     pub registry: Arc<Registry>,
     pub admission: Chain,
     pub fanout: Arc<crate::fanout::Fanout>,
+    /// ServiceAccount token settings and the cached signing key (`crate::tokens`).
+    pub tokens: crate::tokens::Tokens,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -397,6 +399,7 @@ impl Api {
             fanout: crate::fanout::Fanout::new(storage.clone()),
             storage,
             registry,
+            tokens: crate::tokens::Tokens::default(),
         }
     }
 
@@ -709,6 +712,10 @@ impl Api {
         object: Value,
         options: &WriteOptions,
     ) -> Result<(Value, Vec<String>)> {
+        // Reviews are answered, not stored, whichever way they arrive (REST, gRPC, in process).
+        if rt.create_only {
+            return self.review_token(rt, object, options.field_validation).await;
+        }
         let (object, warnings) = self.prepare_create(rt, namespace, object, options, &[]).await?;
         if options.dry_run {
             return Ok((object, warnings));
@@ -744,6 +751,10 @@ impl Api {
         options: &WriteOptions,
         batch: &[String],
     ) -> Result<(Value, Vec<String>)> {
+        if rt.create_only {
+            // Nothing of a review kind is ever stored (an atomic apply cannot carry one).
+            return Err(ApiError::MethodNotAllowed { method: "store".into(), what: rt.qualified() });
+        }
         Self::check_type_meta(rt, &mut object)?;
         Self::check_namespace(rt, namespace, &mut object)?;
         let generate = object::meta_str(&object, "generateName").to_string();

@@ -128,7 +128,11 @@ fn respond(code: StatusCode, format: Format, value: &Value, warnings: &[String])
 
 fn error_response(error: &ApiError) -> Response {
     let status = StatusCode::from_u16(error.code()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-    respond(status, Format::Json { pretty: false }, &error.status(), &[])
+    let mut response = respond(status, Format::Json { pretty: false }, &error.status(), &[]);
+    if let Some(seconds) = error.retry_after() {
+        response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+    }
+    response
 }
 
 fn ok_json(value: Value) -> Response {
@@ -267,6 +271,8 @@ async fn route(api: Arc<Api>, request: Request) -> Result<Response> {
         ["apis", group, version] if get => {
             return discovery::resource_list(&api.registry, group, version).map(ok_json).ok_or(ApiError::NoRoute);
         }
+        [".well-known", "openid-configuration"] if get => return crate::tokens::discovery_response(&api, false).await,
+        ["openid", "v1", "jwks"] if get => return crate::tokens::discovery_response(&api, true).await,
         ["openapi", "v2"] if get => return Ok(ok_json(openapi::v2(&api.registry))),
         ["openapi", "v3"] if get => return Ok(ok_json(openapi::v3_root(&api.registry))),
         ["openapi", "v3", rest @ ..] if get => {
@@ -334,7 +340,8 @@ async fn resource(
         let allowed = match sub {
             "status" => rt.has_status,
             "scale" => rt.scale.is_some(),
-            "binding" => rt.kind == "Pod" && rt.group.is_empty(),
+            "binding" | "eviction" => rt.kind == "Pod" && rt.group.is_empty(),
+            "token" => rt.kind == "ServiceAccount" && rt.group.is_empty(),
             _ => false,
         };
         if !allowed {
@@ -343,6 +350,10 @@ async fn resource(
                 name: target.name.clone().unwrap_or_default(),
             });
         }
+    }
+    // A review kind is answered on create and has nothing to get, list, watch or change.
+    if rt.create_only && !(method == Method::POST && target.name.is_none()) {
+        return Err(ApiError::MethodNotAllowed { method: method.to_string(), what: rt.qualified() });
     }
     let format = negotiated.format;
     let wants_table = negotiated.table;
@@ -423,6 +434,23 @@ async fn resource(
             let (binding, _) = parse_body(&headers, &body, false)?;
             let status = api.bind(&rt, ns, name, &binding).await?;
             Ok(respond(StatusCode::CREATED, format, &status, &[]))
+        }
+        (Method::POST, Some(name)) if sub == Some("token") => {
+            let (request, _) = parse_body(&headers, &body, false)?;
+            let issued = api.request_token(ns.ok_or(ApiError::NoRoute)?, name, request).await?;
+            Ok(respond(StatusCode::CREATED, format, &issued, &[]))
+        }
+        (Method::POST, Some(name)) if sub == Some("eviction") => {
+            let (eviction, _) = parse_body(&headers, &body, false)?;
+            let status = api.evict(&rt, ns, name, &eviction, write_options(&query)?.dry_run).await?;
+            // A Status answer carries its own code (201, or 500 for a pod under two budgets).
+            let code = status
+                .get("code")
+                .and_then(Value::as_u64)
+                .and_then(|c| u16::try_from(c).ok())
+                .and_then(|c| StatusCode::from_u16(c).ok())
+                .unwrap_or(StatusCode::CREATED);
+            Ok(respond(code, format, &status, &[]))
         }
         (Method::PUT, Some(name)) => {
             let (object, _) = parse_body(&headers, &body, false)?;

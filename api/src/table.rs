@@ -150,6 +150,12 @@ fn columns(kind: &str) -> Vec<Column> {
             col("Container-Runtime", "string", 1, "Container runtime reported by the node."),
         ],
         "ServiceAccount" => vec![NAME, col("Secrets", "string", 0, "Number of secrets."), AGE],
+        "ControllerRevision" => vec![
+            NAME,
+            col("Controller", "string", 0, "Controller of the object."),
+            col("Revision", "number", 0, "Revision of the ControllerRevision."),
+            AGE,
+        ],
         "Endpoints" => vec![NAME, col("Endpoints", "string", 0, "Endpoints of the service."), AGE],
         "PersistentVolumeClaim" => vec![
             NAME,
@@ -166,6 +172,13 @@ fn columns(kind: &str) -> Vec<Column> {
             col("Reason", "string", 0, "Reason of the event."),
             col("Object", "string", 0, "The object the event is about."),
             col("Message", "string", 0, "Message of the event."),
+        ],
+        "PodDisruptionBudget" => vec![
+            NAME,
+            col("Min Available", "string", 0, "The minimum number of pods that must be available."),
+            col("Max Unavailable", "string", 0, "The maximum number of pods that may be unavailable."),
+            col("Allowed Disruptions", "integer", 0, "Calculated number of pods that may be disrupted at this time."),
+            AGE,
         ],
         "CustomResourceDefinition" => vec![NAME, col("Created At", "date", 0, "Creation time.")],
         _ => vec![NAME, AGE],
@@ -412,6 +425,21 @@ fn cells(kind: &str, o: &Value) -> Vec<Value> {
         "Secret" => vec![json!(s(o.get("type"))), json!(count(o, &["/data"])), age_cell()],
         "Namespace" => vec![json!(s(o.pointer("/status/phase"))), age_cell()],
         "Node" => node_cells(o),
+        "ControllerRevision" => {
+            // `<kind>.<group>/<name>` of the controlling owner, as kubectl names objects.
+            let controller = o
+                .pointer("/metadata/ownerReferences")
+                .and_then(Value::as_array)
+                .and_then(|refs| refs.iter().find(|r| r.get("controller") == Some(&json!(true))))
+                .map(|r| {
+                    let kind = s(r.get("kind")).to_lowercase();
+                    let group = s(r.get("apiVersion")).rsplit_once('/').map(|(g, _)| g.to_string()).unwrap_or_default();
+                    let name = s(r.get("name"));
+                    if group.is_empty() { format!("{kind}/{name}") } else { format!("{kind}.{group}/{name}") }
+                })
+                .unwrap_or_else(|| "<none>".into());
+            vec![json!(controller), json!(int(o, "/revision")), age_cell()]
+        }
         "ServiceAccount" => {
             vec![json!(o.get("secrets").and_then(Value::as_array).map(Vec::len).unwrap_or(0).to_string()), age_cell()]
         }
@@ -441,6 +469,20 @@ fn cells(kind: &str, o: &Value) -> Vec<Value> {
             json!(or_none(s(o.pointer("/spec/storageClassName")))),
             age_cell(),
         ],
+        "PodDisruptionBudget" => {
+            // An int-or-string as kube prints it; N/A when unset.
+            let amount = |pointer: &str| match o.pointer(pointer) {
+                Some(Value::Number(n)) => n.to_string(),
+                Some(Value::String(text)) => text.clone(),
+                _ => "N/A".to_string(),
+            };
+            vec![
+                json!(amount("/spec/minAvailable")),
+                json!(amount("/spec/maxUnavailable")),
+                json!(int(o, "/status/disruptionsAllowed")),
+                age_cell(),
+            ]
+        }
         "CustomResourceDefinition" => vec![json!(meta_str(o, "creationTimestamp"))],
         _ => vec![age_cell()],
     }
@@ -573,5 +615,21 @@ mod tests {
         assert_eq!(cells[2], "CrashLoopBackOff");
         assert_eq!(cells[3], "3");
         assert_eq!(cells[6], "n1");
+    }
+
+    #[test]
+    fn pod_disruption_budget_columns_are_kube_apiservers() {
+        let rt = builtins().into_iter().find(|t| t.kind == "PodDisruptionBudget").unwrap();
+        let pdb =
+            json!({"metadata": {"name": "web"}, "spec": {"minAvailable": 2}, "status": {"disruptionsAllowed": 1}});
+        let t = table(&rt, &[pdb], json!({}), "Metadata");
+        let names: Vec<&str> =
+            t["columnDefinitions"].as_array().unwrap().iter().map(|c| c["name"].as_str().unwrap()).collect();
+        assert_eq!(names, ["Name", "Min Available", "Max Unavailable", "Allowed Disruptions", "Age"]);
+        let cells = &t["rows"][0]["cells"];
+        assert_eq!((&cells[1], &cells[2], &cells[3]), (&json!("2"), &json!("N/A"), &json!(1)));
+        let by_percent = json!({"metadata": {"name": "db"}, "spec": {"maxUnavailable": "25%"}});
+        let cells = &table(&rt, &[by_percent], json!({}), "Metadata")["rows"][0]["cells"];
+        assert_eq!((&cells[1], &cells[2], &cells[3]), (&json!("N/A"), &json!("25%"), &json!(0)));
     }
 }

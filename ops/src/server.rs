@@ -34,6 +34,17 @@ pub struct ServerArgs {
     /// and store only, e.g. for an external scheduler or to measure the API alone).
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     control_loops: bool,
+    /// Issuer (`iss`) of ServiceAccount tokens, as kube-apiserver takes it. Repeatable: the
+    /// first signs new tokens, every one is accepted (to move to a new issuer).
+    #[arg(long = "service-account-issuer", default_value = keel_api::tokens::DEFAULT_ISSUER)]
+    service_account_issuers: Vec<String>,
+    /// Audiences of tokens that ask for none, and what a TokenReview without audiences checks
+    /// (comma-separated; default: the issuers).
+    #[arg(long, value_delimiter = ',')]
+    api_audiences: Vec<String>,
+    /// `jwks_uri` of `/.well-known/openid-configuration` (default: `<issuer>/openid/v1/jwks`).
+    #[arg(long)]
+    service_account_jwks_uri: Option<String>,
     /// Peer address other members use to reach this one (defaults to --listen-peer).
     #[arg(long)]
     advertise_peer: Option<String>,
@@ -146,13 +157,19 @@ pub async fn run(args: ServerArgs) -> Result<()> {
     }));
     let registry = std::sync::Arc::new(keel_api::registry::Registry::new(runtime_config));
     let storage: keel_api::storage::SharedStorage = std::sync::Arc::new(store.clone());
-    let api = std::sync::Arc::new(keel_api::rest::Api::new(storage, registry));
+    let tokens = keel_api::tokens::TokenSettings {
+        issuers: args.service_account_issuers.clone(),
+        api_audiences: args.api_audiences.clone(),
+        jwks_uri: args.service_account_jwks_uri.clone(),
+    };
+    let api = std::sync::Arc::new(keel_api::rest::Api::new(storage, registry).with_token_settings(tokens));
     let (api_stop_tx, api_stop_rx) = tokio::sync::oneshot::channel::<()>();
     let api_server = tokio::spawn(keel_api::server::serve(api.clone(), api_listener, async {
         let _ = api_stop_rx.await;
     }));
     let crd_sync = tokio::spawn(keel_api::crd::sync(api.clone()));
     let bootstrap = tokio::spawn(ensure_system_namespaces(api.clone()));
+    let signing_key = tokio::spawn(keel_api::tokens::ensure_signing_key(api.clone()));
     let leader_store = store.clone();
     // The scheduler and the controller manager run on the Raft leader only.
     let loops_api = api.clone();
@@ -177,6 +194,7 @@ pub async fn run(args: ServerArgs) -> Result<()> {
     wait_for_signal().await?;
     tracing::info!("stopping");
     bootstrap.abort();
+    signing_key.abort();
     controllers.abort();
     crd_sync.abort();
     let _ = api_stop_tx.send(());
@@ -193,10 +211,16 @@ pub async fn run(args: ServerArgs) -> Result<()> {
     Ok(())
 }
 
-/// The system namespaces exist once a leader is elected; until then, keep trying.
+/// The system namespaces (and, on a new cluster, the default `local-path` StorageClass)
+/// exist once a leader is elected; until then, keep trying.
 async fn ensure_system_namespaces(api: std::sync::Arc<keel_api::rest::Api>) {
     loop {
-        match api.ensure_system_namespaces().await {
+        // The class first: it is made only while the system namespaces do not exist yet.
+        let outcome = match keel_controllers::localpath::ensure_default_storage_class(&api).await {
+            Ok(_) => api.ensure_system_namespaces().await,
+            Err(e) => Err(e),
+        };
+        match outcome {
             Ok(()) => return,
             Err(e) => {
                 tracing::debug!(error = %e, "creating the system namespaces; retrying");

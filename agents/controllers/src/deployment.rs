@@ -64,19 +64,7 @@ pub fn surge_and_unavailable(deployment: &Deployment) -> (i32, i32) {
 /// The template hash Kubernetes puts in the ReplicaSet's name and the pods' labels: FNV-1a
 /// of the template (and the collision count), spelt with vowel-free characters.
 pub fn template_hash(template: &PodTemplateSpec, collision_count: Option<i32>) -> String {
-    let mut hash: u32 = 0x811c_9dc5;
-    let mut feed = |bytes: &[u8]| {
-        for b in bytes {
-            hash ^= u32::from(*b);
-            hash = hash.wrapping_mul(0x0100_0193);
-        }
-    };
-    feed(&serde_json::to_vec(template).unwrap_or_default());
-    if let Some(count) = collision_count {
-        feed(&count.to_le_bytes());
-    }
-    const SAFE: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
-    hash.to_string().bytes().map(|b| SAFE[usize::from(b) % SAFE.len()] as char).collect()
+    crate::history::safe_hash(&serde_json::to_vec(template).unwrap_or_default(), collision_count)
 }
 
 fn without_hash(template: &PodTemplateSpec) -> PodTemplateSpec {

@@ -11,27 +11,46 @@
 //! * Endpoints and EndpointSlices from Services and their ready pods (`endpoints`);
 //! * node lifecycle: heartbeats, Ready/Unknown, not-ready and unreachable taints, eviction
 //!   after tolerationSeconds (`nodelifecycle`);
+//! * PodDisruptionBudget status from the pods and their controllers' scale (`disruption`;
+//!   evictions are the `pods/eviction` subresource in keel-api);
+//! * pod garbage collection: finished pods beyond a threshold, pods of deleted nodes,
+//!   unscheduled pods being deleted (`podgc`);
 //! * CronJobs: cron schedules in a time zone, concurrency policies, deadlines, history (`cronjob`);
 //! * ResourceQuota usage (`quota`; the refusal is an admission plugin in keel-api);
-//! * Jobs: completions, parallelism, backoff, deadlines, Indexed, ttlSecondsAfterFinished (`job`).
+//! * PersistentVolume binding and reclaim (`volume`) and the local-path provisioner
+//!   (`localpath`; the default StorageClass is an admission plugin in keel-api);
+//! * Jobs: completions, parallelism, backoff, deadlines, Indexed, ttlSecondsAfterFinished (`job`);
+//! * StatefulSets: stable names and claims, ordered or parallel, rolling update with partition
+//!   (`statefulset`);
+//! * DaemonSets: a pod per eligible node, rolling update with maxUnavailable or maxSurge
+//!   (`daemonset`); both keep their templates as ControllerRevisions (`history`);
+//! * legacy ServiceAccount token Secrets filled in, and deleted with their account (`serviceaccount`).
 
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
 pub mod cron;
 pub mod cronjob;
+pub mod daemonset;
 pub mod deployment;
+pub mod disruption;
 pub mod endpoints;
 pub mod gc;
+pub mod history;
 pub mod job;
+pub mod localpath;
 pub mod nodelifecycle;
+pub mod podgc;
 pub mod quota;
 pub mod replicaset;
+pub mod serviceaccount;
+pub mod statefulset;
+pub mod volume;
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use k8s_openapi::api::apps::v1::ReplicaSet;
-use k8s_openapi::api::core::v1::{Pod, ReplicationController};
+use k8s_openapi::api::apps::v1::{ControllerRevision, ReplicaSet};
+use k8s_openapi::api::core::v1::{Node, Pod, ReplicationController};
 use keel_api::rest::Api;
 use keel_runtime::informer::controller_uid;
 use keel_runtime::leader::Loop;
@@ -53,6 +72,10 @@ pub struct Settings {
     pub clock: keel_runtime::clock::SharedClock,
     /// How often CronJobs are looked at.
     pub cron_job_period: Duration,
+    /// Pod garbage collection: period, node quarantine, `--terminated-pod-gc-threshold`.
+    pub pod_gc: podgc::Settings,
+    /// PersistentVolumes: where local-path volumes are made on the nodes.
+    pub volumes: volume::Settings,
 }
 
 impl Default for Settings {
@@ -61,6 +84,8 @@ impl Default for Settings {
             node_lifecycle: nodelifecycle::Settings::default(),
             clock: keel_runtime::clock::system(),
             cron_job_period: Duration::from_secs(5),
+            pod_gc: podgc::Settings::default(),
+            volumes: volume::Settings::default(),
         }
     }
 }
@@ -93,6 +118,18 @@ pub fn loops_with(api: Arc<Api>, settings: Settings) -> Vec<(&'static str, Loop)
         recorder.clone(),
     );
     let jobs = job::JobController::new(client.clone(), pods.clone(), recorder.clone());
+    let revisions = Informer::<ControllerRevision>::new(client.clone());
+    revisions.add_index(history::REVISION_BY_OWNER, |r| controller_uid(r).into_iter().collect());
+    let nodes = Informer::<Node>::new(client.clone());
+    let stateful_sets =
+        statefulset::StatefulSetController::new(client.clone(), pods.clone(), revisions.clone(), recorder.clone());
+    let daemon_sets = daemonset::DaemonSetController::new(
+        client.clone(),
+        pods.clone(),
+        nodes.clone(),
+        revisions.clone(),
+        recorder.clone(),
+    );
     let endpoints = endpoints::EndpointsController::new(client.clone(), pods.clone());
     let cron_jobs = cronjob::CronJobController::new(
         client.clone(),
@@ -103,6 +140,18 @@ pub fn loops_with(api: Arc<Api>, settings: Settings) -> Vec<(&'static str, Loop)
     let quotas = quota::QuotaController::new(client.clone(), Duration::from_secs(2));
     let node_lifecycle =
         nodelifecycle::NodeLifecycle::new(client.clone(), pods.clone(), recorder.clone(), settings.node_lifecycle);
+    let disruption = disruption::DisruptionController::new(
+        client.clone(),
+        pods.clone(),
+        replica_sets.owners().clone(),
+        controllers.owners().clone(),
+        recorder.clone(),
+    );
+    pods.add_index(volume::POD_BY_CLAIM, volume::claims_of_pod);
+    let volumes =
+        volume::VolumeController::new(client.clone(), pods.clone(), nodes.clone(), recorder.clone(), settings.volumes);
+    let pod_gc = podgc::PodGarbageCollector::new(client.clone(), pods.clone(), nodes.clone(), settings.pod_gc);
+    let tokens = serviceaccount::TokensController::new(client.clone());
     vec![
         ("pod-informer", Box::pin(pods.run())),
         ("garbage-collector", Box::pin(run_garbage_collector(api, Duration::from_millis(500)))),
@@ -110,10 +159,18 @@ pub fn loops_with(api: Arc<Api>, settings: Settings) -> Vec<(&'static str, Loop)
         ("replicationcontroller", Box::pin(controllers.run(2))),
         ("deployment", Box::pin(deployments.run(4))),
         ("job", Box::pin(jobs.run(2))),
+        ("revision-informer", Box::pin(revisions.run())),
+        ("node-informer", Box::pin(nodes.run())),
+        ("statefulset", Box::pin(stateful_sets.run(2))),
+        ("daemonset", Box::pin(daemon_sets.run(2))),
         ("endpoints", Box::pin(endpoints.run(2))),
         ("node-lifecycle", Box::pin(node_lifecycle.run())),
         ("cronjob", Box::pin(cron_jobs.run())),
         ("resourcequota", Box::pin(quotas.run())),
+        ("disruption", Box::pin(disruption.run(2))),
+        ("pod-garbage-collector", Box::pin(pod_gc.run())),
+        ("serviceaccount-tokens", Box::pin(tokens.run(1))),
+        ("persistentvolume", Box::pin(volumes.run())),
     ]
 }
 

@@ -86,7 +86,7 @@ pub trait ReplicaKind:
     fn with_status(&self, counts: &Counts) -> Option<Self>;
 }
 
-fn owner_of<K: k8s_openapi::Resource + k8s_openapi::Metadata<Ty = ObjectMeta>>(object: &K) -> OwnerReference {
+pub fn owner_of<K: k8s_openapi::Resource + k8s_openapi::Metadata<Ty = ObjectMeta>>(object: &K) -> OwnerReference {
     OwnerReference {
         api_version: K::API_VERSION.into(),
         kind: K::KIND.into(),
@@ -251,30 +251,16 @@ impl<K: ReplicaKind> ReplicaController<K> {
         let Some(owner) = self.owners.get(&key) else { return Ok(Action::Done) };
         let view = owner.view();
         let namespace = key.namespace.clone();
-        let mut owned = Vec::new();
-        let mut last_write = 0i64;
-        let mut candidates = self.pods.by_index(POD_BY_CONTROLLER, &view.uid);
-        candidates.extend(self.pods.by_index(ORPHAN_POD_BY_NAMESPACE, &namespace));
-        for pod in candidates {
-            let controller = controller_uid(pod.as_ref());
-            let matches = view.selector.matches(&pod);
-            match controller {
-                Some(uid) if uid == view.uid => {
-                    if matches || view.deleting {
-                        owned.push(pod);
-                    } else {
-                        last_write = last_write.max(self.release(&pod, &view.uid).await?);
-                    }
-                }
-                None if matches && !view.deleting && is_active(&pod) => {
-                    if let Some(rv) = self.adopt(&pod, &view).await? {
-                        last_write = last_write.max(rv);
-                        owned.push(pod);
-                    }
-                }
-                _ => {}
-            }
-        }
+        let (owned, mut last_write) = claim_pods(
+            &self.client,
+            &self.pods,
+            &namespace,
+            &view.owner,
+            view.deleting,
+            |pod| view.selector.matches(pod),
+            is_active,
+        )
+        .await?;
         let mut active: Vec<Arc<Pod>> = owned.iter().filter(|p| is_active(p)).cloned().collect();
         if !view.deleting {
             let want = view.replicas.max(0) as usize;
@@ -388,32 +374,73 @@ impl<K: ReplicaKind> ReplicaController<K> {
         }
         Ok(())
     }
+}
 
-    async fn adopt(&self, pod: &Pod, view: &Replicated) -> Result<Option<i64>> {
-        let patch = serde_json::json!({
-            "metadata": {
-                "ownerReferences": [view.owner],
-                "uid": pod.metadata.uid,
+/// The pods `owner` controls, as kube's `ClaimPods`: its own pods that still match
+/// (`selects`), plus orphans that match and pass `adoptable`, adopted; its pods that no
+/// longer match are released. While the owner is being deleted it neither adopts nor
+/// releases. Returns the claimed pods and the revision of the last write (0: none).
+pub async fn claim_pods(
+    client: &Client,
+    pods: &Informer<Pod>,
+    namespace: &str,
+    owner: &OwnerReference,
+    deleting: bool,
+    selects: impl Fn(&Pod) -> bool,
+    adoptable: impl Fn(&Pod) -> bool,
+) -> Result<(Vec<Arc<Pod>>, i64)> {
+    let mut owned = Vec::new();
+    let mut last_write = 0i64;
+    let mut candidates = pods.by_index(POD_BY_CONTROLLER, &owner.uid);
+    candidates.extend(pods.by_index(ORPHAN_POD_BY_NAMESPACE, namespace));
+    for pod in candidates {
+        let matches = selects(&pod);
+        match controller_uid(pod.as_ref()) {
+            Some(uid) if uid == owner.uid => {
+                if matches || deleting {
+                    owned.push(pod);
+                } else {
+                    last_write = last_write.max(release(client, &pod, &owner.uid).await?);
+                }
             }
-        });
-        let key = ObjectKey::of(pod);
-        match self.client.patch::<Pod>(key.namespace(), &key.name, None, PatchType::StrategicMerge, patch).await {
-            Ok(pod) => Ok(Some(revision_of(&pod))),
-            Err(keel_api::error::ApiError::NotFound { .. }) => Ok(None),
-            Err(e) => Err(e),
+            None if matches && !deleting && adoptable(&pod) => {
+                if let Some(rv) = adopt(client, &pod, owner).await? {
+                    last_write = last_write.max(rv);
+                    owned.push(pod);
+                }
+            }
+            _ => {}
         }
     }
+    Ok((owned, last_write))
+}
 
-    async fn release(&self, pod: &Pod, owner_uid: &str) -> Result<i64> {
-        let patch = serde_json::json!({
-            "metadata": {"ownerReferences": [{"$patch": "delete", "uid": owner_uid}], "uid": pod.metadata.uid}
-        });
-        let key = ObjectKey::of(pod);
-        match self.client.patch::<Pod>(key.namespace(), &key.name, None, PatchType::StrategicMerge, patch).await {
-            Ok(pod) => Ok(revision_of(&pod)),
-            Err(keel_api::error::ApiError::NotFound { .. }) => Ok(0),
-            Err(e) => Err(e),
+/// Makes `owner` the pod's controller; `None` when the pod is gone. The uid precondition
+/// keeps a pod recreated under the same name from being adopted by mistake.
+pub async fn adopt(client: &Client, pod: &Pod, owner: &OwnerReference) -> Result<Option<i64>> {
+    let patch = serde_json::json!({
+        "metadata": {
+            "ownerReferences": [owner],
+            "uid": pod.metadata.uid,
         }
+    });
+    let key = ObjectKey::of(pod);
+    match client.patch::<Pod>(key.namespace(), &key.name, None, PatchType::StrategicMerge, patch).await {
+        Ok(pod) => Ok(Some(revision_of(&pod))),
+        Err(keel_api::error::ApiError::NotFound { .. }) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+pub async fn release(client: &Client, pod: &Pod, owner_uid: &str) -> Result<i64> {
+    let patch = serde_json::json!({
+        "metadata": {"ownerReferences": [{"$patch": "delete", "uid": owner_uid}], "uid": pod.metadata.uid}
+    });
+    let key = ObjectKey::of(pod);
+    match client.patch::<Pod>(key.namespace(), &key.name, None, PatchType::StrategicMerge, patch).await {
+        Ok(pod) => Ok(revision_of(&pod)),
+        Err(keel_api::error::ApiError::NotFound { .. }) => Ok(0),
+        Err(e) => Err(e),
     }
 }
 

@@ -5,6 +5,15 @@
 //! (many at a time), so the loop never waits on the store; a failed binding un-assumes the
 //! pod and retries it with backoff. Pods no node can take get a FailedScheduling event and a
 //! PodScheduled=False condition and wait until the cluster changes.
+//!
+//! Pods with PersistentVolumeClaims: before the binding, the binder writes what
+//! VolumeBinding decided (`framework::volume_bindings`): static volumes reserved for their
+//! claims, `volume.kubernetes.io/selected-node` on claims to provision. Unlike
+//! kube-scheduler's PreBind it does not then wait for the claims to be bound: the pod is
+//! bound at once, and it is the node agent's (issue 5) to wait for the pod's volumes before
+//! starting it, as the kubelet does; no binding slot is held for the length of a
+//! provisioning. The price: if the PersistentVolume controller cannot provision, the pod
+//! stays on its node with an unbound claim, where kube would have tried it elsewhere.
 
 use std::cmp::Ordering;
 use std::collections::{BinaryHeap, HashMap, HashSet};
@@ -12,13 +21,14 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering as AtomicOrdering};
 use std::time::{Duration, Instant};
 
-use k8s_openapi::api::core::v1::{Node, Pod};
+use k8s_openapi::api::core::v1::{Node, PersistentVolume, PersistentVolumeClaim, Pod};
+use k8s_openapi::api::storage::v1::StorageClass;
 use keel_api::patch::PatchType;
 use keel_runtime::events::{EventType, reference_to};
 use keel_runtime::{Client, Informer, ObjectKey, Recorder};
 use tokio::sync::{Semaphore, mpsc};
 
-use crate::framework::{self, Diagnosis, Snapshot};
+use crate::framework::{self, Diagnosis, Snapshot, VolumeBinding};
 
 pub const DEFAULT_SCHEDULER: &str = "default-scheduler";
 /// Bindings in flight at once.
@@ -40,7 +50,24 @@ pub struct Metrics {
 enum Change {
     Node(Option<Arc<Node>>, Option<Arc<Node>>),
     Pod(Option<Arc<Pod>>, Option<Arc<Pod>>),
-    BindFailed(Arc<Pod>, String),
+    Claim(Option<Arc<PersistentVolumeClaim>>, Option<Arc<PersistentVolumeClaim>>),
+    Volume(Option<Arc<PersistentVolume>>, Option<Arc<PersistentVolume>>),
+    Class(Option<Arc<StorageClass>>, Option<Arc<StorageClass>>),
+    /// The pod, the error, and the claims and volumes as they were before the loop assumed
+    /// its volume bindings.
+    BindFailed(Arc<Pod>, String, Vec<Assumed>),
+}
+
+/// A claim or volume as it was before the loop assumed a volume binding on it.
+enum Assumed {
+    Claim(Arc<PersistentVolumeClaim>),
+    Volume(Arc<PersistentVolume>),
+}
+
+/// What the binder writes for a volume binding, before the pod's binding.
+enum VolumeWrite {
+    Reserve(PersistentVolume),
+    SelectNode { namespace: String, claim: String },
 }
 
 #[derive(PartialEq, Eq)]
@@ -110,10 +137,39 @@ impl Scheduler {
                 let _ = tx.send(Change::Pod(old.cloned(), new.cloned()));
             });
         }
+        let claims = Informer::<PersistentVolumeClaim>::new(self.client.clone());
+        let volumes = Informer::<PersistentVolume>::new(self.client.clone());
+        let classes = Informer::<StorageClass>::new(self.client.clone());
+        {
+            let tx = tx.clone();
+            claims.on_change(move |old, new| {
+                let _ = tx.send(Change::Claim(old.cloned(), new.cloned()));
+            });
+        }
+        {
+            let tx = tx.clone();
+            volumes.on_change(move |old, new| {
+                let _ = tx.send(Change::Volume(old.cloned(), new.cloned()));
+            });
+        }
+        {
+            let tx = tx.clone();
+            classes.on_change(move |old, new| {
+                let _ = tx.send(Change::Class(old.cloned(), new.cloned()));
+            });
+        }
         let node_task = tokio::spawn(nodes.clone().run());
         let pod_task = tokio::spawn(pods.clone().run());
+        let _volume_tasks = [
+            keel_runtime::AbortOnDrop::spawn(claims.clone().run()),
+            keel_runtime::AbortOnDrop::spawn(volumes.clone().run()),
+            keel_runtime::AbortOnDrop::spawn(classes.clone().run()),
+        ];
         nodes.wait_synced().await;
         pods.wait_synced().await;
+        claims.wait_synced().await;
+        volumes.wait_synced().await;
+        classes.wait_synced().await;
         tracing::info!(scheduler = %self.name, nodes = nodes.len(), pods = pods.len(), "scheduler caches synced");
 
         let mut state = State::default();
@@ -160,8 +216,9 @@ impl Scheduler {
             }
             self.metrics.attempts.fetch_add(1, AtomicOrdering::Relaxed);
             match self.schedule_one(&mut state, &pod) {
-                Ok(node) => {
+                Ok((node, volume_bindings)) => {
                     state.assume(&queued.key, &pod, &node);
+                    let (writes, assumed) = state.assume_volumes(&node, &volume_bindings);
                     self.metrics.scheduled.fetch_add(1, AtomicOrdering::Relaxed);
                     let permit = binders.clone().acquire_owned().await;
                     let client = self.client.clone();
@@ -173,8 +230,14 @@ impl Scheduler {
                         let _permit = permit;
                         let key = ObjectKey::of(pod.as_ref());
                         let span = tracing::debug_span!("bind", pod = %key, node = %node);
-                        let outcome =
-                            tracing::Instrument::instrument(client.bind(&key.namespace, &key.name, &node), span).await;
+                        let outcome = tracing::Instrument::instrument(
+                            async {
+                                write_volumes(&client, &node, writes).await?;
+                                client.bind(&key.namespace, &key.name, &node).await
+                            },
+                            span,
+                        )
+                        .await;
                         match outcome {
                             Ok(()) => {
                                 metrics.bound.fetch_add(1, AtomicOrdering::Relaxed);
@@ -187,7 +250,7 @@ impl Scheduler {
                             }
                             Err(e) => {
                                 metrics.bind_failures.fetch_add(1, AtomicOrdering::Relaxed);
-                                let _ = tx.send(Change::BindFailed(pod, e.to_string()));
+                                let _ = tx.send(Change::BindFailed(pod, e.to_string(), assumed));
                             }
                         }
                     });
@@ -202,9 +265,10 @@ impl Scheduler {
         pod_task.abort();
     }
 
-    /// Picks a node for `pod`, or says why none fits (the FailedScheduling message) and
-    /// which nodes preemption could help on.
-    fn schedule_one(&self, state: &mut State, pod: &Pod) -> Result<String, Unschedulable> {
+    /// Picks a node for `pod` and says what to write for its volumes before binding it
+    /// there, or says why none fits (the FailedScheduling message) and which nodes
+    /// preemption could help on.
+    fn schedule_one(&self, state: &mut State, pod: &Pod) -> Result<(String, Vec<VolumeBinding>), Unschedulable> {
         let snapshot = &state.snapshot;
         let total = snapshot.len();
         let mut diagnosis = Diagnosis::new(total);
@@ -276,7 +340,10 @@ impl Scheduler {
             1 => tied[0],
             n => tied[state.tie_breaker(n)],
         };
-        Ok(state.snapshot.node(best).map(|n| n.name().to_string()).unwrap_or_default())
+        let Some(chosen) = state.snapshot.node(best) else {
+            return Err(Unschedulable { message: diagnosis.message(), preempt: None });
+        };
+        Ok((chosen.name().to_string(), framework::volume_bindings(&cycle, chosen.node())))
     }
 
     async fn unschedulable(&self, state: &mut State, key: &ObjectKey, pod: &Arc<Pod>, failure: Unschedulable) {
@@ -505,9 +572,41 @@ impl State {
                 }
                 freed
             }
-            Change::BindFailed(pod, error) => {
+            Change::Claim(old, new) => {
+                match (old, new) {
+                    (_, Some(claim)) => self.snapshot.upsert_claim(claim),
+                    (Some(claim), None) => {
+                        let key = ObjectKey::of(claim.as_ref());
+                        self.snapshot.remove_claim(&key.namespace, &key.name);
+                    }
+                    (None, None) => {}
+                }
+                true
+            }
+            Change::Volume(old, new) => {
+                match (old, new) {
+                    (_, Some(volume)) => self.snapshot.upsert_volume(volume),
+                    (Some(volume), None) => {
+                        self.snapshot.remove_volume(volume.metadata.name.as_deref().unwrap_or(""));
+                    }
+                    (None, None) => {}
+                }
+                true
+            }
+            Change::Class(old, new) => {
+                match (old, new) {
+                    (_, Some(class)) => self.snapshot.upsert_storage_class(class),
+                    (Some(class), None) => {
+                        self.snapshot.remove_storage_class(class.metadata.name.as_deref().unwrap_or(""));
+                    }
+                    (None, None) => {}
+                }
+                true
+            }
+            Change::BindFailed(pod, error, assumed) => {
                 let key = ObjectKey::of(pod.as_ref());
                 tracing::debug!(pod = %key, error, "binding failed; retrying");
+                self.forget_volumes(assumed);
                 if self.assumed.remove(&key) {
                     self.snapshot.remove_pod(&pod);
                 }
@@ -540,6 +639,57 @@ impl State {
         self.assumed.insert(key.clone());
     }
 
+    /// Assumes the pod's volume bindings in the snapshot (a static volume reserved, a claim
+    /// sent to the node), so the next pods see them taken before the informers catch up.
+    /// Returns what the binder has to write and what to put back if it fails.
+    fn assume_volumes(&mut self, node: &str, bindings: &[VolumeBinding]) -> (Vec<VolumeWrite>, Vec<Assumed>) {
+        let mut writes = Vec::with_capacity(bindings.len());
+        let mut assumed = Vec::with_capacity(bindings.len());
+        for binding in bindings {
+            match binding {
+                VolumeBinding::Reserve { claim, volume } => {
+                    let reserved = framework::volume::reserve_for(volume, claim);
+                    self.snapshot.upsert_volume(Arc::new(reserved.clone()));
+                    writes.push(VolumeWrite::Reserve(reserved));
+                    assumed.push(Assumed::Volume(volume.clone()));
+                }
+                VolumeBinding::Provision { claim } => {
+                    self.snapshot.upsert_claim(Arc::new(framework::volume::with_selected_node(claim, node)));
+                    let key = ObjectKey::of(claim.as_ref());
+                    writes.push(VolumeWrite::SelectNode { namespace: key.namespace, claim: key.name });
+                    assumed.push(Assumed::Claim(claim.clone()));
+                }
+            }
+        }
+        (writes, assumed)
+    }
+
+    /// Puts back what `assume_volumes` changed, unless the informers have brought a newer
+    /// version meanwhile (an assumed object keeps the resourceVersion it was read with).
+    fn forget_volumes(&mut self, assumed: Vec<Assumed>) {
+        for original in assumed {
+            match original {
+                Assumed::Volume(volume) => {
+                    let name = volume.metadata.name.as_deref().unwrap_or("");
+                    let current = self.snapshot.volume(name).and_then(|v| v.metadata.resource_version.clone());
+                    if current == volume.metadata.resource_version {
+                        self.snapshot.upsert_volume(volume);
+                    }
+                }
+                Assumed::Claim(claim) => {
+                    let key = ObjectKey::of(claim.as_ref());
+                    let current = self
+                        .snapshot
+                        .claim(&key.namespace, &key.name)
+                        .and_then(|c| c.metadata.resource_version.clone());
+                    if current == claim.metadata.resource_version {
+                        self.snapshot.upsert_claim(claim);
+                    }
+                }
+            }
+        }
+    }
+
     fn retry_unschedulable(&mut self) {
         self.last_flush = Some(Instant::now());
         let waiting: Vec<ObjectKey> = self.unschedulable.drain().collect();
@@ -549,6 +699,26 @@ impl State {
             }
         }
     }
+}
+
+/// Writes a pod's volume bindings: kube's VolumeBinding PreBind without the wait.
+async fn write_volumes(client: &Client, node: &str, writes: Vec<VolumeWrite>) -> keel_api::error::Result<()> {
+    for write in writes {
+        match write {
+            VolumeWrite::Reserve(volume) => {
+                let name = volume.metadata.name.clone().unwrap_or_default();
+                // The resourceVersion read is the precondition: a volume taken meanwhile fails
+                // the binding, and the pod is tried again with what the informers then show.
+                client.replace(None, &name, &volume).await?;
+            }
+            VolumeWrite::SelectNode { namespace, claim } => {
+                let patch =
+                    serde_json::json!({"metadata": {"annotations": {framework::volume::ANN_SELECTED_NODE: node}}});
+                client.patch::<PersistentVolumeClaim>(Some(&namespace), &claim, None, PatchType::Merge, patch).await?;
+            }
+        }
+    }
+    Ok(())
 }
 
 /// The scheduler's loop for one term of leadership.

@@ -12,6 +12,7 @@ use super::selector::{PreferredNodeAffinity, RequiredNodeAffinity};
 use super::snapshot::Snapshot;
 use super::spread::{self, SpreadState};
 use super::status::{Failure, Reason};
+use super::volume::{self, VolumeState};
 use super::{filters, taints};
 
 /// What is fixed for the pod during a cycle.
@@ -35,6 +36,8 @@ pub struct CycleState {
     pub(crate) pod: Arc<PodState>,
     pub(crate) affinity: Option<AffinityState>,
     pub(crate) spread: Option<SpreadState>,
+    /// `None` for pods without PersistentVolumeClaims: nothing to check per node.
+    pub(crate) volumes: Option<Arc<VolumeState>>,
 }
 
 impl CycleState {
@@ -67,10 +70,11 @@ impl CycleState {
     }
 }
 
-/// PreFilter: computes the pod's requests, compiles its selectors, and counts what
-/// InterPodAffinity and PodTopologySpread need across the whole snapshot. Fails when the
-/// pod cannot be scheduled anywhere (its node-name affinity terms conflict) or when its
-/// spec cannot be evaluated (an invalid label selector).
+/// PreFilter: computes the pod's requests, compiles its selectors, looks up its claims and
+/// their volumes, and counts what InterPodAffinity and PodTopologySpread need across the
+/// whole snapshot. Fails when the pod cannot be scheduled anywhere (its node-name affinity
+/// terms conflict, a claim is missing or waits for immediate binding) or when its spec
+/// cannot be evaluated (an invalid label selector).
 pub fn prefilter(pod: &Pod, snapshot: &Snapshot) -> Result<CycleState, Failure> {
     let node_affinity = RequiredNodeAffinity::of_pod(pod);
     let candidate_nodes = match node_affinity.pinned_node_names() {
@@ -80,6 +84,7 @@ pub fn prefilter(pod: &Pod, snapshot: &Snapshot) -> Result<CycleState, Failure> 
         Some(names) => Some(names.iter().filter_map(|n| snapshot.index_of(n)).collect()),
         None => None,
     };
+    let volumes = volume::prefilter(pod, snapshot)?.map(Arc::new);
     let spread = spread::prefilter(pod, &node_affinity, snapshot)
         .map_err(|e| Failure::unresolvable(spread::PLUGIN, Reason::Invalid(e.to_string())))?;
     let affinity = affinity::prefilter(pod, snapshot)
@@ -99,6 +104,7 @@ pub fn prefilter(pod: &Pod, snapshot: &Snapshot) -> Result<CycleState, Failure> 
         }),
         affinity,
         spread,
+        volumes,
     })
 }
 

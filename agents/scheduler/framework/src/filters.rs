@@ -8,7 +8,7 @@ use k8s_openapi::api::core::v1::Pod;
 use super::cycle::{CycleState, PodState};
 use super::nodeinfo::NodeInfo;
 use super::status::{Failure, Reason};
-use super::{affinity, resources, spread, taints};
+use super::{affinity, resources, spread, taints, volume};
 
 pub const NODE_UNSCHEDULABLE: &str = "NodeUnschedulable";
 pub const NODE_NAME: &str = "NodeName";
@@ -30,6 +30,9 @@ pub fn filter(pod: &Pod, state: &CycleState, node: &NodeInfo) -> Result<(), Fail
     node_affinity(&state.pod, node)?;
     node_ports(&state.pod, node)?;
     node_resources_fit(&state.pod, node)?;
+    if let Some(v) = &state.volumes {
+        volume::filter(v, node.node())?;
+    }
     if let Some(s) = &state.spread {
         spread::filter(s, node)?;
     }

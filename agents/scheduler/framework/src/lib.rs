@@ -47,12 +47,33 @@
 //! `pod_requests`, `pod_non_zero_requests`, `Resources`, `NodeInfo`, `pod_priority`,
 //! `host_ports`, `quantity::parse_milli` / `parse_units` / `parse_nanos`.
 //!
+//! Volumes (VolumeBinding; see [`volume`]): the snapshot also holds claims, volumes and
+//! classes, and after choosing a node the loop writes what `volume_bindings` says before
+//! the binding (a `claimRef` on static volumes, `selected-node` on claims to provision):
+//!
+//! ```text
+//! Snapshot::upsert_claim / remove_claim / upsert_volume / remove_volume /
+//!   upsert_storage_class / remove_storage_class
+//! volume_bindings(&CycleState, &Node) -> Vec<VolumeBinding>
+//! volume::reserve_for(&PersistentVolume, &PersistentVolumeClaim) -> PersistentVolume
+//! volume::with_selected_node(&PersistentVolumeClaim, node) -> PersistentVolumeClaim
+//! ```
+//!
+//! The PersistentVolume controller uses `volume::find_matching_volume` too, so both agree
+//! on which volume fits a claim.
+//!
+//! For the DaemonSet controller: `daemon_placement(&Pod, &Node)` (should a daemon pod
+//! run there, may an existing one stay).
+//!
 //! # Where this differs from kube-scheduler
 //!
 //! * Filters run in kube's order and stop at the first failure; a `NodeReady` check sits
 //!   before TaintToleration for nodes that are not Ready but not yet tainted (see
 //!   `filters::node_ready`).
-//! * Not implemented: volume plugins, DRA, ImageLocality, PodDisruptionBudgets in
+//! * VolumeBinding without CSI storage capacity, without narrowing the nodes from bound
+//!   volumes' affinity in PreFilter, and without waiting in PreBind for the claims to be
+//!   bound; VolumeRestrictions, VolumeZone and NodeVolumeLimits are not implemented.
+//! * Not implemented: DRA, ImageLocality, PodDisruptionBudgets in
 //!   preemption, nominated pods, the default (Service-derived) topology spread
 //!   constraints, pod-level resources and in-place resize.
 
@@ -60,6 +81,7 @@
 
 mod affinity;
 mod cycle;
+mod daemon;
 mod filters;
 mod message;
 mod nodeinfo;
@@ -74,9 +96,11 @@ mod status;
 mod taints;
 #[cfg(test)]
 mod testutil;
+pub mod volume;
 
 pub use affinity::PodAffinityTerms;
 pub use cycle::{CycleState, nodes_to_evaluate, prefilter};
+pub use daemon::{DaemonPlacement, daemon_placement};
 pub use filters::filter;
 pub use message::{Diagnosis, failure_message, preemption_message};
 pub use nodeinfo::{BIND_ALL_IP, HostPort, NodeInfo, PodInfo, UsedPorts, host_ports, pod_priority};
@@ -95,3 +119,4 @@ pub use scores::{
 pub use selector::Labels;
 pub use snapshot::Snapshot;
 pub use status::{Failure, Reason};
+pub use volume::{VolumeBinding, volume_bindings};

@@ -15,11 +15,13 @@
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 
-use k8s_openapi::api::core::v1::{Node, Pod};
+use k8s_openapi::api::core::v1::{Node, PersistentVolume, PersistentVolumeClaim, Pod};
+use k8s_openapi::api::storage::v1::StorageClass;
 
 use super::affinity::PodAffinityTerms;
 use super::nodeinfo::{NodeInfo, PodInfo};
 use super::selector::{Labels, NO_LABELS, labels_of_node, labels_of_pod};
+use super::volume::VolumeCache;
 
 pub(crate) fn namespace_of(pod: &Pod) -> &str {
     pod.metadata.namespace.as_deref().unwrap_or_default()
@@ -133,6 +135,8 @@ pub struct Snapshot {
     namespaces: HashMap<String, Labels>,
     /// Shared with the cycle states that read it; copied on write only while one is alive.
     topology: HashMap<String, Arc<TopologyIndex>>,
+    /// PersistentVolumeClaims, PersistentVolumes and StorageClasses, for VolumeBinding.
+    volumes: VolumeCache,
 }
 
 impl Snapshot {
@@ -314,6 +318,45 @@ impl Snapshot {
 
     pub fn remove_namespace(&mut self, namespace: &str) {
         self.namespaces.remove(namespace);
+    }
+
+    /// Adds or replaces a claim (by namespace and name).
+    pub fn upsert_claim(&mut self, claim: Arc<PersistentVolumeClaim>) {
+        self.volumes.upsert_claim(claim);
+    }
+
+    pub fn remove_claim(&mut self, namespace: &str, name: &str) -> bool {
+        self.volumes.remove_claim(namespace, name)
+    }
+
+    pub fn claim(&self, namespace: &str, name: &str) -> Option<&Arc<PersistentVolumeClaim>> {
+        self.volumes.claim(namespace, name)
+    }
+
+    /// Adds or replaces a volume (by name).
+    pub fn upsert_volume(&mut self, volume: Arc<PersistentVolume>) {
+        self.volumes.upsert_volume(volume);
+    }
+
+    pub fn remove_volume(&mut self, name: &str) -> bool {
+        self.volumes.remove_volume(name)
+    }
+
+    pub fn volume(&self, name: &str) -> Option<&Arc<PersistentVolume>> {
+        self.volumes.volume(name)
+    }
+
+    /// Adds or replaces a StorageClass (by name).
+    pub fn upsert_storage_class(&mut self, class: Arc<StorageClass>) {
+        self.volumes.upsert_class(class);
+    }
+
+    pub fn remove_storage_class(&mut self, name: &str) -> bool {
+        self.volumes.remove_class(name)
+    }
+
+    pub(crate) fn volume_cache(&self) -> &VolumeCache {
+        &self.volumes
     }
 
     pub fn nodes(&self) -> &[NodeInfo] {

@@ -41,6 +41,19 @@ pub enum Reason {
     NoPreemptionVictims,
     /// Preemption: the node failed for a reason preemption cannot change.
     PreemptionNotHelpful,
+    /// VolumeBinding PreFilter: the pod names a claim that does not exist.
+    ClaimNotFound(String),
+    /// VolumeBinding PreFilter: the pod names a claim that is being deleted.
+    ClaimBeingDeleted(String),
+    /// VolumeBinding PreFilter: a claim of an Immediate class is not bound yet.
+    UnboundImmediateClaims,
+    /// VolumeBinding: an unbound WaitForFirstConsumer claim has no volume and cannot be
+    /// provisioned on the node.
+    VolumeBindConflict,
+    /// VolumeBinding: a bound claim's volume does not accept the node.
+    VolumeNodeAffinityConflict,
+    /// VolumeBinding: a bound claim names a volume that does not exist.
+    BoundVolumeMissing,
     /// A pod spec the scheduler cannot evaluate (invalid selector, ...).
     Invalid(String),
 }
@@ -69,6 +82,14 @@ impl fmt::Display for Reason {
             }
             Reason::NoPreemptionVictims => f.write_str("No preemption victims found for incoming pod"),
             Reason::PreemptionNotHelpful => f.write_str("Preemption is not helpful for scheduling"),
+            Reason::ClaimNotFound(name) => write!(f, "persistentvolumeclaim \"{name}\" not found"),
+            Reason::ClaimBeingDeleted(name) => write!(f, "persistentvolumeclaim \"{name}\" is being deleted"),
+            Reason::UnboundImmediateClaims => f.write_str("pod has unbound immediate PersistentVolumeClaims"),
+            Reason::VolumeBindConflict => f.write_str("node(s) didn't find available persistent volumes to bind"),
+            Reason::VolumeNodeAffinityConflict => f.write_str("node(s) had volume node affinity conflict"),
+            Reason::BoundVolumeMissing => {
+                f.write_str("node(s) unavailable due to one or more pvc(s) bound to non-existent pv(s)")
+            }
             Reason::Invalid(msg) => f.write_str(msg),
         }
     }
