@@ -332,19 +332,13 @@ async fn deployment_rolls_out_within_its_bounds_and_rolls_back() {
         |rs: &ReplicaSet| rs.metadata.annotations.as_ref().unwrap()["deployment.kubernetes.io/revision"].clone();
     let old = sets.iter().find(|rs| revision(rs) == "1").expect("revision 1 kept");
     assert_eq!(old.spec.as_ref().unwrap().replicas, Some(0));
-    let deployment = plane.deployment("web").await;
-    let progressing = deployment
-        .status
-        .as_ref()
-        .unwrap()
-        .conditions
-        .as_ref()
-        .unwrap()
-        .iter()
-        .find(|c| c.type_ == "Progressing")
-        .cloned()
-        .unwrap();
-    assert_eq!(progressing.reason.as_deref(), Some("NewReplicaSetAvailable"));
+    // The counts and the Progressing condition may land in successive status writes.
+    eventually(WAIT, "Progressing: NewReplicaSetAvailable", || async {
+        let status = plane.deployment("web").await.status?;
+        let progressing = status.conditions?.into_iter().find(|c| c.type_ == "Progressing")?;
+        (progressing.reason.as_deref() == Some("NewReplicaSetAvailable")).then_some(())
+    })
+    .await;
 
     // Undo as kubectl does it: copy revision 1's template back.
     let mut template = old.spec.as_ref().unwrap().template.clone().unwrap();
