@@ -29,7 +29,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run a control-plane member: a full store replica serving the etcd v3 and Kubernetes APIs.
-    Server(server::ServerArgs),
+    Server(Box<server::ServerArgs>),
     /// List, add, remove or promote store members (works against etcd too).
     Member(member::MemberArgs),
     /// Apply manifests through the gRPC object API (`--atomic`: all or nothing, one revision).
@@ -58,7 +58,7 @@ fn main() -> std::process::ExitCode {
     };
     let result = runtime.block_on(async {
         match cli.command {
-            Command::Server(args) => server::run(args).await,
+            Command::Server(args) => server::run(*args).await,
             Command::Member(args) => member::run(args).await,
             Command::Bench(args) => bench::run(args).await,
             Command::Kubeconfig(args) => kubeconfig::run(args),

@@ -143,6 +143,15 @@ struct NodeState {
     active: Vec<Arc<Pod>>,
 }
 
+/// What a DaemonSet's owned pods say about each node.
+struct Observed {
+    nodes: BTreeMap<String, NodeState>,
+    /// Failed pods, to be replaced.
+    failed: Vec<Arc<Pod>>,
+    /// Pods whose node is gone.
+    stray: Vec<Arc<Pod>>,
+}
+
 /// What the pass decided, as writes.
 #[derive(Default)]
 struct Plan {
@@ -257,7 +266,7 @@ impl DaemonSetController {
         .await?;
         let hash = history::hash_of(&revisions.update).to_string();
 
-        let (nodes, failed, stray) = self.observe(&spec, owned);
+        let Observed { nodes, failed, stray } = self.observe(&spec, owned);
         let plan = plan(&spec, &nodes, &hash);
         let mut new_status = status_of(&set, &nodes, &hash, revisions.collision_count);
 
@@ -319,11 +328,7 @@ impl DaemonSetController {
 
     /// Pods by node (every node in the cache, in name order), failed pods to replace, and
     /// pods whose node is gone.
-    fn observe(
-        &self,
-        spec: &DaemonSetSpec,
-        owned: Vec<Arc<Pod>>,
-    ) -> (BTreeMap<String, NodeState>, Vec<Arc<Pod>>, Vec<Arc<Pod>>) {
+    fn observe(&self, spec: &DaemonSetSpec, owned: Vec<Arc<Pod>>) -> Observed {
         let mut probe = Pod {
             metadata: spec.template.metadata.clone().unwrap_or_default(),
             spec: spec.template.spec.clone(),
@@ -368,7 +373,7 @@ impl DaemonSetController {
                 created(a).cmp(&created(b)).then_with(|| a.metadata.name.cmp(&b.metadata.name))
             });
         }
-        (nodes, failed, stray)
+        Observed { nodes, failed, stray }
     }
 
     async fn after_writes(&self, key: ObjectKey, revision: i64, deleted: &[Arc<Pod>]) -> Result<Action> {

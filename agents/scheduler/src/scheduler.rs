@@ -66,7 +66,7 @@ enum Assumed {
 
 /// What the binder writes for a volume binding, before the pod's binding.
 enum VolumeWrite {
-    Reserve(PersistentVolume),
+    Reserve(Box<PersistentVolume>),
     SelectNode { namespace: String, claim: String },
 }
 
@@ -650,7 +650,7 @@ impl State {
                 VolumeBinding::Reserve { claim, volume } => {
                     let reserved = framework::volume::reserve_for(volume, claim);
                     self.snapshot.upsert_volume(Arc::new(reserved.clone()));
-                    writes.push(VolumeWrite::Reserve(reserved));
+                    writes.push(VolumeWrite::Reserve(Box::new(reserved)));
                     assumed.push(Assumed::Volume(volume.clone()));
                 }
                 VolumeBinding::Provision { claim } => {
@@ -709,7 +709,7 @@ async fn write_volumes(client: &Client, node: &str, writes: Vec<VolumeWrite>) ->
                 let name = volume.metadata.name.clone().unwrap_or_default();
                 // The resourceVersion read is the precondition: a volume taken meanwhile fails
                 // the binding, and the pod is tried again with what the informers then show.
-                client.replace(None, &name, &volume).await?;
+                client.replace(None, &name, volume.as_ref()).await?;
             }
             VolumeWrite::SelectNode { namespace, claim } => {
                 let patch =
