@@ -1,11 +1,17 @@
 #!/usr/bin/env bash
 # Installs what building, running and testing keel needs on Debian 12: protoc, clang (RocksDB
 # is compiled from source), etcd and etcdctl 3.4 (compatibility tests and side-by-side
-# benchmarks), and cargo-nextest. Safe to run again.
+# benchmarks), containerd and what the node agent runs pods with, and cargo-nextest. Safe to
+# run again.
 set -euo pipefail
 
 # tzdata: CronJobs take an IANA time zone (spec.timeZone).
-packages=(protobuf-compiler clang libclang-dev etcd-server etcd-client python3 curl tzdata)
+# The node agent's runtime: containerd (with ctr, which imports image archives), runc, the CNI
+# plugins (bridge, host-local, portmap, loopback in /usr/lib/cni) and iptables, which the
+# bridge and portmap plugins call. ops/images/build.sh builds the pause image with gcc -static
+# (libc6-dev has the static C library) and the busybox image from busybox-static.
+packages=(protobuf-compiler clang libclang-dev etcd-server etcd-client python3 curl tzdata
+  containerd runc containernetworking-plugins iptables busybox-static gcc libc6-dev)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

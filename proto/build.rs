@@ -3,7 +3,14 @@
 const SERDE_BYTES: &str = "#[serde(with = \"serde_bytes\")]";
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let protos = ["proto/etcd/kv.proto", "proto/etcd/rpc.proto", "proto/keel/peer.proto", "proto/keel/objects.proto"];
+    let protos = [
+        "proto/etcd/kv.proto",
+        "proto/etcd/rpc.proto",
+        "proto/keel/peer.proto",
+        "proto/keel/objects.proto",
+        "proto/keel/node.proto",
+        "proto/cri/api.proto",
+    ];
     for proto in protos {
         println!("cargo:rerun-if-changed={proto}");
     }

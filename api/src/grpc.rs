@@ -31,7 +31,7 @@ pub struct ObjectService {
 }
 
 /// A Kubernetes error as a gRPC status; the details carry the `Status` object as JSON.
-fn status(error: ApiError) -> Status {
+pub fn status(error: ApiError) -> Status {
     let code = match error.code() {
         400 | 413 | 415 | 422 => Code::InvalidArgument,
         403 => Code::PermissionDenied,

@@ -1,10 +1,12 @@
 //! `keel`: the one binary. `keel server` runs a store member; `keel member` manages
 //! membership over the etcd API; `keel bench` measures.
 
+mod agent;
 mod apply;
 mod bench;
 mod bench_api;
 mod bench_scheduler;
+mod image;
 mod kubeconfig;
 mod member;
 mod server;
@@ -30,6 +32,10 @@ struct Cli {
 enum Command {
     /// Run a control-plane member: a full store replica serving the etcd v3 and Kubernetes APIs.
     Server(Box<server::ServerArgs>),
+    /// Run a node agent (or, with --simulate N, N simulated nodes) connected to the members.
+    Agent(Box<agent::AgentArgs>),
+    /// Import OCI image archives into a node's containerd.
+    Image(image::ImageArgs),
     /// List, add, remove or promote store members (works against etcd too).
     Member(member::MemberArgs),
     /// Apply manifests through the gRPC object API (`--atomic`: all or nothing, one revision).
@@ -59,6 +65,8 @@ fn main() -> std::process::ExitCode {
     let result = runtime.block_on(async {
         match cli.command {
             Command::Server(args) => server::run(*args).await,
+            Command::Agent(args) => agent::run(*args).await,
+            Command::Image(args) => image::run(args).await,
             Command::Member(args) => member::run(args).await,
             Command::Bench(args) => bench::run(args).await,
             Command::Kubeconfig(args) => kubeconfig::run(args),

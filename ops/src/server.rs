@@ -164,7 +164,10 @@ pub async fn run(args: ServerArgs) -> Result<()> {
     };
     let api = std::sync::Arc::new(keel_api::rest::Api::new(storage, registry).with_token_settings(tokens));
     let (api_stop_tx, api_stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let api_server = tokio::spawn(keel_api::server::serve(api.clone(), api_listener, async {
+    // Node agents' streams share the API port: a worker dials the address kubectl uses.
+    let node_service = keel_node_service::NodeService::start(api.clone(), args.name.clone());
+    let services = axum::Router::new().route_service("/keel.node.v1.NodeAgent/{*method}", node_service.server());
+    let api_server = tokio::spawn(keel_api::server::serve_with(api.clone(), services, api_listener, async {
         let _ = api_stop_rx.await;
     }));
     let crd_sync = tokio::spawn(keel_api::crd::sync(api.clone()));
@@ -230,7 +233,7 @@ async fn ensure_system_namespaces(api: std::sync::Arc<keel_api::rest::Api>) {
     }
 }
 
-async fn wait_for_signal() -> Result<()> {
+pub async fn wait_for_signal() -> Result<()> {
     use tokio::signal::unix::{SignalKind, signal};
     let mut term = signal(SignalKind::terminate()).context("install SIGTERM handler")?;
     let mut int = signal(SignalKind::interrupt()).context("install SIGINT handler")?;

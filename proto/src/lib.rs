@@ -21,3 +21,13 @@ pub mod peer {
 pub mod objects {
     tonic::include_proto!("keel.objects.v1");
 }
+
+/// The node agent's stream to a member.
+pub mod node {
+    tonic::include_proto!("keel.node.v1");
+}
+
+/// The subset of the Kubernetes CRI v1 API (`runtime.v1`) the node agent calls on containerd.
+pub mod cri {
+    tonic::include_proto!("runtime.v1");
+}

@@ -52,6 +52,13 @@ impl Kubectl {
         String::from_utf8_lossy(&output.stdout).into_owned()
     }
 
+    /// Runs kubectl with `-o json` and parses what it prints.
+    pub fn json(&self, args: &[&str]) -> serde_json::Value {
+        let mut all = args.to_vec();
+        all.extend(["-o", "json"]);
+        serde_json::from_str(&self.ok(&all)).expect("kubectl printed JSON")
+    }
+
     /// Runs kubectl expecting failure; returns its standard error.
     pub fn fails(&self, args: &[&str]) -> String {
         let output = self.run(args);

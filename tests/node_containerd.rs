@@ -1,0 +1,269 @@
+//! The node agent with real containers: a `keel agent` process starts its own containerd
+//! (bridge and pod CIDR of its own, images from the archives `ops/images/build.sh` makes, no
+//! registry) and streams to a three-member cluster of `keel server` processes. Driven with
+//! the real kubectl: a Deployment of busybox pods becomes Running and Ready; init containers
+//! run in order before the app container; env from a ConfigMap and the downward API carries
+//! the right values (read from the container's log file on the node); a crashing container
+//! restarts with back-off; deletion sends SIGTERM and waits for the process within the
+//! grace period; and the member the agent streams to is SIGKILLed while the pods keep their
+//! containers.
+
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use support::eventually;
+use support::kubectl::Kubectl;
+use support::processes::{Cluster, keel_binary};
+
+struct Agent {
+    child: Child,
+    log: PathBuf,
+    data_dir: PathBuf,
+    bridge: String,
+}
+
+impl Agent {
+    fn start(dir: &Path, servers: &[String]) -> Agent {
+        let images = dir.join("images");
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../ops/images/build.sh");
+        let built = Command::new(&script).arg(&images).output().expect("run ops/images/build.sh");
+        assert!(built.status.success(), "ops/images/build.sh: {}", String::from_utf8_lossy(&built.stderr));
+        // A bridge and a /24 of this test process's own, so tests can run side by side.
+        let pid = std::process::id() % 32768;
+        let bridge = format!("kn{pid}");
+        let cidr = format!("10.{}.{}.0/24", 64 + (pid >> 8), pid & 0xff);
+        let data_dir = dir.join("agent");
+        let log = dir.join("agent.log");
+        let file = std::fs::File::create(&log).expect("agent log");
+        let child = Command::new(keel_binary())
+            .args(["agent", "--name", "worker-1", "--server", &servers.join(",")])
+            .args(["--data-dir", &data_dir.display().to_string(), "--images-dir", &images.display().to_string()])
+            .args(["--pod-cidr", &cidr, "--cni-bridge", &bridge])
+            .args(["--heartbeat-interval", "1s", "--node-lease-duration", "10s", "--crash-loop-backoff", "1s"])
+            .env("KEEL_LOG", "info")
+            .env("NO_COLOR", "1")
+            .stdout(Stdio::null())
+            .stderr(file)
+            .spawn()
+            .expect("spawn keel agent");
+        Agent { child, log, data_dir, bridge }
+    }
+
+    /// The member the node's stream last registered with, from the agent's log.
+    fn serving_member(&self) -> Option<String> {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        text.lines()
+            .rev()
+            .filter(|l| l.contains("registered serving_member="))
+            .filter_map(|l| l.split("serving_member=").nth(1))
+            .find_map(|rest| rest.split_whitespace().next())
+            .map(String::from)
+    }
+
+    /// The log of the `attempt`th instance of a pod's container, as kubelet lays it out.
+    fn container_log(&self, pod_uid: &str, container: &str, attempt: u32) -> String {
+        let pods = self.data_dir.join("pods");
+        let Ok(dirs) = std::fs::read_dir(&pods) else { return String::new() };
+        for dir in dirs.flatten() {
+            if dir.file_name().to_string_lossy().ends_with(pod_uid) {
+                return std::fs::read_to_string(dir.path().join(container).join(format!("{attempt}.log")))
+                    .unwrap_or_default();
+            }
+        }
+        String::new()
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        // The agent's containerd and pods outlive a killed agent (as kubelet's do); this test
+        // owns them, so they go: the shims, containerd, the mounts and the bridge.
+        let root = self.data_dir.display().to_string();
+        let socket = self.data_dir.join("containerd/containerd.sock").display().to_string();
+        let ctr = |args: &[&str]| Command::new("ctr").args(["-n", "k8s.io", "--address", &socket]).args(args).output();
+        if let Ok(listed) = ctr(&["tasks", "ls", "-q"]) {
+            for task in String::from_utf8_lossy(&listed.stdout).lines().filter(|t| !t.trim().is_empty()) {
+                let _ = ctr(&["tasks", "kill", "--all", "--signal", "SIGKILL", task.trim()]);
+            }
+        }
+        std::thread::sleep(Duration::from_millis(300));
+        let _ = Command::new("pkill").args(["-f", &format!("containerd.*{root}")]).status();
+        let _ = Command::new("pkill").args(["-f", &format!("containerd-shim.*{root}")]).status();
+        std::thread::sleep(Duration::from_millis(500));
+        if let Ok(mounts) = std::fs::read_to_string("/proc/mounts") {
+            let mut ours: Vec<&str> =
+                mounts.lines().filter_map(|l| l.split_whitespace().nth(1)).filter(|m| m.starts_with(&root)).collect();
+            ours.sort_by_key(|m| std::cmp::Reverse(m.len()));
+            for m in ours {
+                let _ = Command::new("umount").args(["-l", m]).status();
+            }
+        }
+        let _ = Command::new("ip").args(["link", "delete", &self.bridge]).output();
+    }
+}
+
+fn ready(pod: &Value) -> bool {
+    pod["status"]["conditions"]
+        .as_array()
+        .is_some_and(|cs| cs.iter().any(|c| c["type"] == "Ready" && c["status"] == "True"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn real_containers_run_restart_terminate_and_survive_the_loss_of_their_member() {
+    support::init_logging();
+    let mut cluster = Cluster::start(3, &[]).await;
+    let apis: Vec<String> = cluster.members.iter().map(|m| m.api.clone()).collect();
+    let work = cluster.dir().join("kubectl");
+    std::fs::create_dir_all(&work).expect("work dir");
+    let agent = Agent::start(cluster.dir(), &apis);
+    let k = Kubectl::new(&work, &apis[0]);
+
+    eventually(Duration::from_secs(90), "worker-1 Ready", || async {
+        let out = k.run(&["get", "node", "worker-1", "-o", "json"]);
+        let node = serde_json::from_slice::<Value>(&out.stdout).ok()?;
+        node["status"]["conditions"]
+            .as_array()?
+            .iter()
+            .any(|c| c["type"] == "Ready" && c["status"] == "True")
+            .then_some(())
+    })
+    .await;
+    let node = k.json(&["get", "node", "worker-1"]);
+    assert!(node["status"]["nodeInfo"]["containerRuntimeVersion"].as_str().unwrap_or("").starts_with("containerd://"));
+
+    // A Deployment of busybox pods.
+    // (Manifests rather than `kubectl … -- command`: the harness appends its own flags.)
+    let deployment = k.write(
+        "web.yaml",
+        r#"apiVersion: apps/v1
+kind: Deployment
+metadata: {name: web}
+spec:
+  replicas: 2
+  selector: {matchLabels: {app: web}}
+  template:
+    metadata: {labels: {app: web}}
+    spec:
+      containers: [{name: busybox, image: keel.local/busybox:1.36, command: ["sleep", "3600"]}]
+"#,
+    );
+    k.ok(&["apply", "-f", &deployment]);
+    k.ok(&["rollout", "status", "deployment/web", "--timeout=90s"]);
+    let web = k.json(&["get", "pods", "-l", "app=web"]);
+    let web = web["items"].as_array().expect("items").clone();
+    assert_eq!(web.len(), 2);
+    assert!(web.iter().all(|p| p["status"]["phase"] == "Running" && ready(p)), "{web:?}");
+    assert!(web.iter().all(|p| {
+        p["status"]["containerStatuses"][0]["containerID"].as_str().unwrap_or("").starts_with("containerd://")
+    }));
+
+    // Init containers in order, then the app container with its environment; SIGTERM on
+    // deletion reaches the process, which ends within the grace period.
+    k.ok(&["create", "configmap", "settings", "--from-literal=color=blue"]);
+    let pod = k.write(
+        "hello.yaml",
+        r#"apiVersion: v1
+kind: Pod
+metadata: {name: hello, labels: {app: hello}}
+spec:
+  terminationGracePeriodSeconds: 20
+  initContainers:
+  - {name: one, image: keel.local/busybox:1.36, command: ["sh", "-c", "echo first"]}
+  - {name: two, image: keel.local/busybox:1.36, command: ["sh", "-c", "echo second"]}
+  containers:
+  - name: main
+    image: keel.local/busybox:1.36
+    command: ["sh", "-c", "echo color=$COLOR pod=$POD; trap 'echo terminated; exit 0' TERM; while true; do sleep 0.2; done"]
+    env:
+    - {name: COLOR, valueFrom: {configMapKeyRef: {name: settings, key: color}}}
+    - {name: POD, valueFrom: {fieldRef: {fieldPath: metadata.name}}}
+"#,
+    );
+    k.ok(&["apply", "-f", &pod]);
+    k.ok(&["wait", "--for=condition=Ready", "pod/hello", "--timeout=90s"]);
+    let hello = k.json(&["get", "pod", "hello"]);
+    let uid = hello["metadata"]["uid"].as_str().expect("uid").to_string();
+    let inits = hello["status"]["initContainerStatuses"].as_array().expect("init statuses");
+    assert!(inits.iter().all(|s| s["state"]["terminated"]["exitCode"] == 0), "{inits:?}");
+    // The runtime stamps each log line: the second init container wrote after the first.
+    let stamp = |log: &str| -> jiff::Timestamp {
+        log.split_whitespace().next().and_then(|t| t.parse().ok()).expect("a stamped CRI log line")
+    };
+    let (one, two) = (agent.container_log(&uid, "one", 0), agent.container_log(&uid, "two", 0));
+    assert!(one.contains("first") && two.contains("second"), "{one:?} {two:?}");
+    assert!(stamp(&one) < stamp(&two), "init containers out of order: {one:?} {two:?}");
+    let main = eventually(Duration::from_secs(10), "main's first line", || async {
+        let log = agent.container_log(&uid, "main", 0);
+        log.contains("color=").then_some(log)
+    })
+    .await;
+    assert!(main.contains("color=blue pod=hello"), "{main:?}");
+    let started = Instant::now();
+    k.ok(&["delete", "pod", "hello", "--wait=true", "--timeout=60s"]);
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "deletion waited the whole grace period: {:?}",
+        started.elapsed()
+    );
+
+    // A crashing container restarts, with back-off.
+    let crash = k.write(
+        "crash.yaml",
+        r#"apiVersion: v1
+kind: Pod
+metadata: {name: crash}
+spec:
+  containers: [{name: c, image: keel.local/busybox:1.36, command: ["sh", "-c", "echo boom; exit 4"]}]
+"#,
+    );
+    k.ok(&["apply", "-f", &crash]);
+    eventually(Duration::from_secs(90), "two restarts and CrashLoopBackOff", || async {
+        let pod = k.json(&["get", "pod", "crash"]);
+        let status = &pod["status"]["containerStatuses"][0];
+        (status["restartCount"].as_i64()? >= 2 && status["lastState"]["terminated"]["exitCode"] == 4).then_some(())
+    })
+    .await;
+
+    // The member of the node's stream dies; the stream moves and the pods are untouched.
+    let containers = |k: &Kubectl| -> Vec<(String, String, i64)> {
+        let pods = k.json(&["get", "pods", "-l", "app=web"]);
+        let mut out: Vec<(String, String, i64)> = pods["items"]
+            .as_array()
+            .expect("items")
+            .iter()
+            .map(|p| {
+                let c = &p["status"]["containerStatuses"][0];
+                (
+                    p["metadata"]["name"].as_str().unwrap_or_default().to_string(),
+                    c["containerID"].as_str().unwrap_or_default().to_string(),
+                    c["restartCount"].as_i64().unwrap_or(-1),
+                )
+            })
+            .collect();
+        out.sort();
+        out
+    };
+    let before = containers(&k);
+    let target = agent.serving_member().expect("the agent's member in its log");
+    let index = cluster.members.iter().position(|m| m.name == target).expect("a member of this cluster");
+    cluster.members[index].kill();
+    let k = Kubectl::new(&work, &cluster.members[(index + 1) % 3].api);
+    eventually(Duration::from_secs(30), "the stream on another member", || async {
+        agent.serving_member().filter(|m| *m != target).map(|_| ())
+    })
+    .await;
+    cluster.wait_for_leader().await;
+    k.ok(&["scale", "deployment/web", "--replicas=3"]);
+    k.ok(&["rollout", "status", "deployment/web", "--timeout=90s"]);
+    let after = containers(&k);
+    for pod in &before {
+        assert!(after.contains(pod), "{pod:?} was disturbed by the failover: {after:?}");
+    }
+    cluster.members[index].start();
+}
