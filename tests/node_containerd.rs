@@ -82,29 +82,7 @@ impl Drop for Agent {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
-        // The agent's containerd and pods outlive a killed agent (as kubelet's do); this test
-        // owns them, so they go: the shims, containerd, the mounts and the bridge.
-        let root = self.data_dir.display().to_string();
-        let socket = self.data_dir.join("containerd/containerd.sock").display().to_string();
-        let ctr = |args: &[&str]| Command::new("ctr").args(["-n", "k8s.io", "--address", &socket]).args(args).output();
-        if let Ok(listed) = ctr(&["tasks", "ls", "-q"]) {
-            for task in String::from_utf8_lossy(&listed.stdout).lines().filter(|t| !t.trim().is_empty()) {
-                let _ = ctr(&["tasks", "kill", "--all", "--signal", "SIGKILL", task.trim()]);
-            }
-        }
-        std::thread::sleep(Duration::from_millis(300));
-        let _ = Command::new("pkill").args(["-f", &format!("containerd.*{root}")]).status();
-        let _ = Command::new("pkill").args(["-f", &format!("containerd-shim.*{root}")]).status();
-        std::thread::sleep(Duration::from_millis(500));
-        if let Ok(mounts) = std::fs::read_to_string("/proc/mounts") {
-            let mut ours: Vec<&str> =
-                mounts.lines().filter_map(|l| l.split_whitespace().nth(1)).filter(|m| m.starts_with(&root)).collect();
-            ours.sort_by_key(|m| std::cmp::Reverse(m.len()));
-            for m in ours {
-                let _ = Command::new("umount").args(["-l", m]).status();
-            }
-        }
-        let _ = Command::new("ip").args(["link", "delete", &self.bridge]).output();
+        support::containerd::tear_down(&self.data_dir, &self.bridge);
     }
 }
 

@@ -126,7 +126,17 @@ fn server_address(raw: &str) -> Result<String> {
     Ok(address.to_string())
 }
 
-pub async fn run(mut args: AgentArgs) -> Result<()> {
+pub async fn run(args: AgentArgs) -> Result<()> {
+    run_until(args, async {
+        if let Err(e) = crate::server::wait_for_signal().await {
+            tracing::error!(error = %e, "cannot wait for signals; stopping");
+        }
+    })
+    .await
+}
+
+/// Runs the agent (or the simulated nodes) until `shutdown` resolves.
+pub async fn run_until(mut args: AgentArgs, shutdown: impl std::future::Future<Output = ()>) -> Result<()> {
     args.server = args.server.iter().map(|s| server_address(s)).collect::<Result<_>>()?;
     let labels = parse_labels(&args.node_labels)?;
     let taints = parse_taints(&args.register_with_taints)?;
@@ -166,7 +176,7 @@ pub async fn run(mut args: AgentArgs) -> Result<()> {
             agents.push(Agent::start(config, runtime, "sim"));
         }
         tracing::info!(nodes = args.simulate, servers = ?args.server, "simulated nodes started");
-        crate::server::wait_for_signal().await?;
+        shutdown.await;
         tracing::info!("stopping");
         drop(agents);
         return Ok(());
@@ -199,7 +209,7 @@ pub async fn run(mut args: AgentArgs) -> Result<()> {
     };
     let config = configure(args.name.clone(), args.data_dir.clone());
     let agent = Agent::start(config, Arc::new(runtime), "containerd");
-    crate::server::wait_for_signal().await?;
+    shutdown.await;
     tracing::info!("stopping; pods keep running until the node is drained");
     drop(agent);
     if let Some(containerd) = containerd {

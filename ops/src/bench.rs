@@ -27,6 +27,8 @@ enum BenchKind {
     Api(crate::bench_api::ApiBench),
     /// Binds pending pods to nodes: pods per second and placement validity.
     Scheduler(crate::bench_scheduler::SchedulerBench),
+    /// Pod start-up latency: create to Running seen through a watch.
+    Pods(crate::bench_pods::PodsBench),
 }
 
 #[derive(Args, Debug, Clone)]
@@ -142,6 +144,7 @@ pub async fn run(args: BenchArgs) -> Result<()> {
         BenchKind::Store(b) => store(b).await,
         BenchKind::Api(b) => crate::bench_api::run(b).await,
         BenchKind::Scheduler(b) => crate::bench_scheduler::run(b).await,
+        BenchKind::Pods(b) => crate::bench_pods::run(b).await,
     }
 }
 

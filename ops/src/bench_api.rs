@@ -17,7 +17,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use serde_json::{Value, json};
 
-type HttpClient = Client<HttpConnector, Full<Bytes>>;
+pub type HttpClient = Client<HttpConnector, Full<Bytes>>;
 
 #[derive(Args, Debug)]
 pub struct ApiBench {
@@ -68,13 +68,13 @@ enum Scenario {
     },
 }
 
-fn http_client() -> HttpClient {
+pub fn http_client() -> HttpClient {
     let mut connector = HttpConnector::new();
     connector.set_nodelay(true);
     Client::builder(TokioExecutor::new()).pool_max_idle_per_host(1024).build(connector)
 }
 
-async fn call(client: &HttpClient, method: Method, url: &str, body: Option<&Value>) -> Result<(StatusCode, Bytes)> {
+pub async fn call(client: &HttpClient, method: Method, url: &str, body: Option<&Value>) -> Result<(StatusCode, Bytes)> {
     let request = Request::builder()
         .method(method)
         .uri(url)

@@ -5,11 +5,13 @@ mod agent;
 mod apply;
 mod bench;
 mod bench_api;
+mod bench_pods;
 mod bench_scheduler;
 mod image;
 mod kubeconfig;
 mod member;
 mod server;
+mod up;
 
 use clap::{Parser, Subcommand};
 
@@ -32,6 +34,9 @@ struct Cli {
 enum Command {
     /// Run a control-plane member: a full store replica serving the etcd v3 and Kubernetes APIs.
     Server(Box<server::ServerArgs>),
+    /// Everything on this machine in one process: a one-member store and API, the control
+    /// loops and a node agent with its own containerd; writes a kubeconfig.
+    Up(Box<up::UpArgs>),
     /// Run a node agent (or, with --simulate N, N simulated nodes) connected to the members.
     Agent(Box<agent::AgentArgs>),
     /// Import OCI image archives into a node's containerd.
@@ -66,6 +71,7 @@ fn main() -> std::process::ExitCode {
         match cli.command {
             Command::Server(args) => server::run(*args).await,
             Command::Agent(args) => agent::run(*args).await,
+            Command::Up(args) => up::run(*args).await,
             Command::Image(args) => image::run(args).await,
             Command::Member(args) => member::run(args).await,
             Command::Bench(args) => bench::run(args).await,

@@ -110,6 +110,16 @@ async fn bind(addr: &str, what: &str) -> Result<TcpListener> {
 }
 
 pub async fn run(args: ServerArgs) -> Result<()> {
+    run_until(args, async {
+        if let Err(e) = wait_for_signal().await {
+            tracing::error!(error = %e, "cannot wait for signals; stopping");
+        }
+    })
+    .await
+}
+
+/// Runs the member until `shutdown` resolves (`keel up` runs one beside an agent).
+pub async fn run_until(args: ServerArgs, shutdown: impl std::future::Future<Output = ()>) -> Result<()> {
     let peer_addr = args.advertise_peer.clone().unwrap_or_else(|| args.listen_peer.clone());
     let client_addr = args.advertise_client.clone().unwrap_or_else(|| args.listen_client.clone());
     let bootstrap = match (&args.initial_cluster, &args.join) {
@@ -194,7 +204,7 @@ pub async fn run(args: ServerArgs) -> Result<()> {
     ));
     tracing::info!(peer = %args.listen_peer, client = %args.listen_client, api = %args.listen_api, "serving");
 
-    wait_for_signal().await?;
+    shutdown.await;
     tracing::info!("stopping");
     bootstrap.abort();
     signing_key.abort();

@@ -106,6 +106,10 @@ pub struct Watcher {
     rx: broadcast::Receiver<HubMessage>,
     live: bool,
     created_at: i64,
+    /// The highest progress revision handed out: progress never goes back, though what it
+    /// is computed from can (a revision seen applied while the receiver was empty, then a
+    /// batch waiting in it).
+    reported: std::sync::atomic::AtomicI64,
 }
 
 impl Watcher {
@@ -121,7 +125,15 @@ impl Watcher {
         if next_revision < compacted {
             return Err(StoreError::Compacted { compact_revision: compacted });
         }
-        Ok(Watcher { shared, spec, next_revision, rx, live: false, created_at: current })
+        Ok(Watcher {
+            shared,
+            spec,
+            next_revision,
+            rx,
+            live: false,
+            created_at: current,
+            reported: std::sync::atomic::AtomicI64::new(i64::MIN),
+        })
     }
 
     /// The store revision when the watch was created.
@@ -209,11 +221,12 @@ impl Watcher {
     pub fn progress_revision(&self) -> i64 {
         let delivered = self.next_revision - 1;
         if !self.live {
-            return delivered;
+            return self.reported.fetch_max(delivered, std::sync::atomic::Ordering::Relaxed).max(delivered);
         }
         // The state machine publishes a revision before it reports it applied, so once the
         // receiver is empty every revision up to the applied one has passed through it.
         let applied = self.shared.applied_revision();
-        if self.rx.is_empty() { delivered.max(applied) } else { delivered }
+        let now = if self.rx.is_empty() { delivered.max(applied) } else { delivered };
+        self.reported.fetch_max(now, std::sync::atomic::Ordering::Relaxed).max(now)
     }
 }

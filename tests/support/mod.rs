@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod client;
+pub mod containerd;
 pub mod inproc;
 pub mod kubectl;
 pub mod linearizability;
