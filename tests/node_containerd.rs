@@ -3,7 +3,9 @@
 //! registry) and streams to a three-member cluster of `keel server` processes. Driven with
 //! the real kubectl: a Deployment of busybox pods becomes Running and Ready; init containers
 //! run in order before the app container; env from a ConfigMap and the downward API carries
-//! the right values (read from the container's log file on the node); a crashing container
+//! the right values (read from the container's log file on the node); ConfigMap, Secret and
+//! emptyDir volumes carry their content, shared between containers and updated in place; a
+//! crashing container
 //! restarts with back-off; deletion sends SIGTERM and waits for the process within the
 //! grace period; and the member the agent streams to is SIGKILLed while the pods keep their
 //! containers.
@@ -69,7 +71,7 @@ impl Agent {
         let pods = self.data_dir.join("pods");
         let Ok(dirs) = std::fs::read_dir(&pods) else { return String::new() };
         for dir in dirs.flatten() {
-            if dir.file_name().to_string_lossy().ends_with(pod_uid) {
+            if dir.file_name().to_string_lossy().ends_with(&format!("_{pod_uid}")) {
                 return std::fs::read_to_string(dir.path().join(container).join(format!("{attempt}.log")))
                     .unwrap_or_default();
             }
@@ -189,6 +191,51 @@ spec:
         "deletion waited the whole grace period: {:?}",
         started.elapsed()
     );
+
+    // ConfigMap and Secret volumes carry their content, an emptyDir is shared by two
+    // containers, and a changed ConfigMap reaches the mounted file.
+    k.ok(&["create", "secret", "generic", "creds", "--from-literal=password=hunter2"]);
+    let vols = k.write(
+        "vols.yaml",
+        r#"apiVersion: v1
+kind: Pod
+metadata: {name: vols}
+spec:
+  terminationGracePeriodSeconds: 1
+  volumes:
+  - {name: cfg, configMap: {name: settings}}
+  - {name: creds, secret: {secretName: creds}}
+  - {name: shared, emptyDir: {}}
+  containers:
+  - name: writer
+    image: keel.local/busybox:1.36
+    command: ["sh", "-c", "echo from-writer > /shared/note; sleep 3600"]
+    volumeMounts: [{name: shared, mountPath: /shared}]
+  - name: reader
+    image: keel.local/busybox:1.36
+    command: ["sh", "-c", "while true; do echo color=$(cat /cfg/color) password=$(cat /creds/password) note=$(cat /shared/note); sleep 0.3; done"]
+    volumeMounts:
+    - {name: cfg, mountPath: /cfg}
+    - {name: creds, mountPath: /creds, readOnly: true}
+    - {name: shared, mountPath: /shared}
+"#,
+    );
+    k.ok(&["apply", "-f", &vols]);
+    k.ok(&["wait", "--for=condition=Ready", "pod/vols", "--timeout=90s"]);
+    let vols_uid = k.ok(&["get", "pod", "vols", "-o", "jsonpath={.metadata.uid}"]);
+    eventually(Duration::from_secs(20), "the reader seeing every volume", || async {
+        agent
+            .container_log(&vols_uid, "reader", 0)
+            .contains("color=blue password=hunter2 note=from-writer")
+            .then_some(())
+    })
+    .await;
+    k.ok(&["patch", "configmap", "settings", "-p", r#"{"data":{"color":"green"}}"#]);
+    eventually(Duration::from_secs(30), "the changed ConfigMap in the mounted file", || async {
+        agent.container_log(&vols_uid, "reader", 0).contains("color=green").then_some(())
+    })
+    .await;
+    k.ok(&["delete", "pod", "vols", "--wait=true", "--timeout=60s"]);
 
     // A crashing container restarts, with back-off.
     let crash = k.write(

@@ -43,7 +43,7 @@ pub fn expand(value: &str, vars: &BTreeMap<String, String>) -> String {
     out
 }
 
-fn field(pod: &Pod, path: &str, host_ip: &str) -> Option<String> {
+pub(crate) fn field(pod: &Pod, path: &str, host_ip: &str) -> Option<String> {
     let meta = &pod.metadata;
     let bracketed = |prefix: &str| path.strip_prefix(prefix).and_then(|r| r.strip_suffix("']")).map(String::from);
     if let Some(key) = bracketed("metadata.labels['") {

@@ -16,6 +16,7 @@ pub mod pods;
 pub mod reports;
 pub mod status;
 mod stream;
+pub mod volumes;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -51,6 +52,9 @@ pub struct NodeConfig {
     pub backoff_max: Duration,
     pub allow_privileged: bool,
     pub container_events: bool,
+    /// Whether pod volumes are set up on disk (not for simulated nodes, whose containers
+    /// never read them).
+    pub volumes: bool,
 }
 
 impl NodeConfig {
@@ -71,6 +75,7 @@ impl NodeConfig {
             backoff_max: Duration::from_secs(300),
             allow_privileged: false,
             container_events: true,
+            volumes: true,
         }
     }
 }
@@ -100,6 +105,7 @@ impl Agent {
             backoff_max: config.backoff_max,
             allow_privileged: config.allow_privileged,
             container_events: config.container_events,
+            volumes: config.volumes,
         });
         let workers = pods::PodWorkers::new(ctx);
         let connector = Arc::new(Connector::new(config.clone(), workers.clone()));

@@ -51,6 +51,8 @@ pub struct Context {
     pub allow_privileged: bool,
     /// Whether kubelet's per-container Events (Pulled, Created, Started, Killing) are sent.
     pub container_events: bool,
+    /// Whether volumes are set up on disk.
+    pub volumes: bool,
 }
 
 /// The workers of one node.
@@ -283,6 +285,7 @@ async fn ensure_image(ctx: &Context, container: &Container) -> Result<String, Wa
 }
 
 /// Creates and starts one container; a refusal becomes the reason it waits.
+#[allow(clippy::too_many_arguments)]
 async fn start_container(
     ctx: &Context,
     pod: &Pod,
@@ -291,6 +294,7 @@ async fn start_container(
     sandbox_id: &str,
     sandbox: &SandboxConfig,
     attempt: u32,
+    volume_paths: &HashMap<String, std::path::PathBuf>,
 ) -> Result<(), Waiting> {
     let path = Some(field_path(container, init));
     let image = ensure_image(ctx, container).await.inspect_err(|w| {
@@ -308,6 +312,11 @@ async fn start_container(
     let envs =
         environment(pod, container, &ctx.objects, &ctx.host_ip, &ctx.allocatable).map_err(|e| config_error(e.0))?;
     let security = security_of(ctx, pod, container).map_err(config_error)?;
+    let mounts = if ctx.volumes {
+        crate::volumes::mounts(container, volume_paths).map_err(|e| config_error(e.0))?
+    } else {
+        Vec::new()
+    };
     let mut labels = labels_of(pod);
     labels.retain(|k, _| k.starts_with("io.kubernetes."));
     labels.insert(LABEL_CONTAINER.into(), container.name.clone());
@@ -319,7 +328,7 @@ async fn start_container(
         args: container.args.clone().unwrap_or_default(),
         working_dir: container.working_dir.clone().unwrap_or_default(),
         envs,
-        mounts: Vec::new(),
+        mounts,
         log_path: format!("{}/{attempt}.log", container.name),
         stdin: container.stdin.unwrap_or(false),
         stdin_once: container.stdin_once.unwrap_or(false),
@@ -423,6 +432,7 @@ async fn remove_everything(
     for s in sandboxes {
         ctx.runtime.stop_pod_sandbox(&s.id).await?;
         ctx.runtime.remove_pod_sandbox(&s.id).await?;
+        crate::volumes::remove(&ctx.pods_root, &s.uid);
         // The pod's logs go with it, as kubelet removes them.
         let logs = ctx.pods_root.join(format!("{}_{}_{}", s.namespace, s.name, s.uid));
         if let Err(e) = std::fs::remove_dir_all(&logs)
@@ -564,6 +574,20 @@ async fn sync(ctx: &Context, uid: &str, pod: Option<&Pod>, state: &mut WorkerSta
     let sandbox = sandbox_config(ctx, pod, sandbox_status.attempt);
     let mut in_sandbox: Vec<cri::ContainerStatus> =
         containers.iter().filter(|c| c.sandbox_id == sandbox_status.id).cloned().collect();
+    // Volumes first: a container starts only with everything it mounts in place. Run again
+    // each turn, so changed ConfigMaps and Secrets reach the files.
+    let volume_paths = if ctx.volumes {
+        match crate::volumes::prepare(&ctx.pods_root, pod, &ctx.objects, &ctx.host_ip) {
+            Ok(paths) => paths,
+            Err(e) => {
+                ctx.reports.event(pod, None, true, "FailedMount", format!("MountVolume.SetUp failed: {}", e.0));
+                report(ctx, uid, pod, Some(&sandbox_status), &in_sandbox, state);
+                return Ok(Next::After(Duration::from_secs(5)));
+            }
+        }
+    } else {
+        HashMap::new()
+    };
     let mut next = RESYNC;
     let mut initialized = true;
     for container in spec.init_containers.iter().flatten() {
@@ -576,6 +600,7 @@ async fn sync(ctx: &Context, uid: &str, pod: Option<&Pod>, state: &mut WorkerSta
             &sandbox,
             &in_sandbox,
             &restart_policy,
+            &volume_paths,
             state,
         )
         .await?;
@@ -597,6 +622,7 @@ async fn sync(ctx: &Context, uid: &str, pod: Option<&Pod>, state: &mut WorkerSta
                 &sandbox,
                 &in_sandbox,
                 &restart_policy,
+                &volume_paths,
                 state,
             )
             .await?;
@@ -623,11 +649,12 @@ async fn step_container(
     sandbox: &SandboxConfig,
     in_sandbox: &[cri::ContainerStatus],
     restart_policy: &str,
+    volume_paths: &HashMap<String, std::path::PathBuf>,
     state: &mut WorkerState,
 ) -> cri::Result<(bool, Duration)> {
     let newest = in_sandbox.iter().filter(|c| c.name == container.name).max_by_key(|c| (c.attempt, c.created_at));
     let mut next = RESYNC;
-    let start = |attempt: u32| start_container(ctx, pod, container, init, sandbox_id, sandbox, attempt);
+    let start = |attempt: u32| start_container(ctx, pod, container, init, sandbox_id, sandbox, attempt, volume_paths);
     match newest {
         Some(c) if init && c.state == ContainerState::Exited && c.exit_code == 0 => {
             state.waiting.remove(&container.name);
