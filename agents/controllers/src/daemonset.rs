@@ -31,7 +31,7 @@ use keel_runtime::{Action, Client, Informer, ObjectKey, Recorder, WorkQueue, lab
 use keel_scheduler_framework::daemon_placement;
 
 use crate::history::{self, REVISION_HASH};
-use crate::replicaset::{claim_pods, is_available, is_ready, owner_of, revision_of};
+use crate::replicaset::{self, claim_pods, is_available, is_ready, owner_of, revision_of};
 
 pub const TEMPLATE_GENERATION: &str = "pod-template-generation";
 const OWN_WRITES: Duration = Duration::from_secs(10);
@@ -198,20 +198,13 @@ impl DaemonSetController {
     }
 
     fn enqueue_for_pod(&self, pod: &Pod) {
-        let namespace = pod.metadata.namespace.clone().unwrap_or_default();
-        match pod.metadata.owner_references.iter().flatten().find(|r| r.controller == Some(true)) {
-            Some(owner) if owner.kind == "DaemonSet" => self.queue.add(ObjectKey::new(namespace, owner.name.clone())),
-            Some(_) => {}
-            None => {
-                for set in self.sets.list() {
-                    if set.metadata.namespace.as_deref() == Some(namespace.as_str())
-                        && set.spec.as_ref().is_some_and(|s| labels::matches(&s.selector, pod.metadata.labels.as_ref()))
-                    {
-                        self.queue.add(ObjectKey::of(set.as_ref()));
-                    }
-                }
-            }
-        }
+        replicaset::enqueue_controller_of(
+            &self.queue,
+            pod,
+            "DaemonSet",
+            || self.sets.list(),
+            |set| set.spec.as_ref().map(|s| &s.selector),
+        );
     }
 
     pub async fn run(self: Arc<Self>, workers: usize) {

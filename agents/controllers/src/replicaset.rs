@@ -86,6 +86,34 @@ pub trait ReplicaKind:
     fn with_status(&self, counts: &Counts) -> Option<Self>;
 }
 
+/// Queues the controller a pod change concerns: its controlling owner when that is of `kind`,
+/// or, for an orphan, every controller of `candidates` in the pod's namespace whose selector
+/// matches it (it may adopt the pod). `candidates` is only listed for orphans.
+pub fn enqueue_controller_of<C>(
+    queue: &WorkQueue<ObjectKey>,
+    pod: &Pod,
+    kind: &str,
+    candidates: impl FnOnce() -> Vec<Arc<C>>,
+    selector_of: impl Fn(&C) -> Option<&LabelSelector>,
+) where
+    C: k8s_openapi::Metadata<Ty = ObjectMeta>,
+{
+    let namespace = pod.metadata.namespace.clone().unwrap_or_default();
+    match pod.metadata.owner_references.iter().flatten().find(|r| r.controller == Some(true)) {
+        Some(owner) if owner.kind == kind => queue.add(ObjectKey::new(namespace, owner.name.clone())),
+        Some(_) => {}
+        None => {
+            for candidate in candidates() {
+                if candidate.metadata().namespace.as_deref() == Some(namespace.as_str())
+                    && selector_of(&candidate).is_some_and(|s| labels::matches(s, pod.metadata.labels.as_ref()))
+                {
+                    queue.add(ObjectKey::of(candidate.as_ref()));
+                }
+            }
+        }
+    }
+}
+
 pub fn owner_of<K: k8s_openapi::Resource + k8s_openapi::Metadata<Ty = ObjectMeta>>(object: &K) -> OwnerReference {
     OwnerReference {
         api_version: K::API_VERSION.into(),

@@ -32,7 +32,7 @@ use keel_runtime::events::{EventType, reference_to};
 use keel_runtime::{Action, Client, Informer, ObjectKey, Recorder, WorkQueue, labels};
 
 use crate::history::{self, REVISION_HASH};
-use crate::replicaset::{claim_pods, is_available, is_ready, owner_of, revision_of};
+use crate::replicaset::{self, claim_pods, is_available, is_ready, owner_of, revision_of};
 
 pub const POD_NAME_LABEL: &str = "statefulset.kubernetes.io/pod-name";
 pub const POD_INDEX_LABEL: &str = "apps.kubernetes.io/pod-index";
@@ -106,20 +106,13 @@ impl StatefulSetController {
     }
 
     fn enqueue_for_pod(&self, pod: &Pod) {
-        let namespace = pod.metadata.namespace.clone().unwrap_or_default();
-        match pod.metadata.owner_references.iter().flatten().find(|r| r.controller == Some(true)) {
-            Some(owner) if owner.kind == "StatefulSet" => self.queue.add(ObjectKey::new(namespace, owner.name.clone())),
-            Some(_) => {}
-            None => {
-                for set in self.sets.list() {
-                    if set.metadata.namespace.as_deref() == Some(namespace.as_str())
-                        && set.spec.as_ref().is_some_and(|s| labels::matches(&s.selector, pod.metadata.labels.as_ref()))
-                    {
-                        self.queue.add(ObjectKey::of(set.as_ref()));
-                    }
-                }
-            }
-        }
+        replicaset::enqueue_controller_of(
+            &self.queue,
+            pod,
+            "StatefulSet",
+            || self.sets.list(),
+            |set| set.spec.as_ref().map(|s| &s.selector),
+        );
     }
 
     pub async fn run(self: Arc<Self>, workers: usize) {
