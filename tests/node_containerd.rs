@@ -292,3 +292,148 @@ spec:
     }
     cluster.members[index].start();
 }
+
+/// `kubectl logs` and `kubectl exec` reach the containers through the agent's stream, from
+/// every member: the one the agent streams to serves them, the others pass them on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logs_and_exec_travel_over_the_node_stream_from_any_member() {
+    support::init_logging();
+    let cluster = Cluster::start(3, &[]).await;
+    let apis: Vec<String> = cluster.members.iter().map(|m| m.api.clone()).collect();
+    let _agent = Agent::start(cluster.dir(), &apis);
+    let kubectls: Vec<Kubectl> = apis
+        .iter()
+        .enumerate()
+        .map(|(i, api)| {
+            let work = cluster.dir().join(format!("kubectl-{i}"));
+            std::fs::create_dir_all(&work).expect("work dir");
+            Kubectl::new(&work, api)
+        })
+        .collect();
+    let k = &kubectls[0];
+    let pods = k.write(
+        "pods.yaml",
+        r#"apiVersion: v1
+kind: Pod
+metadata: {name: talker}
+spec:
+  containers:
+  - name: main
+    image: keel.local/busybox:1.36
+    command: ["sh", "-c", "for i in 1 2 3 4 5; do echo line $i; done; sleep 0.5; echo oops >&2; exec sleep 3600"]
+  - name: ticker
+    image: keel.local/busybox:1.36
+    command: ["sh", "-c", "i=0; while true; do i=$((i+1)); echo tick $i; sleep 0.2; done"]
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: crasher}
+spec:
+  containers:
+  - {name: main, image: keel.local/busybox:1.36, command: ["sh", "-c", "echo run; exit 1"]}
+"#,
+    );
+    k.ok(&["apply", "-f", &pods]);
+    k.ok(&["wait", "--for=condition=Ready", "pod/talker", "--timeout=120s"]);
+
+    // The whole log, a tail, time stamps, and from every member the same.
+    let whole = eventually(Duration::from_secs(10), "talker's log", || async {
+        let out = k.ok(&["logs", "talker", "-c", "main"]);
+        out.contains("oops").then_some(out)
+    })
+    .await;
+    assert_eq!(whole, "line 1\nline 2\nline 3\nline 4\nline 5\noops\n");
+    for other in &kubectls[1..] {
+        assert_eq!(other.ok(&["logs", "talker", "-c", "main"]), whole);
+    }
+    assert_eq!(k.ok(&["logs", "talker", "-c", "main", "--tail=2"]), "line 5\noops\n");
+    assert_eq!(k.ok(&["logs", "talker", "-c", "main", "--limit-bytes=9"]), "line 1\nli");
+    let stamped = k.ok(&["logs", "talker", "-c", "main", "--timestamps"]);
+    for line in stamped.lines() {
+        let (time, text) = line.split_once(' ').expect("a stamp and text");
+        assert!(time.parse::<jiff::Timestamp>().is_ok() && text.len() >= 4, "{line:?}");
+    }
+    // kubectl picks a pod's container itself only when it has one.
+    let no_container = k.fails(&["logs", "talker", "-c", "nope"]);
+    assert!(no_container.contains("container nope is not valid for pod talker"), "{no_container}");
+    let missing_pod = k.fails(&["logs", "nosuch"]);
+    assert!(missing_pod.contains(r#"pods "nosuch" not found"#), "{missing_pod}");
+
+    // -f streams new lines as the container writes them, through a member that passes it on.
+    for kubectl in &kubectls {
+        let mut follow = kubectl.command(&["logs", "-f", "talker", "-c", "ticker", "--tail=1"]);
+        let mut child = follow.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("kubectl logs -f");
+        let stdout = child.stdout.take().expect("stdout");
+        let reader = std::thread::spawn(move || {
+            use std::io::BufRead;
+            let mut lines = Vec::new();
+            for line in std::io::BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                lines.push(line);
+                if lines.len() == 6 {
+                    break;
+                }
+            }
+            lines
+        });
+        let started = Instant::now();
+        while !reader.is_finished() && started.elapsed() < Duration::from_secs(20) {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        let lines = reader.join().expect("reader");
+        assert_eq!(lines.len(), 6, "kubectl logs -f gave {lines:?}");
+        let numbers: Vec<u64> =
+            lines.iter().map(|l| l.strip_prefix("tick ").and_then(|n| n.parse().ok()).expect("a tick")).collect();
+        assert!(numbers.windows(2).all(|w| w[1] == w[0] + 1), "{numbers:?}");
+    }
+
+    // --previous: the log of the container before the current one.
+    eventually(Duration::from_secs(60), "crasher restarted", || async {
+        let pod = k.json(&["get", "pod", "crasher"]);
+        (pod["status"]["containerStatuses"][0]["restartCount"].as_i64().unwrap_or(0) >= 1).then_some(())
+    })
+    .await;
+    assert_eq!(kubectls[1].ok(&["logs", "crasher", "--previous"]), "run\n");
+
+    // exec: output, and the command's exit code as kubectl's own, from every member.
+    for kubectl in &kubectls {
+        assert_eq!(kubectl.ok(&["exec", "talker", "-c", "main", "--", "cat", "/etc/hostname"]).trim(), "talker");
+        let status = kubectl.run(&["exec", "talker", "-c", "main", "--", "sh", "-c", "echo out; echo err >&2; exit 3"]);
+        assert_eq!(status.status.code(), Some(3), "{status:?}");
+        assert_eq!(String::from_utf8_lossy(&status.stdout), "out\n");
+        assert!(String::from_utf8_lossy(&status.stderr).contains("err"), "{status:?}");
+    }
+    let missing = k.run(&["exec", "talker", "-c", "main", "--", "/no/such/program"]);
+    assert!(!missing.status.success(), "{missing:?}");
+
+    // Interactive with a terminal (`script` gives kubectl one): stdin reaches the container's
+    // TTY and its output comes back.
+    let kubectl = &kubectls[2];
+    let line = format!(
+        "kubectl --cache-dir {} exec -it talker -c main -- sh -c 'tty; read word; echo got-$word'",
+        kubectl.cache.display()
+    );
+    let mut script = std::process::Command::new("script")
+        .args(["-qec", &line, "/dev/null"])
+        .env("KUBECONFIG", &kubectl.kubeconfig)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("script");
+    let mut stdin = script.stdin.take().expect("stdin");
+    std::thread::sleep(Duration::from_secs(3));
+    use std::io::Write;
+    stdin.write_all(b"hello\n").expect("type");
+    let typed = std::thread::spawn(move || {
+        // Open until kubectl is surely done: an early end of input would end the session.
+        std::thread::sleep(Duration::from_secs(5));
+        drop(stdin);
+    });
+    let out = script.wait_with_output().expect("script ran");
+    let _ = typed.join();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("/dev/pts/") && text.contains("got-hello"), "{out:?}");
+}

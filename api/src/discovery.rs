@@ -81,6 +81,9 @@ fn subresources(t: &ResourceType) -> Vec<Subresource> {
         // As kube-apiserver lists it: group and version are what `kubectl drain` looks for
         // to decide it can evict rather than delete.
         out.push(("eviction", "Eviction".to_string(), Some("policy"), "v1", vec!["create"]));
+        out.push(("log", "Pod".to_string(), None, "", vec!["get"]));
+        out.push(("exec", "PodExecOptions".to_string(), None, "", vec!["create", "get"]));
+        out.push(("attach", "PodAttachOptions".to_string(), None, "", vec!["create", "get"]));
     }
     if t.group.is_empty() && t.kind == "ServiceAccount" {
         out.push(("token", "TokenRequest".to_string(), Some("authentication.k8s.io"), "v1", vec!["create"]));

@@ -17,6 +17,7 @@ pub mod jwt;
 pub mod object;
 pub mod openapi;
 pub mod patch;
+pub mod podstream;
 pub mod proto;
 pub mod quota;
 pub mod rawjson;

@@ -31,6 +31,8 @@ pub struct Api {
     pub fanout: Arc<crate::fanout::Fanout>,
     /// ServiceAccount token settings and the cached signing key (`crate::tokens`).
     pub tokens: crate::tokens::Tokens,
+    /// How `pods/log`, `exec` and `attach` reach node agents (`crate::podstream`).
+    pub tunnels: crate::podstream::Tunnels,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -400,6 +402,7 @@ impl Api {
             storage,
             registry,
             tokens: crate::tokens::Tokens::default(),
+            tunnels: crate::podstream::Tunnels::default(),
         }
     }
 

@@ -292,6 +292,13 @@ async fn route(api: Arc<Api>, request: Request) -> Result<Response> {
         _ => {}
     }
     let target = resolve(&api, &segments)?.ok_or(ApiError::NoRoute)?;
+    if let (Some(sub @ ("log" | "exec" | "attach")), Some(namespace), Some(name)) =
+        (target.subresource.as_deref(), target.namespace.as_deref(), target.name.as_deref())
+        && target.rt.kind == "Pod"
+        && target.rt.group.is_empty()
+    {
+        return crate::podstream::serve(api.clone(), parts, body, namespace, name, sub).await;
+    }
     let body =
         axum::body::to_bytes(body, MAX_BODY_BYTES).await.map_err(|_| ApiError::TooLarge { limit: MAX_BODY_BYTES })?;
     resource(api, target, method, parts.headers, query, body).await
@@ -351,7 +358,7 @@ async fn resource(
         let allowed = match sub {
             "status" => rt.has_status,
             "scale" => rt.scale.is_some(),
-            "binding" | "eviction" => rt.kind == "Pod" && rt.group.is_empty(),
+            "binding" | "eviction" | "log" | "exec" | "attach" => rt.kind == "Pod" && rt.group.is_empty(),
             "token" => rt.kind == "ServiceAccount" && rt.group.is_empty(),
             _ => false,
         };

@@ -51,6 +51,10 @@ pub struct ServerArgs {
     /// Client address announced in the member list (defaults to --listen-client).
     #[arg(long)]
     advertise_client: Option<String>,
+    /// API address other members use to pass on `kubectl logs`/`exec` for nodes streaming to
+    /// this member (defaults to --listen-api).
+    #[arg(long)]
+    advertise_api: Option<String>,
     /// Founding members as `name=host:port,...` (peer addresses). Used once, when the data
     /// directory is new; defaults to this member alone.
     #[arg(long, conflicts_with = "join")]
@@ -175,7 +179,9 @@ pub async fn run_until(args: ServerArgs, shutdown: impl std::future::Future<Outp
     let api = std::sync::Arc::new(keel_api::rest::Api::new(storage, registry).with_token_settings(tokens));
     let (api_stop_tx, api_stop_rx) = tokio::sync::oneshot::channel::<()>();
     // Node agents' streams share the API port: a worker dials the address kubectl uses.
-    let node_service = keel_node_service::NodeService::start(api.clone(), args.name.clone());
+    let api_address = args.advertise_api.clone().unwrap_or_else(|| args.listen_api.clone());
+    let node_service = keel_node_service::NodeService::start(api.clone(), args.name.clone(), api_address.clone());
+    api.tunnels.set(std::sync::Arc::new(node_service.clone()), api_address);
     let services = axum::Router::new().route_service("/keel.node.v1.NodeAgent/{*method}", node_service.server());
     let api_server = tokio::spawn(keel_api::server::serve_with(api.clone(), services, api_listener, async {
         let _ = api_stop_rx.await;

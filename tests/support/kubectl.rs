@@ -23,11 +23,12 @@ impl Kubectl {
 
     pub fn command(&self, args: &[&str]) -> Command {
         let mut command = Command::new("kubectl");
+        // Our flags before the caller's, so a caller's `-- command` stays last.
         command
-            .args(args)
             .arg("--cache-dir")
             .arg(&self.cache)
             .arg("--request-timeout=20s")
+            .args(args)
             .env("KUBECONFIG", &self.kubeconfig)
             .current_dir(&self.dir)
             .stdin(Stdio::null());

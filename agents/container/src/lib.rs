@@ -204,6 +204,15 @@ pub struct ExecOutput {
     pub stderr: Vec<u8>,
 }
 
+/// Which of an interactive session's streams the client wants.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Streams {
+    pub stdin: bool,
+    pub stdout: bool,
+    pub stderr: bool,
+    pub tty: bool,
+}
+
 /// Resource use of one container, for node metrics and the autoscaler.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ContainerStats {
@@ -247,6 +256,13 @@ pub trait ContainerRuntime: Send + Sync {
 
     /// Runs `command` in the container and waits for it (exec probes).
     async fn exec_sync(&self, container_id: &str, command: &[String], timeout: Duration) -> Result<ExecOutput>;
+
+    /// Prepares an interactive `kubectl exec` and answers with the URL on the runtime's
+    /// streaming server that serves it (WebSocket, `v4.channel.k8s.io`).
+    async fn exec(&self, container_id: &str, command: &[String], streams: &Streams) -> Result<String>;
+
+    /// As [`ContainerRuntime::exec`], attached to the container's own process.
+    async fn attach(&self, container_id: &str, streams: &Streams) -> Result<String>;
 
     async fn container_stats(&self) -> Result<Vec<ContainerStats>>;
 }

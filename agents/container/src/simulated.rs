@@ -21,7 +21,7 @@ use rand::Rng;
 
 use crate::{
     ContainerConfig, ContainerRuntime, ContainerState, ContainerStats, ContainerStatus, ExecOutput, Image, Result,
-    RuntimeError, RuntimeVersion, SandboxConfig, SandboxState, SandboxStatus, UnixNanos,
+    RuntimeError, RuntimeVersion, SandboxConfig, SandboxState, SandboxStatus, Streams, UnixNanos,
 };
 
 pub const RUN_SECONDS: &str = "simulate.keel.dev/run-seconds";
@@ -288,6 +288,14 @@ impl ContainerRuntime for SimulatedRuntime {
             Some(_) => Err(RuntimeError::Invalid(format!("container {container_id} is not running"))),
             None => Err(RuntimeError::NotFound(format!("container {container_id}"))),
         }
+    }
+
+    async fn exec(&self, _container_id: &str, _command: &[String], _streams: &Streams) -> Result<String> {
+        Err(RuntimeError::Invalid("simulated containers run no processes to exec into".into()))
+    }
+
+    async fn attach(&self, _container_id: &str, _streams: &Streams) -> Result<String> {
+        Err(RuntimeError::Invalid("simulated containers run no processes to attach to".into()))
     }
 
     async fn container_stats(&self) -> Result<Vec<ContainerStats>> {

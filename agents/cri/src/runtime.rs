@@ -8,7 +8,7 @@ use std::time::Duration;
 use hyper_util::rt::TokioIo;
 use keel_container::{
     ContainerConfig, ContainerRuntime, ContainerStats, ContainerStatus, ExecOutput, Image, Result, RuntimeError,
-    RuntimeVersion, SandboxConfig, SandboxState, SandboxStatus,
+    RuntimeVersion, SandboxConfig, SandboxState, SandboxStatus, Streams,
 };
 use keel_proto::cri;
 use keel_proto::cri::image_service_client::ImageServiceClient;
@@ -499,6 +499,44 @@ impl ContainerRuntime for CriRuntime {
             .map_err(|s| status_error(format_args!("exec {command:?} in container {container_id}"), s))?
             .into_inner();
         Ok(ExecOutput { exit_code: response.exit_code, stdout: response.stdout, stderr: response.stderr })
+    }
+
+    #[instrument(skip(self))]
+    async fn exec(&self, container_id: &str, command: &[String], streams: &Streams) -> Result<String> {
+        let request = cri::ExecRequest {
+            container_id: container_id.to_string(),
+            cmd: command.to_vec(),
+            tty: streams.tty,
+            stdin: streams.stdin,
+            stdout: streams.stdout,
+            // With a TTY both outputs arrive as one stream (CRI refuses stderr then).
+            stderr: streams.stderr && !streams.tty,
+        };
+        let response = self
+            .runtime
+            .clone()
+            .exec(self.request(request))
+            .await
+            .map_err(|s| status_error(format_args!("exec {command:?} in container {container_id}"), s))?;
+        Ok(response.into_inner().url)
+    }
+
+    #[instrument(skip(self))]
+    async fn attach(&self, container_id: &str, streams: &Streams) -> Result<String> {
+        let request = cri::AttachRequest {
+            container_id: container_id.to_string(),
+            stdin: streams.stdin,
+            tty: streams.tty,
+            stdout: streams.stdout,
+            stderr: streams.stderr && !streams.tty,
+        };
+        let response = self
+            .runtime
+            .clone()
+            .attach(self.request(request))
+            .await
+            .map_err(|s| status_error(format_args!("attach to container {container_id}"), s))?;
+        Ok(response.into_inner().url)
     }
 
     #[instrument(skip(self))]

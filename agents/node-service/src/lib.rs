@@ -16,17 +16,19 @@ mod session;
 
 use std::collections::{HashMap, HashSet};
 use std::pin::Pin;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Weak};
 
 use futures::Stream;
 use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret};
+use keel_api::podstream::{NodeTunnel, PodStream, PodStreamSink};
 use keel_api::rest::Api;
 use keel_proto::node::node_agent_server::{NodeAgent, NodeAgentServer};
-use keel_proto::node::{AgentMessage, MemberMessage};
+use keel_proto::node::stream_control::Action;
+use keel_proto::node::{AgentMessage, MemberMessage, StreamControl, StreamFrame, StreamOpen, member_message};
 use keel_runtime::{AbortOnDrop, Client, Informer};
 use parking_lot::Mutex;
-use tokio::sync::Notify;
+use tokio::sync::{Notify, mpsc};
 use tonic::{Request, Response, Status, Streaming};
 
 pub use refs::{ConfigRef, configs_of};
@@ -38,6 +40,8 @@ const BY_NODE: &str = "node";
 pub(crate) struct Hub {
     pub(crate) client: Client,
     pub(crate) member: String,
+    pub(crate) api_address: String,
+    next_pod_stream: AtomicU64,
     pub(crate) pods: Arc<Informer<Pod>>,
     pub(crate) config_maps: Arc<Informer<ConfigMap>>,
     pub(crate) secrets: Arc<Informer<Secret>>,
@@ -51,6 +55,24 @@ pub(crate) struct Hub {
 pub(crate) struct SessionHandle {
     pub(crate) id: u64,
     pub(crate) wake: Notify,
+    /// Pod stream messages for the agent; the session loop passes them on.
+    control: mpsc::UnboundedSender<MemberMessage>,
+    /// Open pod streams: where each one's frames from the agent go.
+    pub(crate) pod_streams: Mutex<HashMap<u64, mpsc::UnboundedSender<StreamFrame>>>,
+}
+
+impl SessionHandle {
+    /// Hands a frame from the agent to its pod stream; frames of closed streams are dropped.
+    pub(crate) fn deliver(&self, frame: StreamFrame) {
+        let mut streams = self.pod_streams.lock();
+        let end = frame.end;
+        let id = frame.id;
+        if let Some(tx) = streams.get(&id)
+            && (tx.send(frame).is_err() || end)
+        {
+            streams.remove(&id);
+        }
+    }
 }
 
 impl Hub {
@@ -69,13 +91,18 @@ impl Hub {
 
     /// Makes a stream the node's current one; an older stream of the same node (an agent
     /// that reconnected before its old connection was noticed dead) ends at its next turn.
-    pub(crate) fn attach(&self, node: &str) -> Arc<SessionHandle> {
-        let handle =
-            Arc::new(SessionHandle { id: self.next_session.fetch_add(1, Ordering::Relaxed), wake: Notify::new() });
+    pub(crate) fn attach(&self, node: &str) -> (Arc<SessionHandle>, mpsc::UnboundedReceiver<MemberMessage>) {
+        let (control, control_rx) = mpsc::unbounded_channel();
+        let handle = Arc::new(SessionHandle {
+            id: self.next_session.fetch_add(1, Ordering::Relaxed),
+            wake: Notify::new(),
+            control,
+            pod_streams: Mutex::new(HashMap::new()),
+        });
         if let Some(old) = self.sessions.lock().insert(node.to_string(), handle.clone()) {
             old.wake.notify_one();
         }
-        handle
+        (handle, control_rx)
     }
 
     pub(crate) fn is_current(&self, node: &str, handle: &SessionHandle) -> bool {
@@ -83,6 +110,8 @@ impl Hub {
     }
 
     pub(crate) fn detach(&self, node: &str, handle: &SessionHandle) {
+        // Its pod streams end with it: their clients see the stream close.
+        handle.pod_streams.lock().clear();
         let mut sessions = self.sessions.lock();
         if sessions.get(node).is_some_and(|h| h.id == handle.id) {
             sessions.remove(node);
@@ -119,8 +148,10 @@ pub struct NodeService {
 }
 
 impl NodeService {
-    /// Starts the member's informers; `member` names this member in what agents are told.
-    pub fn start(api: Arc<Api>, member: String) -> NodeService {
+    /// Starts the member's informers; `member` names this member in what agents are told, and
+    /// `api_address` is where other members reach it (written on each Node it serves, so a
+    /// `kubectl logs` taken by another member finds its way here).
+    pub fn start(api: Arc<Api>, member: String, api_address: String) -> NodeService {
         let client = Client::new(api, "keel-node-service");
         let pods = Informer::<Pod>::new(client.clone());
         pods.add_index(BY_NODE, |pod: &Pod| {
@@ -136,6 +167,8 @@ impl NodeService {
         let hub = Arc::new(Hub {
             client,
             member,
+            api_address,
+            next_pod_stream: AtomicU64::new(1),
             pods: pods.clone(),
             config_maps: config_maps.clone(),
             secrets: secrets.clone(),
@@ -180,6 +213,39 @@ impl NodeService {
     /// Nodes with a stream on this member.
     pub fn connected_nodes(&self) -> usize {
         self.hub.sessions.lock().len()
+    }
+}
+
+impl NodeTunnel for NodeService {
+    fn open(&self, node: &str, request: StreamOpen) -> Option<PodStream> {
+        let handle = self.hub.sessions.lock().get(node)?.clone();
+        let id = self.hub.next_pod_stream.fetch_add(1, Ordering::Relaxed);
+        let (frames_tx, frames) = mpsc::unbounded_channel();
+        handle.pod_streams.lock().insert(id, frames_tx);
+        let sink = StreamSink { id, control: handle.control.clone(), handle: Arc::downgrade(&handle) };
+        if !sink.send(Action::Open(request)) {
+            handle.pod_streams.lock().remove(&id);
+            return None;
+        }
+        Some(PodStream::new(frames, Box::new(sink)))
+    }
+}
+
+struct StreamSink {
+    id: u64,
+    control: mpsc::UnboundedSender<MemberMessage>,
+    handle: Weak<SessionHandle>,
+}
+
+impl PodStreamSink for StreamSink {
+    fn send(&self, action: Action) -> bool {
+        if matches!(action, Action::Close(_))
+            && let Some(handle) = self.handle.upgrade()
+        {
+            handle.pod_streams.lock().remove(&self.id);
+        }
+        let control = StreamControl { id: self.id, action: Some(action) };
+        self.control.send(MemberMessage { message: Some(member_message::Message::Stream(control)) }).is_ok()
     }
 }
 

@@ -79,6 +79,11 @@ pub(crate) async fn run(hub: Arc<Hub>, mut incoming: Streaming<AgentMessage>, tx
         return;
     };
     let span = tracing::info_span!("node_stream", node = %name);
+    let mut node = node;
+    node.metadata
+        .annotations
+        .get_or_insert_with(Default::default)
+        .insert(keel_api::podstream::MEMBER_ANNOTATION.to_string(), hub.api_address.clone());
     serve(hub, name, node, register, incoming, tx).instrument(span).await;
 }
 
@@ -102,14 +107,21 @@ async fn serve(
     if tx.send(Ok(MemberMessage { message: Some(ToAgent::Registered(registered)) })).await.is_err() {
         return;
     }
-    let handle = hub.attach(&name);
+    let (handle, mut control) = hub.attach(&name);
     tracing::info!(known = register.known.len(), "node connected");
-    let result = stream(&hub, &name, &handle, &stored, register, &mut incoming, &tx).await;
+    let mut inbound = Inbound { agent: &mut incoming, control: &mut control };
+    let result = stream(&hub, &name, &handle, &stored, register, &mut inbound, &tx).await;
     match result {
         Ok(()) => tracing::info!("node stream ended"),
         Err(why) => tracing::info!(%why, "node stream ended"),
     }
     hub.detach(&name, &handle);
+}
+
+/// What a session loop reads: the agent's messages, and pod stream messages for the agent.
+struct Inbound<'a> {
+    agent: &'a mut Streaming<AgentMessage>,
+    control: &'a mut mpsc::UnboundedReceiver<MemberMessage>,
 }
 
 async fn stream(
@@ -118,9 +130,10 @@ async fn stream(
     handle: &SessionHandle,
     node: &Node,
     register: Register,
-    incoming: &mut Streaming<AgentMessage>,
+    inbound: &mut Inbound<'_>,
     tx: &Outgoing,
 ) -> Result<(), String> {
+    let Inbound { agent: incoming, control } = inbound;
     let mut held = Held {
         objects: register
             .known
@@ -148,7 +161,11 @@ async fn stream(
                 }
                 send_changes(hub, name, &mut held, tx, false).await?;
             }
+            Some(message) = control.recv() => {
+                tx.send(Ok(message)).await.map_err(|_| "the agent stopped reading".to_string())?;
+            }
             message = incoming.message() => match message {
+                Ok(Some(AgentMessage { message: Some(FromAgent::Stream(frame)) })) => handle.deliver(frame),
                 Ok(Some(AgentMessage { message: Some(message) })) => {
                     handle_message(hub, name, node, lease_seconds, &mut lease, message).await;
                 }
@@ -249,6 +266,8 @@ async fn handle_message(
     let client = &hub.client;
     match message {
         FromAgent::Register(_) => tracing::warn!("a second Register on one stream is ignored"),
+        // Pod stream frames go to their stream from the session loop, never here.
+        FromAgent::Stream(_) => {}
         FromAgent::Heartbeat(_) => {
             if let Err(e) = renew_lease(client, node_name, node, lease_seconds, lease).await {
                 tracing::warn!(error = %e, "renewing the node's Lease failed");

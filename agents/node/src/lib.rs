@@ -16,6 +16,7 @@ pub mod pods;
 pub mod reports;
 pub mod status;
 mod stream;
+mod streams;
 pub mod volumes;
 
 use std::collections::BTreeMap;

@@ -17,6 +17,7 @@ use tracing::Instrument;
 
 use crate::NodeConfig;
 use crate::pods::PodWorkers;
+use crate::streams::PodStreams;
 
 /// Reports sent in one message at most.
 const BATCH: usize = 500;
@@ -31,6 +32,8 @@ pub struct Connector {
     current: Mutex<Option<String>>,
     /// Streams established so far.
     connects: AtomicU64,
+    /// `kubectl logs`/`exec`/`attach` sessions riding on the current stream.
+    pod_streams: PodStreams,
 }
 
 fn message(message: ToMember) -> AgentMessage {
@@ -39,7 +42,13 @@ fn message(message: ToMember) -> AgentMessage {
 
 impl Connector {
     pub fn new(config: NodeConfig, workers: Arc<PodWorkers>) -> Connector {
-        Connector { config, workers, current: Mutex::new(None), connects: AtomicU64::new(0) }
+        Connector {
+            config,
+            workers,
+            current: Mutex::new(None),
+            connects: AtomicU64::new(0),
+            pod_streams: PodStreams::default(),
+        }
     }
 
     pub fn connected_to(&self) -> Option<String> {
@@ -72,6 +81,7 @@ impl Connector {
             let span = tracing::info_span!("node_stream", node = %self.config.name, member = %server);
             let outcome = self.session(&server, &version).instrument(span).await;
             *self.current.lock() = None;
+            self.pod_streams.close_all();
             match outcome {
                 Ok(()) => {
                     tracing::info!(node = %self.config.name, member = %server, "the member ended the stream");
@@ -138,6 +148,9 @@ impl Connector {
                             for uid in &applied.pods {
                                 self.workers.wake(uid);
                             }
+                        }
+                        Some(MemberMessage { message: Some(FromMember::Stream(control)) }) => {
+                            self.pod_streams.control(&ctx, control, &tx);
                         }
                         Some(other) => tracing::debug!(?other, "ignored a member message"),
                         None => return Ok(()),
