@@ -405,6 +405,10 @@ spec:
         assert_eq!(String::from_utf8_lossy(&status.stdout), "out\n");
         assert!(String::from_utf8_lossy(&status.stderr).contains("err"), "{status:?}");
     }
+    // kubectl cp out of a pod: tar in the container, over exec.
+    let copied = kubectls[1].dir.join("hostname");
+    kubectls[1].ok(&["cp", "-c", "main", "talker:/etc/hostname", &copied.display().to_string()]);
+    assert_eq!(std::fs::read_to_string(&copied).expect("copied file").trim(), "talker");
     let missing = k.run(&["exec", "talker", "-c", "main", "--", "/no/such/program"]);
     assert!(!missing.status.success(), "{missing:?}");
 
