@@ -1,16 +1,20 @@
 #!/usr/bin/env bash
 # Pod start-up latency with real containers: `keel up` on loopback (one member, the control
-# loops, a node agent with its own containerd and the local busybox image), then PODS pods
-# created CONCURRENCY at a time; prints p50/p90/p99/max of create-to-Running as seen through a
-# watch (Kubernetes' pod start-up SLO measures the same interval). Run as root.
+# loops, a node agent with its own containerd and the local busybox image), then two rounds of
+# PODS pods: created at RATE pods/s (below the node's start-up throughput: the latency of one
+# start), then all at once, CONCURRENCY creates in flight (a burst: the latency is mostly
+# queueing, and total time / PODS is the node's throughput). Prints p50/p90/p99/max of
+# create-to-Running as seen through a watch (Kubernetes' pod start-up SLO measures the same
+# interval). Run as root.
 #
-#   ops/bench/pod-startup.sh                   # uses target/release/keel, 100 pods
-#   KEEL=target/debug/keel PODS=200 CONCURRENCY=20 ops/bench/pod-startup.sh
+#   ops/bench/pod-startup.sh                   # uses target/release/keel, 100 pods, 2 pods/s
+#   KEEL=target/debug/keel PODS=200 RATE=1 CONCURRENCY=20 ops/bench/pod-startup.sh
 set -euo pipefail
 
 KEEL=${KEEL:-target/release/keel}
 PODS=${PODS:-100}
 CONCURRENCY=${CONCURRENCY:-10}
+RATE=${RATE:-2}
 [ -x "$KEEL" ] || { echo "$KEEL not found: cargo build --release --workspace" >&2; exit 1; }
 
 work=$(mktemp -d /tmp/keel-pod-startup.XXXXXX)
@@ -35,5 +39,11 @@ up_pid=$!
 for _ in $(seq 300); do
   [ "$(KUBECONFIG=$work/kubeconfig kubectl get node bench -o jsonpath='{.status.conditions[?(@.type=="Ready")].status}' 2>/dev/null)" = True ] && break
   sleep 0.2
+done
+"$KEEL" bench pods --server 127.0.0.71:6443 --pods "$PODS" --concurrency "$CONCURRENCY" --rate "$RATE"
+# The first round's pods stop and go before the burst.
+for _ in $(seq 300); do
+  [ "$(KUBECONFIG=$work/kubeconfig kubectl get pods -A -l app=bench-pods -o name 2>/dev/null | wc -l)" = 0 ] && break
+  sleep 0.5
 done
 "$KEEL" bench pods --server 127.0.0.71:6443 --pods "$PODS" --concurrency "$CONCURRENCY"
