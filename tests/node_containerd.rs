@@ -21,6 +21,9 @@ use support::eventually;
 use support::kubectl::Kubectl;
 use support::processes::{Cluster, keel_binary};
 
+const EVICTION_HARD_FLAG: &str = "--eviction-hard";
+const LENIENT_DISK: &str = "nodefs.available<1%,nodefs.inodesFree<1%";
+
 struct Agent {
     child: Child,
     log: PathBuf,
@@ -30,6 +33,10 @@ struct Agent {
 
 impl Agent {
     fn start(dir: &Path, servers: &[String]) -> Agent {
+        Agent::start_with(dir, servers, &[])
+    }
+
+    fn start_with(dir: &Path, servers: &[String], extra: &[&str]) -> Agent {
         let images = dir.join("images");
         let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../ops/images/build.sh");
         let built = Command::new(&script).arg(&images).output().expect("run ops/images/build.sh");
@@ -46,6 +53,10 @@ impl Agent {
             .args(["--data-dir", &data_dir.display().to_string(), "--images-dir", &images.display().to_string()])
             .args(["--pod-cidr", &cidr, "--cni-bridge", &bridge])
             .args(["--heartbeat-interval", "1s", "--node-lease-duration", "10s", "--crash-loop-backoff", "1s"])
+            // Shared test machines run with little free disk; kubelet's 10% would taint the
+            // node and stop every pod.
+            .args(if extra.contains(&"--eviction-hard") { &[][..] } else { &[EVICTION_HARD_FLAG, LENIENT_DISK][..] })
+            .args(extra)
             .env("KEEL_LOG", "info")
             .env("NO_COLOR", "1")
             .stdout(Stdio::null())
@@ -440,4 +451,68 @@ spec:
     let _ = typed.join();
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("/dev/pts/") && text.contains("got-hello"), "{out:?}");
+}
+
+/// A node short of memory by `--eviction-hard` says so: MemoryPressure turns True, the node
+/// lifecycle controller taints it `memory-pressure:NoSchedule`, and a pod that does not
+/// tolerate the taint is not scheduled there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_under_memory_pressure_is_tainted_and_gets_no_new_pods() {
+    support::init_logging();
+    let cluster = Cluster::start(1, &[]).await;
+    let apis: Vec<String> = cluster.members.iter().map(|m| m.api.clone()).collect();
+    let _agent = Agent::start_with(
+        cluster.dir(),
+        &apis,
+        &[
+            EVICTION_HARD_FLAG,
+            &format!("memory.available<1000Ti,{LENIENT_DISK}"),
+            "--node-status-update-frequency",
+            "1s",
+        ],
+    );
+    let work = cluster.dir().join("kubectl");
+    std::fs::create_dir_all(&work).expect("work dir");
+    let k = Kubectl::new(&work, &apis[0]);
+    let node = eventually(Duration::from_secs(90), "MemoryPressure and its taint", || async {
+        let out = k.run(&["get", "node", "worker-1", "-o", "json"]);
+        let node = serde_json::from_slice::<Value>(&out.stdout).ok()?;
+        let pressure = node["status"]["conditions"]
+            .as_array()?
+            .iter()
+            .any(|c| c["type"] == "MemoryPressure" && c["status"] == "True");
+        let tainted = node["spec"]["taints"]
+            .as_array()?
+            .iter()
+            .any(|t| t["key"] == "node.kubernetes.io/memory-pressure" && t["effect"] == "NoSchedule");
+        (pressure && tainted).then_some(node)
+    })
+    .await;
+    let condition = node["status"]["conditions"]
+        .as_array()
+        .expect("conditions")
+        .iter()
+        .find(|c| c["type"] == "MemoryPressure")
+        .expect("MemoryPressure")
+        .clone();
+    assert_eq!(condition["reason"], "KubeletHasInsufficientMemory", "{condition}");
+    assert!(condition["message"].as_str().unwrap_or("").contains("memory.available is"), "{condition}");
+
+    let pod = k.write(
+        "pod.yaml",
+        r#"apiVersion: v1
+kind: Pod
+metadata: {name: squeezed}
+spec:
+  containers: [{name: main, image: keel.local/busybox:1.36, command: ["sleep", "3600"]}]
+"#,
+    );
+    k.ok(&["apply", "-f", &pod]);
+    eventually(Duration::from_secs(30), "FailedScheduling for the taint", || async {
+        let out = k.ok(&["get", "events", "--field-selector", "involvedObject.name=squeezed,reason=FailedScheduling"]);
+        out.contains("memory-pressure").then_some(())
+    })
+    .await;
+    let pod = k.json(&["get", "pod", "squeezed"]);
+    assert!(pod["spec"]["nodeName"].is_null(), "{pod}");
 }

@@ -49,6 +49,8 @@ async fn keel_up_runs_a_pod_and_stops_cleanly() {
             .args(["up", "--data-dir", &data.display().to_string()])
             .args(["--listen-api", &api, "--listen-client", &client, "--listen-peer", &peer])
             .args(["--pod-cidr", &cidr, "--cni-bridge", &bridge, "--node-name", "laptop"])
+            // Shared test machines run with little free disk: kubelet's 10% would stop pods.
+            .args(["--eviction-hard", "nodefs.available<1%,nodefs.inodesFree<1%"])
             .args(extra)
             .env("KEEL_LOG", "info")
             .env("NO_COLOR", "1");

@@ -34,6 +34,7 @@ trap cleanup EXIT
 ops/images/build.sh "$work/images" >/dev/null
 "$KEEL" up --data-dir "$work" --listen-api 127.0.0.71:6443 --listen-client 127.0.0.71:2379 \
   --listen-peer 127.0.0.71:2380 --cni-bridge kbench0 --pod-cidr 10.99.0.0/16 --node-name bench \
+  --eviction-hard "nodefs.available<1%,nodefs.inodesFree<1%" \
   >/dev/null 2>"$work/up.log" &
 up_pid=$!
 for _ in $(seq 300); do

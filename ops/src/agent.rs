@@ -47,6 +47,15 @@ pub struct AgentArgs {
     /// Let pods run privileged containers.
     #[arg(long)]
     allow_privileged: bool,
+    /// How often the node's conditions are measured; a changed one is reported at once
+    /// (unchanged status goes every minute).
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    node_status_update_frequency: Duration,
+    /// Hard thresholds below which the node reports MemoryPressure, DiskPressure or
+    /// PIDPressure, in kubelet's syntax (`memory.available<100Mi,nodefs.available<10%,
+    /// nodefs.inodesFree<5%,pid.available<5%`; signals not named keep those defaults).
+    #[arg(long, default_value = "", value_parser = keel_node::pressure::Thresholds::parse)]
+    eviction_hard: keel_node::pressure::Thresholds,
     /// containerd's socket (`unix:///run/containerd/containerd.sock` or a path): use that
     /// containerd instead of starting the agent's own under --data-dir.
     #[arg(long)]
@@ -153,6 +162,8 @@ pub async fn run_until(mut args: AgentArgs, shutdown: impl std::future::Future<O
         config.backoff_initial = args.crash_loop_backoff;
         config.backoff_max = args.crash_loop_backoff_max;
         config.allow_privileged = args.allow_privileged;
+        config.eviction_hard = args.eviction_hard.clone();
+        config.status_check = args.node_status_update_frequency;
         config
     };
     let mut agents = Vec::new();

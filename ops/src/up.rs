@@ -35,6 +35,10 @@ pub struct UpArgs {
     pod_cidr: String,
     #[arg(long, default_value = "keel0")]
     cni_bridge: String,
+    /// The node's pressure thresholds, as `keel agent --eviction-hard` (kubelet's defaults:
+    /// a disk with less than 10% free taints the node and stops new pods).
+    #[arg(long, default_value = "")]
+    eviction_hard: String,
     /// Where the kubeconfig goes (default: `<data-dir>/kubeconfig`).
     #[arg(long)]
     kubeconfig: Option<PathBuf>,
@@ -147,6 +151,8 @@ pub async fn run(args: UpArgs) -> Result<()> {
         &args.pod_cidr,
         "--cni-bridge",
         &args.cni_bridge,
+        "--eviction-hard",
+        &args.eviction_hard,
     ])
     .context("agent settings")?
     .args;

@@ -23,6 +23,13 @@ use parking_lot::Mutex;
 pub const NOT_READY: &str = "node.kubernetes.io/not-ready";
 pub const UNREACHABLE: &str = "node.kubernetes.io/unreachable";
 pub const UNSCHEDULABLE: &str = "node.kubernetes.io/unschedulable";
+/// NoSchedule taints for the pressure conditions a node reports (kube's TaintNodesByCondition).
+pub const PRESSURE_TAINTS: [(&str, &str); 4] = [
+    ("MemoryPressure", "node.kubernetes.io/memory-pressure"),
+    ("DiskPressure", "node.kubernetes.io/disk-pressure"),
+    ("PIDPressure", "node.kubernetes.io/pid-pressure"),
+    ("NetworkUnavailable", "node.kubernetes.io/network-unavailable"),
+];
 pub const POD_BY_NODE: &str = "node";
 const LEASE_NAMESPACE: &str = "kube-node-lease";
 
@@ -67,6 +74,12 @@ pub fn wanted_taints(node: &Node) -> Vec<(&'static str, &'static str)> {
     }
     if node.spec.as_ref().and_then(|s| s.unschedulable) == Some(true) {
         wanted.push((UNSCHEDULABLE, "NoSchedule"));
+    }
+    let conditions = node.status.as_ref().and_then(|s| s.conditions.as_deref()).unwrap_or_default();
+    for (condition, taint) in PRESSURE_TAINTS {
+        if conditions.iter().any(|c| c.type_ == condition && c.status == "True") {
+            wanted.push((taint, "NoSchedule"));
+        }
     }
     wanted
 }
@@ -214,7 +227,8 @@ impl NodeLifecycle {
 
     async fn sync_taints(&self, node: Node) -> Result<Node> {
         let wanted = wanted_taints(&node);
-        let owned = [NOT_READY, UNREACHABLE, UNSCHEDULABLE];
+        let mut owned = vec![NOT_READY, UNREACHABLE, UNSCHEDULABLE];
+        owned.extend(PRESSURE_TAINTS.iter().map(|(_, taint)| *taint));
         let current = node.spec.as_ref().and_then(|s| s.taints.clone()).unwrap_or_default();
         let mut taints: Vec<Taint> = current
             .iter()
@@ -293,6 +307,18 @@ mod tests {
             (
                 serde_json::json!({"spec": {"unschedulable": true}, "status": {"conditions": [{"type": "Ready", "status": "True"}]}}),
                 vec![(UNSCHEDULABLE, "NoSchedule")],
+            ),
+            (
+                serde_json::json!({"status": {"conditions": [
+                    {"type": "Ready", "status": "True"},
+                    {"type": "MemoryPressure", "status": "True"},
+                    {"type": "DiskPressure", "status": "False"},
+                    {"type": "PIDPressure", "status": "True"},
+                ]}}),
+                vec![
+                    ("node.kubernetes.io/memory-pressure", "NoSchedule"),
+                    ("node.kubernetes.io/pid-pressure", "NoSchedule"),
+                ],
             ),
         ];
         for (value, want) in cases {

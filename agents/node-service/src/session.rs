@@ -153,8 +153,16 @@ async fn stream(
     let lease_seconds = if register.lease_duration_seconds > 0 { register.lease_duration_seconds } else { 40 };
     let mut lease: Option<Lease> = None;
     send_changes(hub, name, &mut held, tx, true).await?;
+    // An agent heartbeats well within its lease; one silent for a whole lease is gone (its
+    // machine may have vanished without closing the connection, which TCP alone would take
+    // many minutes to notice), and its stream's resources are freed.
+    let silence = Duration::from_secs(lease_seconds.max(1) as u64);
+    let mut last_heard = tokio::time::Instant::now();
     loop {
         tokio::select! {
+            _ = tokio::time::sleep_until(last_heard + silence) => {
+                return Err(format!("the agent sent nothing for {} s", silence.as_secs()));
+            }
             _ = handle.wake.notified() => {
                 if !hub.is_current(name, handle) {
                     return Err("a newer stream of the same node took over".into());
@@ -165,11 +173,15 @@ async fn stream(
                 tx.send(Ok(message)).await.map_err(|_| "the agent stopped reading".to_string())?;
             }
             message = incoming.message() => match message {
-                Ok(Some(AgentMessage { message: Some(FromAgent::Stream(frame)) })) => handle.deliver(frame),
+                Ok(Some(AgentMessage { message: Some(FromAgent::Stream(frame)) })) => {
+                    last_heard = tokio::time::Instant::now();
+                    handle.deliver(frame);
+                }
                 Ok(Some(AgentMessage { message: Some(message) })) => {
+                    last_heard = tokio::time::Instant::now();
                     handle_message(hub, name, node, lease_seconds, &mut lease, message).await;
                 }
-                Ok(Some(AgentMessage { message: None })) => {}
+                Ok(Some(AgentMessage { message: None })) => last_heard = tokio::time::Instant::now(),
                 Ok(None) => return Ok(()),
                 Err(e) => return Err(format!("agent stream broke: {e}")),
             }

@@ -13,6 +13,7 @@ pub mod env;
 pub mod node;
 pub mod objects;
 pub mod pods;
+pub mod pressure;
 pub mod reports;
 pub mod status;
 mod stream;
@@ -47,6 +48,9 @@ pub struct NodeConfig {
     pub lease_duration: Duration,
     /// How often the node's status is sent when nothing changed it.
     pub status_interval: Duration,
+    /// How often the node's conditions are measured; a change is sent at once
+    /// (`--node-status-update-frequency`, kubelet's 10 s).
+    pub status_check: Duration,
     /// How often the runtime's containers are listed for changes (kubelet's PLEG: 1 s).
     pub relist: Duration,
     pub backoff_initial: Duration,
@@ -56,6 +60,8 @@ pub struct NodeConfig {
     /// Whether pod volumes are set up on disk (not for simulated nodes, whose containers
     /// never read them).
     pub volumes: bool,
+    /// Below these, the node reports pressure (`--eviction-hard`).
+    pub eviction_hard: pressure::Thresholds,
 }
 
 impl NodeConfig {
@@ -71,12 +77,14 @@ impl NodeConfig {
             heartbeat: Duration::from_secs(10),
             lease_duration: Duration::from_secs(40),
             status_interval: Duration::from_secs(60),
+            status_check: Duration::from_secs(10),
             relist: Duration::from_secs(1),
             backoff_initial: Duration::from_secs(10),
             backoff_max: Duration::from_secs(300),
             allow_privileged: false,
             container_events: true,
             volumes: true,
+            eviction_hard: pressure::Thresholds::default(),
         }
     }
 }

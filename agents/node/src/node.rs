@@ -8,6 +8,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 use keel_container::RuntimeVersion;
 
 use crate::NodeConfig;
+use crate::pressure::{Pressure, Signals};
 
 /// What the node offers pods.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -77,27 +78,49 @@ fn os_image() -> String {
         .unwrap_or_else(|| "Linux".into())
 }
 
-/// The status the agent reports: conditions (Ready while the agent runs; no pressure is
-/// measured yet), capacity, addresses and node info. Transition times are the member's to
-/// keep: it merges conditions by type.
+/// The pressure conditions, as kubelet words them.
+fn pressure_conditions(pressure: &Pressure, now: &Time) -> Vec<NodeCondition> {
+    let one = |type_: &str, under: &Option<String>, ok: (&str, &str), bad: (&str, &str)| match under {
+        None => condition(type_, "False", ok.0, ok.1, now),
+        Some(signal) => condition(type_, "True", bad.0, &format!("{} ({signal})", bad.1), now),
+    };
+    vec![
+        one(
+            "MemoryPressure",
+            &pressure.memory,
+            ("KubeletHasSufficientMemory", "kubelet has sufficient memory available"),
+            ("KubeletHasInsufficientMemory", "kubelet has insufficient memory available"),
+        ),
+        one(
+            "DiskPressure",
+            &pressure.disk,
+            ("KubeletHasNoDiskPressure", "kubelet has no disk pressure"),
+            ("KubeletHasDiskPressure", "kubelet has disk pressure"),
+        ),
+        one(
+            "PIDPressure",
+            &pressure.pid,
+            ("KubeletHasSufficientPID", "kubelet has sufficient PID available"),
+            ("KubeletHasInsufficientPID", "kubelet has insufficient PID available"),
+        ),
+    ]
+}
+
+/// The status the agent reports: conditions (Ready while the agent runs; pressure measured
+/// against `--eviction-hard`, never for simulated nodes, which have no machine of their
+/// own), capacity, addresses and node info. Transition times are the member's to keep: it
+/// merges conditions by type.
 pub fn status(config: &NodeConfig, runtime: &RuntimeVersion, simulated: bool) -> NodeStatus {
     let now = Time(k8s_openapi::chrono::Utc::now());
     let kernel = if simulated { String::new() } else { first_line("/proc/sys/kernel/osrelease") };
+    let pressure =
+        if simulated { Pressure::default() } else { Signals::measure(&config.root).pressure(&config.eviction_hard) };
+    let mut conditions = pressure_conditions(&pressure, &now);
+    conditions.push(condition("Ready", "True", "KubeletReady", "kubelet is posting ready status", &now));
     NodeStatus {
         capacity: Some(config.capacity.quantities()),
         allocatable: Some(config.capacity.allocatable()),
-        conditions: Some(vec![
-            condition(
-                "MemoryPressure",
-                "False",
-                "KubeletHasSufficientMemory",
-                "kubelet has sufficient memory available",
-                &now,
-            ),
-            condition("DiskPressure", "False", "KubeletHasNoDiskPressure", "kubelet has no disk pressure", &now),
-            condition("PIDPressure", "False", "KubeletHasSufficientPID", "kubelet has sufficient PID available", &now),
-            condition("Ready", "True", "KubeletReady", "kubelet is posting ready status", &now),
-        ]),
+        conditions: Some(conditions),
         addresses: Some(vec![
             NodeAddress { type_: "InternalIP".into(), address: config.address.clone() },
             NodeAddress { type_: "Hostname".into(), address: config.name.clone() },

@@ -40,6 +40,14 @@ fn message(message: ToMember) -> AgentMessage {
     AgentMessage { message: Some(message) }
 }
 
+fn condition_statuses_of(status: &k8s_openapi::api::core::v1::NodeStatus) -> Vec<(String, String)> {
+    status.conditions.iter().flatten().map(|c| (c.type_.clone(), c.status.clone())).collect()
+}
+
+fn condition_statuses(node: &k8s_openapi::api::core::v1::Node) -> Vec<(String, String)> {
+    node.status.as_ref().map(condition_statuses_of).unwrap_or_default()
+}
+
 impl Connector {
     pub fn new(config: NodeConfig, workers: Arc<PodWorkers>) -> Connector {
         Connector {
@@ -134,8 +142,9 @@ impl Connector {
         ctx.reports.resend_all();
 
         let mut heartbeat = tokio::time::interval(self.config.heartbeat);
-        let mut node_status = tokio::time::interval(self.config.status_interval);
+        let mut node_status = tokio::time::interval(self.config.status_check.min(self.config.status_interval));
         node_status.tick().await; // Register carried the status.
+        let mut last_sent = (tokio::time::Instant::now(), condition_statuses(&node));
         loop {
             tokio::select! {
                 received = incoming.message() => {
@@ -161,8 +170,13 @@ impl Connector {
                 }
                 _ = node_status.tick() => {
                     let status = crate::node::status(&self.config, version, simulated);
-                    let status = serde_json::to_vec(&status).context("encoding the node status")?;
-                    tx.send(message(ToMember::NodeStatus(NodeStatus { status }))).await.context("sending node status")?;
+                    let conditions = condition_statuses_of(&status);
+                    // Sent when a condition turned, else once per status interval.
+                    if conditions != last_sent.1 || last_sent.0.elapsed() >= self.config.status_interval {
+                        let status = serde_json::to_vec(&status).context("encoding the node status")?;
+                        tx.send(message(ToMember::NodeStatus(NodeStatus { status }))).await.context("sending node status")?;
+                        last_sent = (tokio::time::Instant::now(), conditions);
+                    }
                 }
                 _ = ctx.reports.wake.notified() => {
                     tokio::time::sleep(GATHER).await;
