@@ -516,3 +516,86 @@ spec:
     let pod = k.json(&["get", "pod", "squeezed"]);
     assert!(pod["spec"]["nodeName"].is_null(), "{pod}");
 }
+
+/// A StatefulSet's claim, provisioned by the local-path provisioner, is mounted from its
+/// volume's directory on the node; what a pod wrote there is there for its replacement.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_claimed_volume_outlives_its_pod() {
+    support::init_logging();
+    let storage = tempfile::Builder::new().prefix("keel-storage-").tempdir().expect("storage dir");
+    let storage_flag = storage.path().display().to_string();
+    let cluster = Cluster::start(1, &["--default-local-storage-path", &storage_flag]).await;
+    let apis: Vec<String> = cluster.members.iter().map(|m| m.api.clone()).collect();
+    let _agent = Agent::start(cluster.dir(), &apis);
+    let work = cluster.dir().join("kubectl");
+    std::fs::create_dir_all(&work).expect("work dir");
+    let k = Kubectl::new(&work, &apis[0]);
+    let manifest = k.write(
+        "db.yaml",
+        r#"apiVersion: apps/v1
+kind: StatefulSet
+metadata: {name: db}
+spec:
+  serviceName: db
+  replicas: 1
+  selector: {matchLabels: {app: db}}
+  template:
+    metadata: {labels: {app: db}}
+    spec:
+      terminationGracePeriodSeconds: 1
+      containers:
+      - name: main
+        image: keel.local/busybox:1.36
+        command: ["sh", "-c", "cat /data/born 2>/dev/null; hostname >> /data/born; date +%s%N >> /data/born; exec sleep 3600"]
+        volumeMounts: [{name: data, mountPath: /data}]
+  volumeClaimTemplates:
+  - metadata: {name: data}
+    spec: {accessModes: [ReadWriteOnce], resources: {requests: {storage: 1Gi}}}
+"#,
+    );
+    k.ok(&["apply", "-f", &manifest]);
+    k.ok(&["wait", "--for=condition=Ready", "pod/db-0", "--timeout=120s"]);
+    let claim = k.json(&["get", "pvc", "data-db-0"]);
+    assert_eq!(claim["status"]["phase"], "Bound", "{claim}");
+    let volume = claim["spec"]["volumeName"].as_str().expect("bound volume").to_string();
+    let first = k.ok(&["exec", "db-0", "--", "cat", "/data/born"]);
+    assert_eq!(first.lines().count(), 2, "{first:?}");
+    // The data lives in the volume's directory under the provisioner's path.
+    let pv = k.json(&["get", "pv", &volume]);
+    let host_dir = pv["spec"]["hostPath"]["path"].as_str().expect("a hostPath volume").to_string();
+    assert!(host_dir.starts_with(&storage_flag), "{host_dir}");
+    assert_eq!(std::fs::read_to_string(Path::new(&host_dir).join("born")).expect("on the node"), first);
+
+    let old_uid = k.json(&["get", "pod", "db-0"])["metadata"]["uid"].clone();
+    k.ok(&["delete", "pod", "db-0", "--wait=true", "--timeout=60s"]);
+    eventually(Duration::from_secs(120), "db-0 back and Ready", || async {
+        let out = k.run(&["get", "pod", "db-0", "-o", "json"]);
+        let pod = serde_json::from_slice::<Value>(&out.stdout).ok()?;
+        (pod["metadata"]["uid"] != old_uid && ready(&pod)).then_some(())
+    })
+    .await;
+    // The replacement read what the first pod wrote (its log), then added its own lines.
+    let log = k.ok(&["logs", "db-0"]);
+    assert_eq!(log, first, "the new pod saw {log:?}");
+    let second = k.ok(&["exec", "db-0", "--", "cat", "/data/born"]);
+    assert!(second.starts_with(&first) && second.lines().count() == 4, "{second:?}");
+
+    // A pod whose claim does not exist waits, saying why.
+    let orphan = k.write(
+        "orphan.yaml",
+        r#"apiVersion: v1
+kind: Pod
+metadata: {name: orphan}
+spec:
+  nodeName: worker-1
+  containers: [{name: main, image: keel.local/busybox:1.36, command: ["sleep", "3600"]}]
+  volumes: [{name: data, persistentVolumeClaim: {claimName: nowhere}}]
+"#,
+    );
+    k.ok(&["apply", "-f", &orphan]);
+    eventually(Duration::from_secs(30), "FailedMount for the missing claim", || async {
+        let out = k.ok(&["get", "events", "--field-selector", "involvedObject.name=orphan,reason=FailedMount"]);
+        out.contains("persistentvolumeclaim \"nowhere\" not found").then_some(())
+    })
+    .await;
+}

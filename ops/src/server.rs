@@ -34,6 +34,9 @@ pub struct ServerArgs {
     /// and store only, e.g. for an external scheduler or to measure the API alone).
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     control_loops: bool,
+    /// Where the local-path provisioner makes volumes on the nodes (k3s's flag).
+    #[arg(long, default_value = keel_controllers::localpath::DEFAULT_DIR)]
+    default_local_storage_path: std::path::PathBuf,
     /// Issuer (`iss`) of ServiceAccount tokens, as kube-apiserver takes it. Repeatable: the
     /// first signs new tokens, every one is accepted (to move to a new issuer).
     #[arg(long = "service-account-issuer", default_value = keel_api::tokens::DEFAULT_ISSUER)]
@@ -193,13 +196,17 @@ pub async fn run_until(args: ServerArgs, shutdown: impl std::future::Future<Outp
     // The scheduler and the controller manager run on the Raft leader only.
     let loops_api = api.clone();
     let control_loops = args.control_loops;
+    let controller_settings = keel_controllers::Settings {
+        volumes: keel_controllers::volume::Settings { local_path_dir: args.default_local_storage_path.clone() },
+        ..keel_controllers::Settings::default()
+    };
     let controllers = tokio::spawn(keel_runtime::leader::run_while_leader(
         Duration::from_millis(250),
         move || {
             if !control_loops {
                 return Vec::new();
             }
-            let mut loops = keel_controllers::loops(loops_api.clone());
+            let mut loops = keel_controllers::loops_with(loops_api.clone(), controller_settings.clone());
             loops.extend(keel_scheduler::loops(loops_api.clone()));
             loops
         },

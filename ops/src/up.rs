@@ -122,12 +122,16 @@ pub async fn run(args: UpArgs) -> Result<()> {
     };
     let member_dir = args.data_dir.join("member");
     let agent_dir = args.data_dir.join("agent");
+    // Volumes of the local-path provisioner stay beside everything else of this cluster.
+    let storage_dir = args.data_dir.join("storage");
     let server = ServerFlags::try_parse_from([
         "server",
         "--name",
         "keel",
         "--data-dir",
         &member_dir.display().to_string(),
+        "--default-local-storage-path",
+        &storage_dir.display().to_string(),
         "--listen-api",
         &args.listen_api,
         "--listen-client",

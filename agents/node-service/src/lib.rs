@@ -20,7 +20,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 
 use futures::Stream;
-use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret};
+use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolume, PersistentVolumeClaim, Pod, Secret};
 use keel_api::podstream::{NodeTunnel, PodStream, PodStreamSink};
 use keel_api::rest::Api;
 use keel_proto::node::node_agent_server::{NodeAgent, NodeAgentServer};
@@ -45,6 +45,8 @@ pub(crate) struct Hub {
     pub(crate) pods: Arc<Informer<Pod>>,
     pub(crate) config_maps: Arc<Informer<ConfigMap>>,
     pub(crate) secrets: Arc<Informer<Secret>>,
+    pub(crate) claims: Arc<Informer<PersistentVolumeClaim>>,
+    pub(crate) volumes: Arc<Informer<PersistentVolume>>,
     sessions: Mutex<HashMap<String, Arc<SessionHandle>>>,
     /// Which nodes' pods use each ConfigMap or Secret.
     users: Mutex<HashMap<ConfigRef, HashSet<String>>>,
@@ -159,10 +161,14 @@ impl NodeService {
         });
         let config_maps = Informer::<ConfigMap>::new(client.clone());
         let secrets = Informer::<Secret>::new(client.clone());
+        let claims = Informer::<PersistentVolumeClaim>::new(client.clone());
+        let volumes = Informer::<PersistentVolume>::new(client.clone());
         let informers = vec![
             AbortOnDrop::spawn(pods.clone().run()),
             AbortOnDrop::spawn(config_maps.clone().run()),
             AbortOnDrop::spawn(secrets.clone().run()),
+            AbortOnDrop::spawn(claims.clone().run()),
+            AbortOnDrop::spawn(volumes.clone().run()),
         ];
         let hub = Arc::new(Hub {
             client,
@@ -172,6 +178,8 @@ impl NodeService {
             pods: pods.clone(),
             config_maps: config_maps.clone(),
             secrets: secrets.clone(),
+            claims: claims.clone(),
+            volumes: volumes.clone(),
             sessions: Mutex::new(HashMap::new()),
             users: Mutex::new(HashMap::new()),
             next_session: AtomicU64::new(1),
@@ -198,6 +206,20 @@ impl NodeService {
             let Some(hub) = weak.upgrade() else { return };
             if let Some(secret) = new.or(old) {
                 hub.wake_users(&ConfigRef::secret(&secret.metadata));
+            }
+        });
+        let weak = Arc::downgrade(&hub);
+        claims.on_change(move |old, new| {
+            let Some(hub) = weak.upgrade() else { return };
+            if let Some(claim) = new.or(old) {
+                hub.wake_users(&ConfigRef::claim(&claim.metadata));
+            }
+        });
+        let weak = Arc::downgrade(&hub);
+        volumes.on_change(move |old, new| {
+            let Some(hub) = weak.upgrade() else { return };
+            if let Some(volume) = new.or(old) {
+                hub.wake_users(&ConfigRef::volume(volume.metadata.name.as_deref().unwrap_or_default()));
             }
         });
         NodeService { hub }

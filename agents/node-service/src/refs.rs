@@ -1,5 +1,6 @@
-//! Which ConfigMaps and Secrets a pod uses: volumes (direct and projected), env and envFrom of
-//! every container, init and ephemeral ones included. A node is sent these and no others.
+//! Which ConfigMaps, Secrets and PersistentVolumeClaims a pod uses: volumes (direct and
+//! projected), env and envFrom of every container, init and ephemeral ones included. A node
+//! is sent these (and the PersistentVolumes its claims are bound to) and no others.
 
 use std::collections::HashSet;
 
@@ -8,7 +9,8 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ConfigRef {
-    /// `ConfigMap` or `Secret`.
+    /// `ConfigMap`, `Secret`, `PersistentVolumeClaim` or (cluster-scoped, namespace empty)
+    /// `PersistentVolume`.
     pub kind: &'static str,
     pub namespace: String,
     pub name: String,
@@ -29,6 +31,18 @@ impl ConfigRef {
             namespace: meta.namespace.clone().unwrap_or_default(),
             name: meta.name.clone().unwrap_or_default(),
         }
+    }
+
+    pub fn claim(meta: &ObjectMeta) -> ConfigRef {
+        ConfigRef {
+            kind: "PersistentVolumeClaim",
+            namespace: meta.namespace.clone().unwrap_or_default(),
+            name: meta.name.clone().unwrap_or_default(),
+        }
+    }
+
+    pub fn volume(name: &str) -> ConfigRef {
+        ConfigRef { kind: "PersistentVolume", namespace: String::new(), name: name.to_string() }
     }
 }
 
@@ -79,6 +93,9 @@ pub fn configs_of(pod: &Pod) -> HashSet<ConfigRef> {
         if let Some(secret) = &volume.secret {
             add("Secret", secret.secret_name.as_deref().unwrap_or_default());
         }
+        if let Some(claim) = &volume.persistent_volume_claim {
+            add("PersistentVolumeClaim", &claim.claim_name);
+        }
         for source in volume.projected.iter().flat_map(|p| p.sources.iter().flatten()) {
             if let Some(cm) = &source.config_map {
                 add("ConfigMap", &cm.name);
@@ -115,7 +132,8 @@ mod tests {
                         {"configMap": {"name": "proj-cm"}}, {"secret": {"name": "proj-secret"}},
                         {"serviceAccountToken": {"path": "token"}}
                     ]}},
-                    {"name": "v4", "emptyDir": {}}
+                    {"name": "v4", "emptyDir": {}},
+                    {"name": "v5", "persistentVolumeClaim": {"claimName": "data"}}
                 ]
             }
         }))
@@ -128,6 +146,7 @@ mod tests {
                 ("ConfigMap", "env-cm".to_string()),
                 ("ConfigMap", "proj-cm".to_string()),
                 ("ConfigMap", "vol-cm".to_string()),
+                ("PersistentVolumeClaim", "data".to_string()),
                 ("Secret", "env-secret".to_string()),
                 ("Secret", "init-secret".to_string()),
                 ("Secret", "proj-secret".to_string()),

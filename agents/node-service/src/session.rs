@@ -150,6 +150,8 @@ async fn stream(
     hub.pods.wait_synced().await;
     hub.config_maps.wait_synced().await;
     hub.secrets.wait_synced().await;
+    hub.claims.wait_synced().await;
+    hub.volumes.wait_synced().await;
     let lease_seconds = if register.lease_duration_seconds > 0 { register.lease_duration_seconds } else { 40 };
     let mut lease: Option<Lease> = None;
     send_changes(hub, name, &mut held, tx, true).await?;
@@ -211,11 +213,24 @@ async fn send_changes(hub: &Hub, node: &str, held: &mut Held, tx: &Outgoing, fir
             desired.insert(key, (version_of(&pod.metadata), "Pod", Vec::new()));
         }
     }
+    // A bound claim brings its volume along (which says where the data is).
+    let volumes: Vec<ConfigRef> = uses
+        .iter()
+        .filter(|r| r.kind == "PersistentVolumeClaim")
+        .filter_map(|r| hub.claims.get(&ObjectKey::new(r.namespace.clone(), r.name.clone())))
+        .filter_map(|claim| claim.spec.as_ref()?.volume_name.clone().filter(|v| !v.is_empty()))
+        .map(|name| ConfigRef::volume(&name))
+        .collect();
+    uses.extend(volumes);
     for r in &uses {
         let key = ObjectKey::new(r.namespace.clone(), r.name.clone());
         let found = match r.kind {
             "ConfigMap" => hub.config_maps.get(&key).map(|o| (version_of(&o.metadata), serde_json::to_vec(o.as_ref()))),
-            _ => hub.secrets.get(&key).map(|o| (version_of(&o.metadata), serde_json::to_vec(o.as_ref()))),
+            "Secret" => hub.secrets.get(&key).map(|o| (version_of(&o.metadata), serde_json::to_vec(o.as_ref()))),
+            "PersistentVolumeClaim" => {
+                hub.claims.get(&key).map(|o| (version_of(&o.metadata), serde_json::to_vec(o.as_ref())))
+            }
+            _ => hub.volumes.get(&key).map(|o| (version_of(&o.metadata), serde_json::to_vec(o.as_ref()))),
         };
         if let Some((version, json)) = found {
             let k = Key { kind: r.kind.to_string(), namespace: r.namespace.clone(), name: r.name.clone() };

@@ -1,10 +1,10 @@
-//! What the member has sent this node: its pods and the ConfigMaps and Secrets they use, with
-//! the versions held (told to the member on a reconnect, so it sends only what changed).
+//! What the member has sent this node: its pods and the ConfigMaps, Secrets and
+//! PersistentVolumeClaims (with their bound PersistentVolumes) they use, with the versions held (told to the member on a reconnect, so it sends only what changed).
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret};
+use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolume, PersistentVolumeClaim, Pod, Secret};
 use keel_proto::node::{ObjectVersion, Sync};
 use parking_lot::Mutex;
 
@@ -13,6 +13,8 @@ struct Held {
     pods: HashMap<(String, String), Arc<Pod>>,
     config_maps: HashMap<(String, String), Arc<ConfigMap>>,
     secrets: HashMap<(String, String), Arc<Secret>>,
+    claims: HashMap<(String, String), Arc<PersistentVolumeClaim>>,
+    volumes: HashMap<(String, String), Arc<PersistentVolume>>,
     in_sync: bool,
 }
 
@@ -26,7 +28,7 @@ pub struct Objects {
 pub struct Applied {
     /// Uids of pods added, changed or removed.
     pub pods: Vec<String>,
-    /// Whether any ConfigMap or Secret changed.
+    /// Whether any ConfigMap, Secret, claim or volume changed.
     pub configs: bool,
 }
 
@@ -62,6 +64,18 @@ impl Objects {
                     held.secrets.insert(key(&secret.metadata.namespace, &secret.metadata.name), Arc::new(secret));
                     applied.configs = true;
                 }
+                "PersistentVolumeClaim" => {
+                    let claim: PersistentVolumeClaim = serde_json::from_slice(&object.json)
+                        .map_err(|e| format!("a synced PersistentVolumeClaim: {e}"))?;
+                    held.claims.insert(key(&claim.metadata.namespace, &claim.metadata.name), Arc::new(claim));
+                    applied.configs = true;
+                }
+                "PersistentVolume" => {
+                    let volume: PersistentVolume =
+                        serde_json::from_slice(&object.json).map_err(|e| format!("a synced PersistentVolume: {e}"))?;
+                    held.volumes.insert(key(&None, &volume.metadata.name), Arc::new(volume));
+                    applied.configs = true;
+                }
                 other => return Err(format!("a synced object of unknown kind {other:?}")),
             }
         }
@@ -79,6 +93,14 @@ impl Objects {
                 }
                 "Secret" => {
                     held.secrets.remove(&k);
+                    applied.configs = true;
+                }
+                "PersistentVolumeClaim" => {
+                    held.claims.remove(&k);
+                    applied.configs = true;
+                }
+                "PersistentVolume" => {
+                    held.volumes.remove(&k);
                     applied.configs = true;
                 }
                 _ => {}
@@ -112,6 +134,14 @@ impl Objects {
         self.held.lock().secrets.get(&(namespace.to_string(), name.to_string())).cloned()
     }
 
+    pub fn claim(&self, namespace: &str, name: &str) -> Option<Arc<PersistentVolumeClaim>> {
+        self.held.lock().claims.get(&(namespace.to_string(), name.to_string())).cloned()
+    }
+
+    pub fn volume(&self, name: &str) -> Option<Arc<PersistentVolume>> {
+        self.held.lock().volumes.get(&(String::new(), name.to_string())).cloned()
+    }
+
     /// Everything held, as a Register's `known`.
     pub fn versions(&self) -> Vec<ObjectVersion> {
         let held = self.held.lock();
@@ -125,6 +155,8 @@ impl Objects {
         let mut out: Vec<ObjectVersion> = held.pods.values().map(|p| version("Pod", &p.metadata)).collect();
         out.extend(held.config_maps.values().map(|c| version("ConfigMap", &c.metadata)));
         out.extend(held.secrets.values().map(|s| version("Secret", &s.metadata)));
+        out.extend(held.claims.values().map(|c| version("PersistentVolumeClaim", &c.metadata)));
+        out.extend(held.volumes.values().map(|v| version("PersistentVolume", &v.metadata)));
         out
     }
 }

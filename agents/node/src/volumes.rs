@@ -7,16 +7,19 @@
 //! * configMap, secret, downwardAPI and projected (those three kinds of source): files written
 //!   as kubelet's atomic writer does — a timestamped directory, a `..data` link switched in
 //!   one rename, and a link per file — so a container never sees half an update, and a changed
-//!   ConfigMap or Secret reaches mounted files at the pod's next turn.
+//!   ConfigMap or Secret reaches mounted files at the pod's next turn;
+//! * persistentVolumeClaim: the path of the hostPath or local PersistentVolume the claim is
+//!   bound to (the member sends the node its pods' claims and their volumes); the pod waits
+//!   while the claim is unbound.
 //!
-//! Not yet: persistentVolumeClaim (the node is not sent PersistentVolumes) and projected
-//! serviceAccountToken sources (no token is requested for the node yet).
+//! Not yet: projected serviceAccountToken sources (no token is requested for the node yet),
+//! and volume kinds that need attaching (CSI, iSCSI, NFS…).
 
 use std::collections::{BTreeMap, HashMap};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
-use k8s_openapi::api::core::v1::{Container, DownwardAPIVolumeFile, KeyToPath, Pod, Volume};
+use k8s_openapi::api::core::v1::{Container, DownwardAPIVolumeFile, HostPathVolumeSource, KeyToPath, Pod, Volume};
 use keel_container::Mount;
 
 use crate::objects::Objects;
@@ -238,6 +241,62 @@ fn jiff_free_stamp() -> String {
     format!("{}_{:09}", now.as_secs(), now.subsec_nanos())
 }
 
+/// A hostPath, checked (or made) as its type says.
+fn host_path(host: &HostPathVolumeSource) -> Result<PathBuf, MountError> {
+    let path = PathBuf::from(&host.path);
+    match host.type_.as_deref().unwrap_or("") {
+        "DirectoryOrCreate" => std::fs::create_dir_all(&path).map_err(|e| io("creating", &path, e))?,
+        "FileOrCreate" if !path.exists() => {
+            if let Some(parent) = path.parent() {
+                std::fs::create_dir_all(parent).map_err(|e| io("creating", parent, e))?;
+            }
+            std::fs::write(&path, b"").map_err(|e| io("creating", &path, e))?;
+        }
+        "Directory" if !path.is_dir() => {
+            return Err(MountError(format!("hostPath {} is not a directory", host.path)));
+        }
+        "File" if !path.is_file() => return Err(MountError(format!("hostPath {} is not a file", host.path))),
+        "Socket" | "CharDevice" | "BlockDevice" if !path.exists() => {
+            return Err(MountError(format!("hostPath {} does not exist", host.path)));
+        }
+        _ => {}
+    }
+    Ok(path)
+}
+
+/// Where a claim's data is on this node: the hostPath or local volume it is bound to.
+fn claimed_path(objects: &Objects, namespace: &str, claim_name: &str) -> Result<PathBuf, MountError> {
+    let claim = objects
+        .claim(namespace, claim_name)
+        .ok_or_else(|| MountError(format!("persistentvolumeclaim {claim_name:?} not found")))?;
+    let volume_name = claim.spec.as_ref().and_then(|s| s.volume_name.clone()).filter(|v| !v.is_empty());
+    let Some(volume_name) = volume_name else {
+        return Err(MountError(format!("persistentvolumeclaim {claim_name:?} is not bound to a volume yet")));
+    };
+    let volume = objects
+        .volume(&volume_name)
+        .ok_or_else(|| MountError(format!("persistentvolume {volume_name:?} (of claim {claim_name:?}) not found")))?;
+    let spec = volume.spec.clone().unwrap_or_default();
+    if let Some(claim_ref) = &spec.claim_ref
+        && (claim_ref.name.as_deref() != Some(claim_name) || claim_ref.namespace.as_deref() != Some(namespace))
+    {
+        return Err(MountError(format!("persistentvolume {volume_name:?} is bound to another claim")));
+    }
+    if let Some(host) = &spec.host_path {
+        return host_path(host);
+    }
+    if let Some(local) = &spec.local {
+        let path = PathBuf::from(&local.path);
+        if !path.exists() {
+            return Err(MountError(format!("local volume {volume_name:?}: {} does not exist", local.path)));
+        }
+        return Ok(path);
+    }
+    Err(MountError(format!(
+        "persistentvolume {volume_name:?}: only hostPath and local volumes can be mounted by keel's agent"
+    )))
+}
+
 /// Sets up every volume of `pod` under its directory and returns each volume's host path.
 pub fn prepare(
     pods_root: &Path,
@@ -276,25 +335,7 @@ pub fn prepare(
             }
             paths.insert(volume.name.clone(), dir);
         } else if let Some(host) = &volume.host_path {
-            let path = PathBuf::from(&host.path);
-            match host.type_.as_deref().unwrap_or("") {
-                "DirectoryOrCreate" => std::fs::create_dir_all(&path).map_err(|e| io("creating", &path, e))?,
-                "FileOrCreate" if !path.exists() => {
-                    if let Some(parent) = path.parent() {
-                        std::fs::create_dir_all(parent).map_err(|e| io("creating", parent, e))?;
-                    }
-                    std::fs::write(&path, b"").map_err(|e| io("creating", &path, e))?;
-                }
-                "Directory" if !path.is_dir() => {
-                    return Err(MountError(format!("hostPath {} is not a directory", host.path)));
-                }
-                "File" if !path.is_file() => return Err(MountError(format!("hostPath {} is not a file", host.path))),
-                "Socket" | "CharDevice" | "BlockDevice" if !path.exists() => {
-                    return Err(MountError(format!("hostPath {} does not exist", host.path)));
-                }
-                _ => {}
-            }
-            paths.insert(volume.name.clone(), path);
+            paths.insert(volume.name.clone(), host_path(host)?);
         } else if let Some(files) = files_of(volume, pod, objects, host_ip)? {
             let plugin = if volume.config_map.is_some() {
                 "kubernetes.io~configmap"
@@ -308,11 +349,9 @@ pub fn prepare(
             let dir = volumes_dir.join(plugin).join(&volume.name);
             write_atomically(&dir, &files)?;
             paths.insert(volume.name.clone(), dir);
-        } else if volume.persistent_volume_claim.is_some() {
-            return Err(MountError(format!(
-                "volume {:?}: persistentVolumeClaim volumes are not supported yet",
-                volume.name
-            )));
+        } else if let Some(claim) = &volume.persistent_volume_claim {
+            let namespace = pod.metadata.namespace.as_deref().unwrap_or_default();
+            paths.insert(volume.name.clone(), claimed_path(objects, namespace, &claim.claim_name)?);
         }
     }
     Ok(paths)
