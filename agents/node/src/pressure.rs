@@ -129,11 +129,11 @@ impl Signals {
         let mut signals =
             Signals { memory_available: kib("MemAvailable:"), memory_total: kib("MemTotal:"), ..Signals::default() };
         if let Ok(fs) = nix::sys::statvfs::statvfs(root) {
-            let block = fs.fragment_size() as u64;
-            signals.fs_available = fs.blocks_available() as u64 * block;
-            signals.fs_total = fs.blocks() as u64 * block;
-            signals.inodes_free = fs.files_available() as u64;
-            signals.inodes_total = fs.files() as u64;
+            let block = fs.fragment_size();
+            signals.fs_available = fs.blocks_available() * block;
+            signals.fs_total = fs.blocks() * block;
+            signals.inodes_free = fs.files_available();
+            signals.inodes_total = fs.files();
         }
         signals.pid_max =
             std::fs::read_to_string("/proc/sys/kernel/pid_max").ok().and_then(|s| s.trim().parse().ok()).unwrap_or(0);
