@@ -57,8 +57,8 @@ pub(crate) struct Hub {
 pub(crate) struct SessionHandle {
     pub(crate) id: u64,
     pub(crate) wake: Notify,
-    /// Pod stream messages for the agent; the session loop passes them on.
-    control: mpsc::UnboundedSender<MemberMessage>,
+    /// Pod stream messages and token answers for the agent; the session loop passes them on.
+    pub(crate) control: mpsc::UnboundedSender<MemberMessage>,
     /// Open pod streams: where each one's frames from the agent go.
     pub(crate) pod_streams: Mutex<HashMap<u64, mpsc::UnboundedSender<StreamFrame>>>,
 }

@@ -14,6 +14,7 @@ use keel_proto::node::agent_message::Message as FromAgent;
 use keel_proto::node::member_message::Message as ToAgent;
 use keel_proto::node::{
     AgentMessage, MemberMessage, ObjectVersion, PodFinished, PodStatusBatch, Register, Registered, Sync, SyncObject,
+    TokenRequest, TokenResponse,
 };
 use keel_runtime::{Client, ObjectKey};
 use tokio::sync::mpsc;
@@ -118,6 +119,52 @@ async fn serve(
     hub.detach(&name, &handle);
 }
 
+/// A token for a pod's projected serviceAccountToken source, if the pod is this node's and
+/// runs as that account (kube's NodeRestriction asks the same of a kubelet).
+async fn issue_token(
+    client: &Client,
+    pods: &keel_runtime::Informer<Pod>,
+    node: &str,
+    request: &TokenRequest,
+) -> TokenResponse {
+    let refuse = |error: String| TokenResponse { id: request.id, error, ..Default::default() };
+    let Some(pod) = pods.get(&ObjectKey::new(request.namespace.clone(), request.pod.clone())) else {
+        return refuse(format!("pod {}/{} not found", request.namespace, request.pod));
+    };
+    let spec = pod.spec.clone().unwrap_or_default();
+    if pod.metadata.uid.as_deref() != Some(request.pod_uid.as_str()) || spec.node_name.as_deref() != Some(node) {
+        return refuse(format!("pod {}/{} is not bound to node {node}", request.namespace, request.pod));
+    }
+    let account = spec.service_account_name.clone().filter(|a| !a.is_empty()).unwrap_or_else(|| "default".into());
+    if account != request.service_account {
+        return refuse(format!(
+            "pod {} runs as service account {account}, not {}",
+            request.pod, request.service_account
+        ));
+    }
+    let mut spec = serde_json::json!({
+        "audiences": request.audiences,
+        "boundObjectRef": {"apiVersion": "v1", "kind": "Pod", "name": request.pod, "uid": request.pod_uid},
+    });
+    if request.expiration_seconds > 0 {
+        spec["expirationSeconds"] = request.expiration_seconds.into();
+    }
+    let body = serde_json::json!({"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest", "spec": spec});
+    match client.api.request_token(&request.namespace, &account, body).await {
+        Ok(issued) => TokenResponse {
+            id: request.id,
+            token: issued.pointer("/status/token").and_then(|t| t.as_str()).unwrap_or_default().to_string(),
+            expiration: issued
+                .pointer("/status/expirationTimestamp")
+                .and_then(|t| t.as_str())
+                .unwrap_or_default()
+                .to_string(),
+            error: String::new(),
+        },
+        Err(e) => refuse(e.to_string()),
+    }
+}
+
 /// What a session loop reads: the agent's messages, and pod stream messages for the agent.
 struct Inbound<'a> {
     agent: &'a mut Streaming<AgentMessage>,
@@ -178,6 +225,16 @@ async fn stream(
                 Ok(Some(AgentMessage { message: Some(FromAgent::Stream(frame)) })) => {
                     last_heard = tokio::time::Instant::now();
                     handle.deliver(frame);
+                }
+                Ok(Some(AgentMessage { message: Some(FromAgent::TokenRequest(request)) })) => {
+                    last_heard = tokio::time::Instant::now();
+                    // Answered on its own: a token takes a store read and a signature.
+                    let (client, pods, reply) = (hub.client.clone(), hub.pods.clone(), handle.control.clone());
+                    let node = name.to_string();
+                    tokio::spawn(async move {
+                        let answer = issue_token(&client, &pods, &node, &request).await;
+                        let _ = reply.send(MemberMessage { message: Some(ToAgent::Token(answer)) });
+                    }.instrument(tracing::debug_span!("token_request")));
                 }
                 Ok(Some(AgentMessage { message: Some(message) })) => {
                     last_heard = tokio::time::Instant::now();
@@ -293,8 +350,8 @@ async fn handle_message(
     let client = &hub.client;
     match message {
         FromAgent::Register(_) => tracing::warn!("a second Register on one stream is ignored"),
-        // Pod stream frames go to their stream from the session loop, never here.
-        FromAgent::Stream(_) => {}
+        // Pod stream frames and token requests are taken by the session loop, never here.
+        FromAgent::Stream(_) | FromAgent::TokenRequest(_) => {}
         FromAgent::Heartbeat(_) => {
             if let Err(e) = renew_lease(client, node_name, node, lease_seconds, lease).await {
                 tracing::warn!(error = %e, "renewing the node's Lease failed");
