@@ -13,6 +13,7 @@ pub mod env;
 pub mod node;
 pub mod objects;
 pub mod pods;
+pub mod probes;
 pub mod reports;
 pub mod status;
 mod stream;
@@ -55,6 +56,9 @@ pub struct NodeConfig {
     /// Whether pod volumes are set up on disk (not for simulated nodes, whose containers
     /// never read them).
     pub volumes: bool,
+    /// Whether pod IPs lead anywhere from the agent, for httpGet and tcpSocket probes (not
+    /// for simulated nodes: their pods' addresses are made up).
+    pub pod_network: bool,
 }
 
 impl NodeConfig {
@@ -76,6 +80,7 @@ impl NodeConfig {
             allow_privileged: false,
             container_events: true,
             volumes: true,
+            pod_network: true,
         }
     }
 }
@@ -106,6 +111,7 @@ impl Agent {
             allow_privileged: config.allow_privileged,
             container_events: config.container_events,
             volumes: config.volumes,
+            pod_network: config.pod_network,
         });
         let workers = pods::PodWorkers::new(ctx);
         let connector = Arc::new(Connector::new(config.clone(), workers.clone()));
