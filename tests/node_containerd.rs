@@ -300,9 +300,26 @@ spec:
     cluster.members[index].start();
 }
 
+/// What `kubectl get … -o json` prints, or None when it fails: a loaded machine can leave
+/// the cluster briefly without a quorum, and a poll simply tries again.
+fn try_json(k: &Kubectl, args: &[&str]) -> Option<Value> {
+    let mut all = args.to_vec();
+    all.extend(["-o", "json"]);
+    let out = k.run(&all);
+    if !out.status.success() {
+        return None;
+    }
+    serde_json::from_slice(&out.stdout).ok()
+}
+
+/// Pod `name`, asked for again while the API answers with an error.
+async fn get_pod(k: &Kubectl, name: &str) -> Value {
+    eventually(Duration::from_secs(30), &format!("pod {name}"), || async { try_json(k, &["get", "pod", name]) }).await
+}
+
 /// (reason, message) of the Events about pod `name`.
 fn events_of(k: &Kubectl, name: &str) -> Vec<(String, String)> {
-    let events = k.json(&["get", "events"]);
+    let events = try_json(k, &["get", "events"]).unwrap_or_default();
     events["items"]
         .as_array()
         .into_iter()
@@ -406,7 +423,7 @@ spec:
 "#,
     );
     k.ok(&["apply", "-f", &manifests]);
-    let status = |name: &str| k.json(&["get", "pod", name])["status"].clone();
+    let status = |name: &str| try_json(&k, &["get", "pod", name]).map(|p| p["status"].clone()).unwrap_or_default();
 
     // slow: running but not started, hence not ready, while its startup probe fails.
     let early = eventually(Duration::from_secs(60), "slow running", || async {
@@ -422,11 +439,11 @@ spec:
         let events = events_of(&k, "web");
         has_event(&events, "Unhealthy", "Readiness probe failed: HTTP probe failed with statuscode: 404")
             .then_some(())?;
-        let pod = k.json(&["get", "pod", "web"]);
+        let pod = try_json(&k, &["get", "pod", "web"])?;
         pod["metadata"]["uid"].as_str().map(String::from)
     })
     .await;
-    let web = k.json(&["get", "pod", "web"]);
+    let web = get_pod(&k, "web").await;
     assert!(!ready(&web), "{web}");
     let httpd = &web["status"]["containerStatuses"][0];
     assert_eq!((httpd["started"].as_bool(), httpd["ready"].as_bool()), (Some(true), Some(false)), "{web}");
@@ -435,19 +452,19 @@ spec:
     let www = agent.data_dir.join("pods").join(&uid).join("volumes/kubernetes.io~empty-dir/www");
     std::fs::write(www.join("ready.txt"), "ok").expect("write ready.txt");
     eventually(Duration::from_secs(30), "web Ready", || async {
-        let pod = k.json(&["get", "pod", "web"]);
+        let pod = try_json(&k, &["get", "pod", "web"])?;
         (ready(&pod) && pod["status"]["containerStatuses"][0]["ready"] == true).then_some(())
     })
     .await;
     std::fs::remove_file(www.join("ready.txt")).expect("remove ready.txt");
     eventually(Duration::from_secs(30), "web not Ready again", || async {
-        let pod = k.json(&["get", "pod", "web"]);
+        let pod = try_json(&k, &["get", "pod", "web"])?;
         let conditions = pod["status"]["conditions"].as_array()?.clone();
         let unready = |t: &str| conditions.iter().any(|c| c["type"] == t && c["status"] == "False");
         (unready("Ready") && unready("ContainersReady")).then_some(())
     })
     .await;
-    assert_eq!(status("web")["containerStatuses"][0]["restartCount"], 0);
+    assert_eq!(get_pod(&k, "web").await["status"]["containerStatuses"][0]["restartCount"], 0);
 
     // liveness: killed and restarted, twice, well within one pod grace period.
     let s = eventually(Duration::from_secs(45), "liveness restarted twice", || async {
@@ -463,12 +480,12 @@ spec:
 
     // slow: started and ready once its startup probe passed; liveness never ran before.
     eventually(Duration::from_secs(60), "slow started and Ready", || async {
-        let pod = k.json(&["get", "pod", "slow"]);
+        let pod = try_json(&k, &["get", "pod", "slow"])?;
         let app = &pod["status"]["containerStatuses"][0];
         (ready(&pod) && app["started"] == true && app["ready"] == true).then_some(())
     })
     .await;
-    assert_eq!(status("slow")["containerStatuses"][0]["restartCount"], 0);
+    assert_eq!(get_pod(&k, "slow").await["status"]["containerStatuses"][0]["restartCount"], 0);
     let events = events_of(&k, "slow");
     assert!(has_event(&events, "Unhealthy", "Startup probe failed: cat: can't open '/tmp/started'"), "{events:?}");
     assert!(!events.iter().any(|(_, m)| m.contains("Liveness probe failed")), "{events:?}");
@@ -479,7 +496,7 @@ spec:
         (s["containerStatuses"][0]["restartCount"].as_i64()? >= 1).then_some(())
     })
     .await;
-    let s = status("never");
+    let s = get_pod(&k, "never").await["status"].clone();
     assert_eq!(s["containerStatuses"][0]["started"], false, "{s}");
     let events = events_of(&k, "never");
     assert!(has_event(&events, "Killing", "Container app failed startup probe, will be restarted"), "{events:?}");

@@ -222,8 +222,14 @@ spec:
 "#,
     );
     k.ok(&["apply", "-f", &probed]);
+    // Polls tolerate a failed kubectl: a loaded machine can leave the cluster briefly without
+    // a quorum.
+    let try_json = |args: &[&str]| -> Option<serde_json::Value> {
+        let out = k.run(&[args, &["-o", "json"]].concat());
+        out.status.success().then(|| serde_json::from_slice(&out.stdout).ok()).flatten()
+    };
     let events_of = |name: &str| -> Vec<String> {
-        let events = k.json(&["get", "events"]);
+        let events = try_json(&["get", "events"]).unwrap_or_default();
         events["items"]
             .as_array()
             .into_iter()
@@ -235,7 +241,7 @@ spec:
             .collect()
     };
     let ready_of = |name: &str| {
-        let pod = k.json(&["get", "pod", name]);
+        let pod = try_json(&["get", "pod", name]).unwrap_or_default();
         pod["status"]["conditions"]
             .as_array()
             .is_some_and(|cs| cs.iter().any(|c| c["type"] == "Ready" && c["status"] == "True"))
@@ -248,7 +254,7 @@ spec:
     })
     .await;
     eventually(Duration::from_secs(30), "goes-bad restarted by its liveness probe", || async {
-        let pod = k.json(&["get", "pod", "goes-bad"]);
+        let pod = try_json(&["get", "pod", "goes-bad"])?;
         (pod["status"]["containerStatuses"][0]["restartCount"].as_i64()? >= 1).then_some(())
     })
     .await;
@@ -256,7 +262,12 @@ spec:
         events_of("no-network").iter().any(|e| e.contains("simulated pods have no network")).then_some(())
     })
     .await;
-    assert!(!ready_of("no-network"));
+    let no_network = eventually(Duration::from_secs(30), "no-network's status", || async {
+        try_json(&["get", "pod", "no-network"]).filter(|p| p["status"]["phase"] == "Running")
+    })
+    .await;
+    let ready = &no_network["status"]["containerStatuses"][0]["ready"];
+    assert_eq!(ready, false, "{no_network}");
     k.ok(&["delete", "pod", "slow-ready", "goes-bad", "no-network", "--wait=false"]);
 
     // A Job's pod runs to completion and the Job completes.
