@@ -8,7 +8,10 @@
 //! crashing container
 //! restarts with back-off; deletion sends SIGTERM and waits for the process within the
 //! grace period; and the member the agent streams to is SIGKILLed while the pods keep their
-//! containers.
+//! containers. A second cluster and agent run probes: a failing exec liveness probe restarts
+//! its container (Unhealthy and Killing Events, the probe's own grace period), an httpGet
+//! readiness probe against busybox's httpd gates Ready both ways, and a startup probe holds
+//! a liveness probe back until it succeeds (and restarts a container that never starts).
 
 mod support;
 
@@ -32,19 +35,20 @@ struct Agent {
 }
 
 impl Agent {
-    fn start(dir: &Path, servers: &[String]) -> Agent {
-        Agent::start_with(dir, servers, &[])
+    /// `tag` tells apart the agents of one test process (bridge and pod CIDR).
+    fn start(dir: &Path, servers: &[String], tag: u32) -> Agent {
+        Agent::start_with(dir, servers, tag, &[])
     }
 
-    fn start_with(dir: &Path, servers: &[String], extra: &[&str]) -> Agent {
+    fn start_with(dir: &Path, servers: &[String], tag: u32, extra: &[&str]) -> Agent {
         let images = dir.join("images");
         let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../ops/images/build.sh");
         let built = Command::new(&script).arg(&images).output().expect("run ops/images/build.sh");
         assert!(built.status.success(), "ops/images/build.sh: {}", String::from_utf8_lossy(&built.stderr));
         // A bridge and a /24 of this test process's own, so tests can run side by side.
         let pid = std::process::id() % 32768;
-        let bridge = format!("kn{pid}");
-        let cidr = format!("10.{}.{}.0/24", 64 + (pid >> 8), pid & 0xff);
+        let bridge = format!("kn{pid}t{tag}");
+        let cidr = format!("10.{}.{}.0/24", (64 + (pid >> 8) + 128 * (tag % 2)) % 256, pid & 0xff);
         let data_dir = dir.join("agent");
         let log = dir.join("agent.log");
         let file = std::fs::File::create(&log).expect("agent log");
@@ -99,6 +103,19 @@ impl Drop for Agent {
     }
 }
 
+async fn wait_for_node(k: &Kubectl) {
+    eventually(Duration::from_secs(90), "worker-1 Ready", || async {
+        let out = k.run(&["get", "node", "worker-1", "-o", "json"]);
+        let node = serde_json::from_slice::<Value>(&out.stdout).ok()?;
+        node["status"]["conditions"]
+            .as_array()?
+            .iter()
+            .any(|c| c["type"] == "Ready" && c["status"] == "True")
+            .then_some(())
+    })
+    .await;
+}
+
 fn ready(pod: &Value) -> bool {
     pod["status"]["conditions"]
         .as_array()
@@ -112,19 +129,9 @@ async fn real_containers_run_restart_terminate_and_survive_the_loss_of_their_mem
     let apis: Vec<String> = cluster.members.iter().map(|m| m.api.clone()).collect();
     let work = cluster.dir().join("kubectl");
     std::fs::create_dir_all(&work).expect("work dir");
-    let agent = Agent::start(cluster.dir(), &apis);
+    let agent = Agent::start(cluster.dir(), &apis, 0);
     let k = Kubectl::new(&work, &apis[0]);
-
-    eventually(Duration::from_secs(90), "worker-1 Ready", || async {
-        let out = k.run(&["get", "node", "worker-1", "-o", "json"]);
-        let node = serde_json::from_slice::<Value>(&out.stdout).ok()?;
-        node["status"]["conditions"]
-            .as_array()?
-            .iter()
-            .any(|c| c["type"] == "Ready" && c["status"] == "True")
-            .then_some(())
-    })
-    .await;
+    wait_for_node(&k).await;
     let node = k.json(&["get", "node", "worker-1"]);
     assert!(node["status"]["nodeInfo"]["containerRuntimeVersion"].as_str().unwrap_or("").starts_with("containerd://"));
 
@@ -311,7 +318,7 @@ async fn logs_and_exec_travel_over_the_node_stream_from_any_member() {
     support::init_logging();
     let cluster = Cluster::start(3, &[]).await;
     let apis: Vec<String> = cluster.members.iter().map(|m| m.api.clone()).collect();
-    let _agent = Agent::start(cluster.dir(), &apis);
+    let _agent = Agent::start(cluster.dir(), &apis, 0);
     let kubectls: Vec<Kubectl> = apis
         .iter()
         .enumerate()
@@ -464,6 +471,7 @@ async fn a_node_under_memory_pressure_is_tainted_and_gets_no_new_pods() {
     let _agent = Agent::start_with(
         cluster.dir(),
         &apis,
+        0,
         &[
             EVICTION_HARD_FLAG,
             &format!("memory.available<1000Ti,{LENIENT_DISK}"),
@@ -526,7 +534,7 @@ async fn a_claimed_volume_outlives_its_pod() {
     let storage_flag = storage.path().display().to_string();
     let cluster = Cluster::start(1, &["--default-local-storage-path", &storage_flag]).await;
     let apis: Vec<String> = cluster.members.iter().map(|m| m.api.clone()).collect();
-    let _agent = Agent::start(cluster.dir(), &apis);
+    let _agent = Agent::start(cluster.dir(), &apis, 0);
     let work = cluster.dir().join("kubectl");
     std::fs::create_dir_all(&work).expect("work dir");
     let k = Kubectl::new(&work, &apis[0]);
@@ -598,4 +606,206 @@ spec:
         out.contains("persistentvolumeclaim \"nowhere\" not found").then_some(())
     })
     .await;
+}
+
+/// What `kubectl get … -o json` prints, or None when it fails: a loaded machine can leave
+/// the cluster briefly without a quorum, and a poll simply tries again.
+fn try_json(k: &Kubectl, args: &[&str]) -> Option<Value> {
+    let mut all = args.to_vec();
+    all.extend(["-o", "json"]);
+    let out = k.run(&all);
+    if !out.status.success() {
+        return None;
+    }
+    serde_json::from_slice(&out.stdout).ok()
+}
+
+/// Pod `name`, asked for again while the API answers with an error.
+async fn get_pod(k: &Kubectl, name: &str) -> Value {
+    eventually(Duration::from_secs(30), &format!("pod {name}"), || async { try_json(k, &["get", "pod", name]) }).await
+}
+
+/// (reason, message) of the Events about pod `name`.
+fn events_of(k: &Kubectl, name: &str) -> Vec<(String, String)> {
+    let events = try_json(k, &["get", "events"]).unwrap_or_default();
+    events["items"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|e| e["involvedObject"]["name"] == name)
+        .map(|e| {
+            (
+                e["reason"].as_str().unwrap_or_default().to_string(),
+                e["message"].as_str().unwrap_or_default().to_string(),
+            )
+        })
+        .collect()
+}
+
+fn has_event(events: &[(String, String)], reason: &str, message: &str) -> bool {
+    events.iter().any(|(r, m)| r == reason && m.contains(message))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn probes_restart_unhealthy_containers_gate_readiness_and_wait_for_startup() {
+    support::init_logging();
+    let cluster = Cluster::start(3, &[]).await;
+    let apis: Vec<String> = cluster.members.iter().map(|m| m.api.clone()).collect();
+    let work = cluster.dir().join("kubectl");
+    std::fs::create_dir_all(&work).expect("work dir");
+    let agent = Agent::start(cluster.dir(), &apis, 1);
+    let k = Kubectl::new(&work, &apis[0]);
+    wait_for_node(&k).await;
+
+    // liveness: healthy for 3 s, then its probe fails; the pod's grace period is 30 s but the
+    //   probe's is 1 s, so restarts come quickly only if the probe's is the one used.
+    // web: busybox's httpd serving an emptyDir the test writes on the node; ready only while
+    //   /ready.txt is there.
+    // slow: takes 8 s to start; its liveness probe would fail at once before that.
+    // never: its startup probe never succeeds.
+    let manifests = k.write(
+        "probes.yaml",
+        r#"apiVersion: v1
+kind: Pod
+metadata: {name: liveness}
+spec:
+  terminationGracePeriodSeconds: 30
+  containers:
+  - name: app
+    image: keel.local/busybox:1.36
+    command: ["sh", "-c", "touch /tmp/healthy; sleep 3; rm -f /tmp/healthy; sleep 3600"]
+    livenessProbe:
+      exec: {command: ["cat", "/tmp/healthy"]}
+      periodSeconds: 1
+      failureThreshold: 2
+      terminationGracePeriodSeconds: 1
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: web}
+spec:
+  terminationGracePeriodSeconds: 1
+  volumes: [{name: www, emptyDir: {}}]
+  containers:
+  - name: httpd
+    image: keel.local/busybox:1.36
+    command: ["httpd", "-f", "-p", "8080", "-h", "/www"]
+    ports: [{name: http, containerPort: 8080}]
+    volumeMounts: [{name: www, mountPath: /www}]
+    readinessProbe:
+      httpGet: {path: /ready.txt, port: http}
+      periodSeconds: 1
+      failureThreshold: 2
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: slow}
+spec:
+  terminationGracePeriodSeconds: 1
+  containers:
+  - name: app
+    image: keel.local/busybox:1.36
+    command: ["sh", "-c", "sleep 8; touch /tmp/started; sleep 3600"]
+    startupProbe:
+      exec: {command: ["cat", "/tmp/started"]}
+      periodSeconds: 1
+      failureThreshold: 60
+    livenessProbe:
+      exec: {command: ["cat", "/tmp/started"]}
+      periodSeconds: 1
+      failureThreshold: 1
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: never}
+spec:
+  terminationGracePeriodSeconds: 1
+  containers:
+  - name: app
+    image: keel.local/busybox:1.36
+    command: ["sleep", "3600"]
+    startupProbe:
+      exec: {command: ["cat", "/tmp/never"]}
+      periodSeconds: 1
+      failureThreshold: 2
+"#,
+    );
+    k.ok(&["apply", "-f", &manifests]);
+    let status = |name: &str| try_json(&k, &["get", "pod", name]).map(|p| p["status"].clone()).unwrap_or_default();
+
+    // slow: running but not started, hence not ready, while its startup probe fails.
+    let early = eventually(Duration::from_secs(60), "slow running", || async {
+        let s = status("slow");
+        s["containerStatuses"][0]["state"]["running"].is_object().then_some(s)
+    })
+    .await;
+    let app = &early["containerStatuses"][0];
+    assert_eq!((app["started"].as_bool(), app["ready"].as_bool()), (Some(false), Some(false)), "{early}");
+
+    // web: running, its readiness probe failing (404), not Ready.
+    let uid = eventually(Duration::from_secs(60), "web failing its readiness probe", || async {
+        let events = events_of(&k, "web");
+        has_event(&events, "Unhealthy", "Readiness probe failed: HTTP probe failed with statuscode: 404")
+            .then_some(())?;
+        let pod = try_json(&k, &["get", "pod", "web"])?;
+        pod["metadata"]["uid"].as_str().map(String::from)
+    })
+    .await;
+    let web = get_pod(&k, "web").await;
+    assert!(!ready(&web), "{web}");
+    let httpd = &web["status"]["containerStatuses"][0];
+    assert_eq!((httpd["started"].as_bool(), httpd["ready"].as_bool()), (Some(true), Some(false)), "{web}");
+    assert_eq!(web["status"]["phase"], "Running");
+    // The file appears (written into the emptyDir on the node): Ready; it goes: not Ready.
+    let www = agent.data_dir.join("pods").join(&uid).join("volumes/kubernetes.io~empty-dir/www");
+    std::fs::write(www.join("ready.txt"), "ok").expect("write ready.txt");
+    eventually(Duration::from_secs(30), "web Ready", || async {
+        let pod = try_json(&k, &["get", "pod", "web"])?;
+        (ready(&pod) && pod["status"]["containerStatuses"][0]["ready"] == true).then_some(())
+    })
+    .await;
+    std::fs::remove_file(www.join("ready.txt")).expect("remove ready.txt");
+    eventually(Duration::from_secs(30), "web not Ready again", || async {
+        let pod = try_json(&k, &["get", "pod", "web"])?;
+        let conditions = pod["status"]["conditions"].as_array()?.clone();
+        let unready = |t: &str| conditions.iter().any(|c| c["type"] == t && c["status"] == "False");
+        (unready("Ready") && unready("ContainersReady")).then_some(())
+    })
+    .await;
+    assert_eq!(get_pod(&k, "web").await["status"]["containerStatuses"][0]["restartCount"], 0);
+
+    // liveness: killed and restarted, twice, well within one pod grace period.
+    let s = eventually(Duration::from_secs(45), "liveness restarted twice", || async {
+        let s = status("liveness");
+        (s["containerStatuses"][0]["restartCount"].as_i64()? >= 2).then_some(s)
+    })
+    .await;
+    let last = &s["containerStatuses"][0]["lastState"]["terminated"];
+    assert!(last["exitCode"].as_i64().is_some_and(|c| c != 0), "{s}");
+    let events = events_of(&k, "liveness");
+    assert!(has_event(&events, "Unhealthy", "Liveness probe failed: cat: can't open '/tmp/healthy'"), "{events:?}");
+    assert!(has_event(&events, "Killing", "Container app failed liveness probe, will be restarted"), "{events:?}");
+
+    // slow: started and ready once its startup probe passed; liveness never ran before.
+    eventually(Duration::from_secs(60), "slow started and Ready", || async {
+        let pod = try_json(&k, &["get", "pod", "slow"])?;
+        let app = &pod["status"]["containerStatuses"][0];
+        (ready(&pod) && app["started"] == true && app["ready"] == true).then_some(())
+    })
+    .await;
+    assert_eq!(get_pod(&k, "slow").await["status"]["containerStatuses"][0]["restartCount"], 0);
+    let events = events_of(&k, "slow");
+    assert!(has_event(&events, "Unhealthy", "Startup probe failed: cat: can't open '/tmp/started'"), "{events:?}");
+    assert!(!events.iter().any(|(_, m)| m.contains("Liveness probe failed")), "{events:?}");
+
+    // never: killed for its startup probe and restarted, never started.
+    eventually(Duration::from_secs(45), "never restarted", || async {
+        let s = status("never");
+        (s["containerStatuses"][0]["restartCount"].as_i64()? >= 1).then_some(())
+    })
+    .await;
+    let s = get_pod(&k, "never").await["status"].clone();
+    assert_eq!(s["containerStatuses"][0]["started"], false, "{s}");
+    let events = events_of(&k, "never");
+    assert!(has_event(&events, "Killing", "Container app failed startup probe, will be restarted"), "{events:?}");
 }

@@ -2,7 +2,8 @@
 //! per simulated node to a three-member cluster of `keel server` processes. Nodes register
 //! and heartbeat; pods scheduled onto them are started by the agent's pod sync loop (on the
 //! simulated runtime) and reported Running and Ready; a crashing container is restarted with
-//! back-off; a Job's pods complete; a deleted pod is stopped and removed by its node; and the
+//! back-off; exec probes follow their scripted annotations (readiness, a liveness restart)
+//! and network probes fail saying why; a Job's pods complete; a deleted pod is stopped and removed by its node; and the
 //! member the agent is connected to is SIGKILLed: the agent resumes on another member and its
 //! running pods are not touched.
 
@@ -183,6 +184,91 @@ spec:
         (pod["status"]["containerStatuses"][0]["state"]["waiting"]["reason"] == "CrashLoopBackOff").then_some(())
     })
     .await;
+
+    // Probes on simulated pods: exec follows the scripted window; network probes have
+    // nowhere to go and fail saying so.
+    let probed = k.write(
+        "probed.yaml",
+        r#"apiVersion: v1
+kind: Pod
+metadata:
+  name: slow-ready
+  annotations: {simulate.keel.dev/exec-succeeds-after-seconds: "2"}
+spec:
+  containers:
+  - name: c
+    image: busybox:1.36
+    readinessProbe: {exec: {command: ["true"]}, periodSeconds: 1}
+---
+apiVersion: v1
+kind: Pod
+metadata:
+  name: goes-bad
+  annotations: {simulate.keel.dev/exec-fails-after-seconds: "1"}
+spec:
+  containers:
+  - name: c
+    image: busybox:1.36
+    livenessProbe: {exec: {command: ["true"]}, periodSeconds: 1, failureThreshold: 1}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: no-network}
+spec:
+  containers:
+  - name: c
+    image: busybox:1.36
+    readinessProbe: {tcpSocket: {port: 80}, periodSeconds: 1}
+"#,
+    );
+    k.ok(&["apply", "-f", &probed]);
+    // Polls tolerate a failed kubectl: a loaded machine can leave the cluster briefly without
+    // a quorum.
+    let try_json = |args: &[&str]| -> Option<serde_json::Value> {
+        let out = k.run(&[args, &["-o", "json"]].concat());
+        out.status.success().then(|| serde_json::from_slice(&out.stdout).ok()).flatten()
+    };
+    let events_of = |name: &str| -> Vec<String> {
+        let events = try_json(&["get", "events"]).unwrap_or_default();
+        events["items"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|e| e["involvedObject"]["name"] == name)
+            .map(|e| {
+                format!("{}: {}", e["reason"].as_str().unwrap_or_default(), e["message"].as_str().unwrap_or_default())
+            })
+            .collect()
+    };
+    let ready_of = |name: &str| {
+        let pod = try_json(&["get", "pod", name]).unwrap_or_default();
+        pod["status"]["conditions"]
+            .as_array()
+            .is_some_and(|cs| cs.iter().any(|c| c["type"] == "Ready" && c["status"] == "True"))
+    };
+    eventually(Duration::from_secs(30), "slow-ready Ready after failing its readiness probe", || async {
+        let failed = events_of("slow-ready")
+            .iter()
+            .any(|e| e.starts_with("Unhealthy: Readiness probe failed: simulated: exec fails until"));
+        (failed && ready_of("slow-ready")).then_some(())
+    })
+    .await;
+    eventually(Duration::from_secs(30), "goes-bad restarted by its liveness probe", || async {
+        let pod = try_json(&["get", "pod", "goes-bad"])?;
+        (pod["status"]["containerStatuses"][0]["restartCount"].as_i64()? >= 1).then_some(())
+    })
+    .await;
+    eventually(Duration::from_secs(30), "no-network's probe failing", || async {
+        events_of("no-network").iter().any(|e| e.contains("simulated pods have no network")).then_some(())
+    })
+    .await;
+    let no_network = eventually(Duration::from_secs(30), "no-network's status", || async {
+        try_json(&["get", "pod", "no-network"]).filter(|p| p["status"]["phase"] == "Running")
+    })
+    .await;
+    let ready = &no_network["status"]["containerStatuses"][0]["ready"];
+    assert_eq!(ready, false, "{no_network}");
+    k.ok(&["delete", "pod", "slow-ready", "goes-bad", "no-network", "--wait=false"]);
 
     // A Job's pod runs to completion and the Job completes.
     let job = k.write(

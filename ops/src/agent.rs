@@ -179,6 +179,7 @@ pub async fn run_until(mut args: AgentArgs, shutdown: impl std::future::Future<O
             };
             config.container_events = args.container_events.unwrap_or(false);
             config.volumes = false;
+            config.pod_network = false;
             let runtime = Arc::new(SimulatedRuntime::new(Settings {
                 start_delay: args.simulate_start_delay,
                 failure_rate: args.simulate_failure_rate,

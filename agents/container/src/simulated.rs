@@ -8,9 +8,16 @@
 //! * `simulate.keel.dev/run-seconds`: containers exit after this long (default: never);
 //! * `simulate.keel.dev/exit-code`: with this code (default 0);
 //! * `simulate.keel.dev/cpu-millicores`, `simulate.keel.dev/memory-bytes`: the usage each
-//!   container reports.
+//!   container reports;
+//! * `simulate.keel.dev/exec-succeeds-after-seconds`, `simulate.keel.dev/exec-fails-after-seconds`:
+//!   exec in a container (exec probes, preStop hooks) exits 0 only once it has run the first
+//!   long and before it has run the second; outside that window it exits 1 saying why. So
+//!   a slow start, a container that never gets ready or one that goes unhealthy can be
+//!   scripted.
 //!
-//! Every image is present. Exec runs nothing and succeeds, so exec probes pass.
+//! Every image is present. Exec runs no command: its exit code follows the window above
+//! (without the annotations a running container's exec exits 0, the simulated process being
+//! healthy).
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -28,6 +35,8 @@ pub const RUN_SECONDS: &str = "simulate.keel.dev/run-seconds";
 pub const EXIT_CODE: &str = "simulate.keel.dev/exit-code";
 pub const CPU_MILLICORES: &str = "simulate.keel.dev/cpu-millicores";
 pub const MEMORY_BYTES: &str = "simulate.keel.dev/memory-bytes";
+pub const EXEC_SUCCEEDS_AFTER: &str = "simulate.keel.dev/exec-succeeds-after-seconds";
+pub const EXEC_FAILS_AFTER: &str = "simulate.keel.dev/exec-fails-after-seconds";
 
 #[derive(Debug, Clone, Default)]
 pub struct Settings {
@@ -51,6 +60,9 @@ struct Container {
     exit_code: i32,
     cpu_millicores: u64,
     memory_bytes: u64,
+    /// Seconds of running before exec succeeds, and after which it fails again.
+    exec_succeeds_after: Option<f64>,
+    exec_fails_after: Option<f64>,
 }
 
 #[derive(Default)]
@@ -217,6 +229,8 @@ impl ContainerRuntime for SimulatedRuntime {
             exit_code: annotation(&annotations, EXIT_CODE).unwrap_or(0),
             cpu_millicores: annotation(&annotations, CPU_MILLICORES).unwrap_or(0),
             memory_bytes: annotation(&annotations, MEMORY_BYTES).unwrap_or(0),
+            exec_succeeds_after: annotation(&annotations, EXEC_SUCCEEDS_AFTER),
+            exec_fails_after: annotation(&annotations, EXEC_FAILS_AFTER),
         };
         let run_seconds: Option<f64> = annotation(&annotations, RUN_SECONDS);
         state.containers.insert(id.clone(), container);
@@ -283,11 +297,24 @@ impl ContainerRuntime for SimulatedRuntime {
     async fn exec_sync(&self, container_id: &str, _command: &[String], _timeout: Duration) -> Result<ExecOutput> {
         let mut state = self.state.lock();
         Self::settle(&mut state);
-        match state.containers.get(container_id) {
-            Some(c) if c.status.state == ContainerState::Running => Ok(ExecOutput::default()),
-            Some(_) => Err(RuntimeError::Invalid(format!("container {container_id} is not running"))),
-            None => Err(RuntimeError::NotFound(format!("container {container_id}"))),
+        let c = match state.containers.get(container_id) {
+            Some(c) if c.status.state == ContainerState::Running => c,
+            Some(_) => return Err(RuntimeError::Invalid(format!("container {container_id} is not running"))),
+            None => return Err(RuntimeError::NotFound(format!("container {container_id}"))),
+        };
+        let ran = (now_nanos() - c.status.started_at).max(0) as f64 / 1e9;
+        let failure = |why: String| ExecOutput { exit_code: 1, stdout: Vec::new(), stderr: why.into_bytes() };
+        if let Some(after) = c.exec_succeeds_after.filter(|after| ran < *after) {
+            return Ok(failure(format!(
+                "simulated: exec fails until the container has run {after}s ({EXEC_SUCCEEDS_AFTER})"
+            )));
         }
+        if let Some(after) = c.exec_fails_after.filter(|after| ran >= *after) {
+            return Ok(failure(format!(
+                "simulated: exec fails once the container has run {after}s ({EXEC_FAILS_AFTER})"
+            )));
+        }
+        Ok(ExecOutput::default())
     }
 
     async fn exec(&self, _container_id: &str, _command: &[String], _streams: &Streams) -> Result<String> {
@@ -391,5 +418,23 @@ mod tests {
         assert_eq!(stats[0].memory_working_set_bytes, 1_048_576);
         // Half a core for at least 20 ms: at least 10 ms of CPU time.
         assert!(stats[0].cpu_usage_nanos >= 10_000_000, "{stats:?}");
+    }
+
+    #[tokio::test]
+    async fn exec_succeeds_only_inside_the_scripted_window() {
+        let rt = SimulatedRuntime::new(Settings::default());
+        let (_, id) = start(&rt, &sandbox(&[(EXEC_SUCCEEDS_AFTER, "0.05"), (EXEC_FAILS_AFTER, "0.15")])).await;
+        let exec = || async { rt.exec_sync(&id, &["true".into()], Duration::from_secs(1)).await.expect("exec") };
+        let early = exec().await;
+        assert_eq!(early.exit_code, 1);
+        assert!(String::from_utf8_lossy(&early.stderr).contains(EXEC_SUCCEEDS_AFTER), "{early:?}");
+        tokio::time::sleep(Duration::from_millis(70)).await;
+        assert_eq!(exec().await.exit_code, 0);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let late = exec().await;
+        assert_eq!(late.exit_code, 1);
+        assert!(String::from_utf8_lossy(&late.stderr).contains(EXEC_FAILS_AFTER), "{late:?}");
+        rt.stop_container(&id, Duration::from_secs(1)).await.expect("stop");
+        assert!(rt.exec_sync(&id, &[], Duration::from_secs(1)).await.is_err());
     }
 }

@@ -14,6 +14,7 @@ pub mod node;
 pub mod objects;
 pub mod pods;
 pub mod pressure;
+pub mod probes;
 pub mod reports;
 pub mod status;
 mod stream;
@@ -62,6 +63,9 @@ pub struct NodeConfig {
     pub volumes: bool,
     /// Below these, the node reports pressure (`--eviction-hard`).
     pub eviction_hard: pressure::Thresholds,
+    /// Whether pod IPs lead anywhere from the agent, for httpGet and tcpSocket probes (not
+    /// for simulated nodes: their pods' addresses are made up).
+    pub pod_network: bool,
 }
 
 impl NodeConfig {
@@ -85,6 +89,7 @@ impl NodeConfig {
             container_events: true,
             volumes: true,
             eviction_hard: pressure::Thresholds::default(),
+            pod_network: true,
         }
     }
 }
@@ -115,6 +120,7 @@ impl Agent {
             allow_privileged: config.allow_privileged,
             container_events: config.container_events,
             volumes: config.volumes,
+            pod_network: config.pod_network,
         });
         let workers = pods::PodWorkers::new(ctx);
         let connector = Arc::new(Connector::new(config.clone(), workers.clone()));

@@ -2,9 +2,11 @@
 //! pod, when the runtime shows one of its containers changed (the relister), or when a timer
 //! it set runs out (a back-off ends). Each turn compares the pod's spec with what the runtime
 //! has and takes the next steps kubelet would: a sandbox, init containers one at a time, the
-//! app containers, restarts after exponential back-off, graceful termination; then reports the
-//! status that results. Level-triggered: a turn works from the current state alone, so an
-//! agent restarted mid-way carries on.
+//! app containers, restarts after exponential back-off, graceful termination; starts and stops
+//! the probe workers of its running containers and kills those whose liveness or startup
+//! probe failed (see [`crate::probes`]; a changed probe verdict wakes the worker too); then
+//! reports the status that results. Level-triggered: a turn works from the current state
+//! alone, so an agent restarted mid-way carries on.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -21,6 +23,7 @@ use tracing::Instrument;
 
 use crate::env::environment;
 use crate::objects::Objects;
+use crate::probes::{self, Prober};
 use crate::reports::Reports;
 use crate::status::{Observed, Waiting, pod_status};
 
@@ -53,6 +56,9 @@ pub struct Context {
     pub container_events: bool,
     /// Whether volumes are set up on disk.
     pub volumes: bool,
+    /// Whether pod IPs can be reached from the agent (httpGet and tcpSocket probes); not on
+    /// simulated nodes.
+    pub pod_network: bool,
 }
 
 /// The workers of one node.
@@ -72,7 +78,10 @@ struct Backoff {
 struct WorkerState {
     backoff: HashMap<String, Backoff>,
     waiting: HashMap<String, Waiting>,
-    ready: HashMap<String, bool>,
+    /// The pod's probe workers; none for a pod without probes (or while it stops).
+    prober: Option<Prober>,
+    /// This worker's wake-up, for probe workers to call on a changed verdict.
+    wake: Arc<Notify>,
 }
 
 enum Next {
@@ -121,10 +130,10 @@ impl PodWorkers {
     }
 
     async fn work(self: Arc<Self>, uid: String, wake: Arc<Notify>) {
-        let mut state = WorkerState::default();
+        let mut state = WorkerState { wake: wake.clone(), ..WorkerState::default() };
         loop {
             let pod = self.ctx.objects.pod_by_uid(&uid);
-            let next = match sync(&self.ctx, &uid, pod.as_deref(), &mut state).await {
+            let next = match sync(&self.ctx, &uid, pod.as_ref(), &mut state).await {
                 Ok(Next::Gone) => break,
                 Ok(Next::After(delay)) => delay,
                 Err(e) => {
@@ -465,12 +474,17 @@ fn report(
         }
         base.status = Some(last);
     }
+    let probed = match pod.spec.as_ref() {
+        Some(spec) => probes::probed(spec, containers, state.prober.as_ref()),
+        None => probes::Probed::default(),
+    };
     let status = pod_status(&Observed {
         pod: &base,
         sandbox,
         containers,
         waiting: &state.waiting,
-        ready: &state.ready,
+        ready: &probed.ready,
+        started: &probed.started,
         runtime: &ctx.runtime_scheme,
         host_ip: &ctx.host_ip,
         now: Time(k8s_openapi::chrono::Utc::now()),
@@ -478,7 +492,7 @@ fn report(
     ctx.reports.set_status(uid, pod, status);
 }
 
-async fn sync(ctx: &Context, uid: &str, pod: Option<&Pod>, state: &mut WorkerState) -> cri::Result<Next> {
+async fn sync(ctx: &Context, uid: &str, pod: Option<&Arc<Pod>>, state: &mut WorkerState) -> cri::Result<Next> {
     let sandboxes: Vec<cri::SandboxStatus> =
         ctx.runtime.list_pod_sandboxes().await?.into_iter().filter(|s| s.uid == uid).collect();
     let containers: Vec<cri::ContainerStatus> = ctx
@@ -489,7 +503,8 @@ async fn sync(ctx: &Context, uid: &str, pod: Option<&Pod>, state: &mut WorkerSta
         .filter(|c| c.labels.get(LABEL_UID).map(String::as_str) == Some(uid))
         .collect();
 
-    let Some(pod) = pod else {
+    let Some(shared) = pod else {
+        state.prober = None;
         if !ctx.objects.in_sync() {
             // Not yet told everything: the pod may only not have arrived yet.
             return Ok(Next::After(Duration::from_secs(1)));
@@ -497,6 +512,7 @@ async fn sync(ctx: &Context, uid: &str, pod: Option<&Pod>, state: &mut WorkerSta
         remove_everything(ctx, &sandboxes, &containers).await?;
         return Ok(Next::Gone);
     };
+    let pod: &Pod = shared;
 
     let newest_sandbox = sandboxes.iter().max_by_key(|s| (s.attempt, s.created_at));
     // What the newest sandbox is once the branches below have stopped it.
@@ -524,7 +540,7 @@ async fn sync(ctx: &Context, uid: &str, pod: Option<&Pod>, state: &mut WorkerSta
             .filter(|c| c.labels.get(LABEL_UID).map(String::as_str) == Some(uid))
             .collect();
         state.waiting.clear();
-        state.ready.clear();
+        state.prober = None;
         // A stopped sandbox keeps the pod's IP, which the status keeps reporting as kubelet's does.
         report(ctx, uid, pod, stopped_sandbox.as_ref(), &after, state);
         ctx.reports.finished(uid, pod);
@@ -533,7 +549,8 @@ async fn sync(ctx: &Context, uid: &str, pod: Option<&Pod>, state: &mut WorkerSta
 
     let phase = ctx.reports.last_status(uid).and_then(|s| s.phase).or_else(|| pod.status.as_ref()?.phase.clone());
     if matches!(phase.as_deref(), Some("Succeeded" | "Failed")) {
-        // Finished pods keep their containers (for logs) but nothing runs.
+        // Finished pods keep their containers (for logs) but nothing runs, nor is probed.
+        state.prober = None;
         stop_all(ctx, &containers, Duration::from_secs(2), None).await?;
         for s in sandboxes.iter().filter(|s| s.state == SandboxState::Ready) {
             ctx.runtime.stop_pod_sandbox(&s.id).await?;
@@ -588,6 +605,23 @@ async fn sync(ctx: &Context, uid: &str, pod: Option<&Pod>, state: &mut WorkerSta
     } else {
         HashMap::new()
     };
+    // Containers that failed their liveness or startup probe are killed first; the steps
+    // below then restart them as restartPolicy says, with the usual back-off.
+    if let Some(prober) = &state.prober {
+        let failed = prober.failed(&in_sandbox);
+        if !failed.is_empty() {
+            for f in &failed {
+                kill_unhealthy(ctx, pod, f, &restart_policy).await?;
+            }
+            in_sandbox = ctx
+                .runtime
+                .list_containers()
+                .await?
+                .into_iter()
+                .filter(|c| c.sandbox_id == sandbox_status.id)
+                .collect();
+        }
+    }
     let mut next = RESYNC;
     let mut initialized = true;
     for container in spec.init_containers.iter().flatten() {
@@ -632,8 +666,42 @@ async fn sync(ctx: &Context, uid: &str, pod: Option<&Pod>, state: &mut WorkerSta
 
     in_sandbox =
         ctx.runtime.list_containers().await?.into_iter().filter(|c| c.sandbox_id == sandbox_status.id).collect();
+    // A pod without probes skips this entirely: simulated nodes run thousands of them.
+    if state.prober.is_some() || probes::has_probes(&spec) {
+        let pod_ip = if spec.host_network.unwrap_or(false) { ctx.host_ip.clone() } else { sandbox_status.ip.clone() };
+        let env =
+            probes::Env { runtime: ctx.runtime.clone(), reports: ctx.reports.clone(), pod_network: ctx.pod_network };
+        let wake = state.wake.clone();
+        state.prober.get_or_insert_with(|| Prober::new(wake)).sync(&env, shared, &in_sandbox, &pod_ip);
+    }
     report(ctx, uid, pod, Some(&sandbox_status), &in_sandbox, state);
     Ok(Next::After(next))
+}
+
+/// Kills a container whose liveness or startup probe failed, as kubelet does: a Killing
+/// event, its preStop hook, then a stop within the probe's terminationGracePeriodSeconds (or
+/// the pod's).
+async fn kill_unhealthy(ctx: &Context, pod: &Pod, failed: &probes::Failed, restart_policy: &str) -> cri::Result<()> {
+    let spec = pod.spec.clone().unwrap_or_default();
+    let Some(container) = spec.containers.iter().find(|c| c.name == failed.container) else { return Ok(()) };
+    let probe_grace = failed.kind.of(container).and_then(|p| p.termination_grace_period_seconds);
+    let grace = probe_grace.or(spec.termination_grace_period_seconds).unwrap_or(30).max(0) as u64;
+    let grace = Duration::from_secs(grace);
+    let mut message = format!("Container {} failed {} probe", container.name, failed.kind.title().to_lowercase());
+    if restart_policy != "Never" {
+        message.push_str(", will be restarted");
+    }
+    tracing::info!(container = %container.name, container_id = %failed.container_id, %message, "killing");
+    if ctx.container_events {
+        ctx.reports.event(pod, Some(field_path(container, false)), false, "Killing", message);
+    }
+    if let Some(command) =
+        container.lifecycle.as_ref().and_then(|l| l.pre_stop.as_ref()?.exec.as_ref()?.command.clone())
+        && let Err(e) = ctx.runtime.exec_sync(&failed.container_id, &command, grace).await
+    {
+        tracing::info!(container = %failed.container_id, error = %e, "preStop hook failed");
+    }
+    ctx.runtime.stop_container(&failed.container_id, grace).await
 }
 
 /// Takes one container a step towards running (an init container: towards having exited

@@ -25,8 +25,12 @@ pub struct Observed<'a> {
     /// Every instance of the pod's containers the runtime still has.
     pub containers: &'a [cri::ContainerStatus],
     pub waiting: &'a HashMap<String, Waiting>,
-    /// Readiness as the probes last found it, by container name (absent: no readiness probe).
+    /// Readiness as the probes last found it, by container name (absent: no readiness probe,
+    /// ready once started).
     pub ready: &'a HashMap<String, bool>,
+    /// Whether a running container's startup probe succeeded (absent: no startup probe,
+    /// started once running). A container is not ready before it has started.
+    pub started: &'a HashMap<String, bool>,
     /// `containerd`, `sim`: the scheme of container ids.
     pub runtime: &'a str,
     pub host_ip: &'a str,
@@ -91,8 +95,9 @@ fn container_status(o: &Observed<'_>, name: &str, image: &str, default_waiting: 
                 running: Some(ContainerStateRunning { started_at: time_of(c.started_at) }),
                 ..Default::default()
             });
-            status.started = Some(true);
-            status.ready = !init && o.ready.get(name).copied().unwrap_or(true);
+            let started = o.started.get(name).copied().unwrap_or(true);
+            status.started = Some(started);
+            status.ready = !init && started && o.ready.get(name).copied().unwrap_or(true);
             status.last_state =
                 previous.map(|p| ContainerState { terminated: Some(terminated(p, o.runtime)), ..Default::default() });
         }
@@ -294,6 +299,16 @@ mod tests {
     }
 
     fn status_of(pod: &Pod, containers: &[cri::ContainerStatus], waiting: &[(&str, &str)]) -> PodStatus {
+        probed_status_of(pod, containers, waiting, &HashMap::new(), &HashMap::new())
+    }
+
+    fn probed_status_of(
+        pod: &Pod,
+        containers: &[cri::ContainerStatus],
+        waiting: &[(&str, &str)],
+        ready: &HashMap<String, bool>,
+        started: &HashMap<String, bool>,
+    ) -> PodStatus {
         let waiting: HashMap<String, Waiting> = waiting
             .iter()
             .map(|(n, r)| (n.to_string(), Waiting { reason: r.to_string(), message: String::new() }))
@@ -304,7 +319,8 @@ mod tests {
             sandbox: Some(&sandbox),
             containers,
             waiting: &waiting,
-            ready: &HashMap::new(),
+            ready,
+            started,
             runtime: "sim",
             host_ip: "127.0.0.1",
             now: Time(k8s_openapi::chrono::DateTime::UNIX_EPOCH),
@@ -403,5 +419,35 @@ mod tests {
         let status = status_of(&p, &[], &[]);
         let scheduled = status.conditions.iter().flatten().find(|c| c.type_ == "PodScheduled").expect("scheduled");
         assert_eq!(scheduled.last_transition_time, Some(earlier));
+    }
+
+    #[test]
+    fn probes_decide_started_and_ready() {
+        use cri::ContainerState::Running;
+        let p = pod("Always", false);
+        let running = [instance("app", 0, Running, 0)];
+        let map =
+            |v: Option<bool>| -> HashMap<String, bool> { v.map(|v| ("app".to_string(), v)).into_iter().collect() };
+        // (startup verdict, readiness verdict) -> (started, ready); None: no such probe.
+        let cases = [
+            (None, None, true, true),
+            (None, Some(false), true, false),
+            (None, Some(true), true, true),
+            (Some(false), None, false, false),
+            // Not started is not ready, whatever readiness said before.
+            (Some(false), Some(true), false, false),
+            (Some(true), None, true, true),
+            (Some(true), Some(false), true, false),
+            (Some(true), Some(true), true, true),
+        ];
+        for (i, (startup, readiness, started, ready)) in cases.into_iter().enumerate() {
+            let status = probed_status_of(&p, &running, &[], &map(readiness), &map(startup));
+            let app = &status.container_statuses.as_ref().expect("statuses")[0];
+            assert_eq!((app.started, app.ready), (Some(started), ready), "case {i}");
+            let expected = if ready { "True" } else { "False" };
+            assert_eq!(condition_of(&status, "Ready"), expected, "case {i}");
+            assert_eq!(condition_of(&status, "ContainersReady"), expected, "case {i}");
+            assert_eq!(status.phase.as_deref(), Some("Running"), "case {i}");
+        }
     }
 }
