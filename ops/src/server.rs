@@ -34,6 +34,13 @@ pub struct ServerArgs {
     /// and store only, e.g. for an external scheduler or to measure the API alone).
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     control_loops: bool,
+    /// How often each HorizontalPodAutoscaler is looked at (kube-controller-manager's flag).
+    #[arg(long, default_value = "15s", value_parser = humantime::parse_duration)]
+    horizontal_pod_autoscaler_sync_period: Duration,
+    /// How long a HorizontalPodAutoscaler waits before scaling down: the highest
+    /// recommendation of this window wins (kube-controller-manager's flag and default).
+    #[arg(long, default_value = "5m", value_parser = humantime::parse_duration)]
+    horizontal_pod_autoscaler_downscale_stabilization: Duration,
     /// Issuer (`iss`) of ServiceAccount tokens, as kube-apiserver takes it. Repeatable: the
     /// first signs new tokens, every one is accepted (to move to a new issuer).
     #[arg(long = "service-account-issuer", default_value = keel_api::tokens::DEFAULT_ISSUER)]
@@ -187,13 +194,20 @@ pub async fn run_until(args: ServerArgs, shutdown: impl std::future::Future<Outp
     // The scheduler and the controller manager run on the Raft leader only.
     let loops_api = api.clone();
     let control_loops = args.control_loops;
+    let controller_settings = keel_controllers::Settings {
+        autoscaler: keel_controllers::podautoscaler::Settings {
+            sync_period: args.horizontal_pod_autoscaler_sync_period.max(Duration::from_millis(100)),
+            downscale_stabilization: args.horizontal_pod_autoscaler_downscale_stabilization,
+        },
+        ..keel_controllers::Settings::default()
+    };
     let controllers = tokio::spawn(keel_runtime::leader::run_while_leader(
         Duration::from_millis(250),
         move || {
             if !control_loops {
                 return Vec::new();
             }
-            let mut loops = keel_controllers::loops(loops_api.clone());
+            let mut loops = keel_controllers::loops_with(loops_api.clone(), controller_settings.clone());
             loops.extend(keel_scheduler::loops(loops_api.clone()));
             loops
         },

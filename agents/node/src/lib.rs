@@ -10,6 +10,7 @@
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
 pub mod env;
+pub mod metrics;
 pub mod node;
 pub mod objects;
 pub mod pods;
@@ -55,6 +56,8 @@ pub struct NodeConfig {
     /// Whether pod volumes are set up on disk (not for simulated nodes, whose containers
     /// never read them).
     pub volumes: bool,
+    /// How often resource usage is sampled and sent (metrics-server's `--metric-resolution`).
+    pub metric_resolution: Duration,
 }
 
 impl NodeConfig {
@@ -76,6 +79,7 @@ impl NodeConfig {
             allow_privileged: false,
             container_events: true,
             volumes: true,
+            metric_resolution: Duration::from_secs(15),
         }
     }
 }
@@ -108,8 +112,14 @@ impl Agent {
             volumes: config.volumes,
         });
         let workers = pods::PodWorkers::new(ctx);
-        let connector = Arc::new(Connector::new(config.clone(), workers.clone()));
-        let tasks = vec![tokio::spawn(workers.clone().relist(config.relist)), tokio::spawn(connector.clone().run())];
+        let (latest_metrics, metrics) = tokio::sync::watch::channel(None);
+        let connector = Arc::new(Connector::new(config.clone(), workers.clone(), metrics));
+        let collector = metrics::Collector::new(false);
+        let tasks = vec![
+            tokio::spawn(workers.clone().relist(config.relist)),
+            tokio::spawn(connector.clone().run()),
+            tokio::spawn(collector.run(runtime, config.metric_resolution, latest_metrics)),
+        ];
         Agent { workers, connector, tasks }
     }
 }

@@ -10,7 +10,7 @@ use anyhow::{Context as _, bail};
 use keel_proto::node::agent_message::Message as ToMember;
 use keel_proto::node::member_message::Message as FromMember;
 use keel_proto::node::node_agent_client::NodeAgentClient;
-use keel_proto::node::{AgentMessage, Heartbeat, MemberMessage, NodeStatus, Register};
+use keel_proto::node::{AgentMessage, Heartbeat, MemberMessage, NodeStatus, Register, ResourceMetrics};
 use parking_lot::Mutex;
 use tokio::sync::mpsc;
 use tracing::Instrument;
@@ -31,6 +31,8 @@ pub struct Connector {
     current: Mutex<Option<String>>,
     /// Streams established so far.
     connects: AtomicU64,
+    /// The latest resource usage sample (`crate::metrics`).
+    metrics: tokio::sync::watch::Receiver<Option<ResourceMetrics>>,
 }
 
 fn message(message: ToMember) -> AgentMessage {
@@ -38,8 +40,12 @@ fn message(message: ToMember) -> AgentMessage {
 }
 
 impl Connector {
-    pub fn new(config: NodeConfig, workers: Arc<PodWorkers>) -> Connector {
-        Connector { config, workers, current: Mutex::new(None), connects: AtomicU64::new(0) }
+    pub fn new(
+        config: NodeConfig,
+        workers: Arc<PodWorkers>,
+        metrics: tokio::sync::watch::Receiver<Option<ResourceMetrics>>,
+    ) -> Connector {
+        Connector { config, workers, current: Mutex::new(None), connects: AtomicU64::new(0), metrics }
     }
 
     pub fn connected_to(&self) -> Option<String> {
@@ -126,6 +132,9 @@ impl Connector {
         let mut heartbeat = tokio::time::interval(self.config.heartbeat);
         let mut node_status = tokio::time::interval(self.config.status_interval);
         node_status.tick().await; // Register carried the status.
+        let mut metrics = self.metrics.clone();
+        // A sample taken while no stream was up is stale by the next one: wait for that.
+        metrics.mark_unchanged();
         loop {
             tokio::select! {
                 received = incoming.message() => {
@@ -150,6 +159,16 @@ impl Connector {
                     let status = crate::node::status(&self.config, version, simulated);
                     let status = serde_json::to_vec(&status).context("encoding the node status")?;
                     tx.send(message(ToMember::NodeStatus(NodeStatus { status }))).await.context("sending node status")?;
+                }
+                changed = metrics.changed() => {
+                    if changed.is_err() {
+                        // The sampler is gone (the agent is stopping): nothing more to send.
+                        return Ok(());
+                    }
+                    let sample = metrics.borrow_and_update().clone();
+                    if let Some(sample) = sample {
+                        tx.send(message(ToMember::Metrics(sample))).await.context("sending resource metrics")?;
+                    }
                 }
                 _ = ctx.reports.wake.notified() => {
                     tokio::time::sleep(GATHER).await;
