@@ -96,6 +96,7 @@ pub fn types_of(crd: &Value) -> Vec<ResourceType> {
                 .cloned()
                 .unwrap_or_default(),
             create_only: false,
+            read_only: false,
         });
     }
     types
@@ -129,7 +130,8 @@ pub async fn sync(api: Arc<Api>) {
             .registry
             .all()
             .iter()
-            .filter(|t| matches!(t.shape, Shape::Custom { .. }))
+            // Built-in schemaless kinds (metrics.k8s.io) have no CRD behind them.
+            .filter(|t| matches!(t.shape, Shape::Custom { .. }) && !t.read_only)
             .map(|t| format!("{}.{}", t.plural, t.group))
             .collect();
         for gone in known.iter().filter(|n| !names.contains(n)) {

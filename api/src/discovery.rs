@@ -186,6 +186,9 @@ mod tests {
             (&eviction["group"], &eviction["version"], &eviction["kind"], &eviction["verbs"]),
             (&json!("policy"), &json!("v1"), &json!("Eviction"), &json!(["create"]))
         );
+        let metrics = resource_list(&registry, "metrics.k8s.io", "v1beta1").unwrap();
+        let pods = metrics["resources"].as_array().unwrap().iter().find(|r| r["kind"] == "PodMetrics").unwrap();
+        assert_eq!((&pods["name"], &pods["verbs"]), (&json!("pods"), &json!(["get", "list"])));
         let apps = group(&registry, "apps").unwrap();
         assert_eq!(apps["preferredVersion"]["groupVersion"], "apps/v1");
         let autoscaling = group(&registry, "autoscaling").unwrap();

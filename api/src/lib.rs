@@ -14,6 +14,7 @@ pub mod eviction;
 pub mod fanout;
 pub mod grpc;
 pub mod jwt;
+pub mod metrics;
 pub mod object;
 pub mod openapi;
 pub mod patch;

@@ -153,6 +153,11 @@ fn paths(types: &[&ResourceType], schema_ref: impl Fn(&ResourceType) -> String) 
             format!("{root}/{}", t.plural)
         };
         let r = schema_ref(t);
+        if t.read_only {
+            paths.insert(collection.clone(), json!({"get": operation(t, "list", &r, &[])}));
+            paths.insert(format!("{collection}/{{name}}"), json!({"get": operation(t, "get", &r, &[])}));
+            continue;
+        }
         if t.create_only {
             let post = operation(t, "post", &r, &[field_validation.clone(), field_manager.clone()]);
             paths.insert(collection, json!({"post": post}));

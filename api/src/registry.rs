@@ -55,6 +55,8 @@ pub struct ResourceType {
     /// A kind that is only ever created, answered and never stored (TokenReview): its one
     /// verb is create.
     pub create_only: bool,
+    /// A kind computed on every read and never written (metrics.k8s.io): get and list only.
+    pub read_only: bool,
 }
 
 impl std::fmt::Debug for ResourceType {
@@ -95,6 +97,9 @@ impl ResourceType {
     pub fn verbs(&self) -> Vec<&'static str> {
         if self.create_only {
             return vec!["create"];
+        }
+        if self.read_only {
+            return vec!["get", "list"];
         }
         vec!["create", "delete", "deletecollection", "get", "list", "patch", "update", "watch"]
     }
@@ -144,6 +149,7 @@ where
         storage_prefix: storage_prefix(K::GROUP, K::URL_PATH_SEGMENT),
         printer_columns: Vec::new(),
         create_only: false,
+        read_only: false,
     }
 }
 
@@ -231,6 +237,10 @@ pub fn builtins() -> Vec<ResourceType> {
         builtin::<policy::PodDisruptionBudget>(status(&["pdb"], &[])),
         builtin::<apiextensions::CustomResourceDefinition>(status(&["crd", "crds"], &[])),
     ]
+    .into_iter()
+    // metrics.k8s.io, which metrics-server adds to a Kubernetes cluster, is built in.
+    .chain(crate::metrics::resource_types())
+    .collect()
 }
 
 /// Group versions as kube-apiserver names them in `--runtime-config` (`apps/v1`, `v1` → `api/v1`).
@@ -321,7 +331,11 @@ impl Registry {
         let mut guard = self.types.write();
         let mut next: Vec<Arc<ResourceType>> = guard
             .iter()
-            .filter(|t| !(matches!(t.shape, Shape::Custom { .. }) && format!("{}.{}", t.plural, t.group) == crd_name))
+            .filter(|t| {
+                !(matches!(t.shape, Shape::Custom { .. })
+                    && !t.read_only
+                    && format!("{}.{}", t.plural, t.group) == crd_name)
+            })
             .cloned()
             .collect();
         next.extend(types.into_iter().filter(|t| self.runtime_config.enabled(&t.group, &t.version)).map(Arc::new));

@@ -33,6 +33,8 @@ pub struct Api {
     pub tokens: crate::tokens::Tokens,
     /// How `pods/log`, `exec` and `attach` reach node agents (`crate::podstream`).
     pub tunnels: crate::podstream::Tunnels,
+    /// Decoded node metrics records (`crate::metrics`).
+    pub metrics: crate::metrics::Cache,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -403,6 +405,7 @@ impl Api {
             registry,
             tokens: crate::tokens::Tokens::default(),
             tunnels: crate::podstream::Tunnels::default(),
+            metrics: crate::metrics::Cache::default(),
         }
     }
 
@@ -423,12 +426,20 @@ impl Api {
 
     #[tracing::instrument(level = "debug", skip(self, rt), fields(resource = %rt.plural))]
     pub async fn get(&self, rt: &ResourceType, namespace: Option<&str>, name: &str) -> Result<Value> {
+        if rt.read_only {
+            return self.metrics_get(rt, namespace, name).await;
+        }
         let (found, _) = self.storage.get(&rt.key(namespace, name), Consistency::Linearizable).await?;
         let found = found.ok_or_else(|| Self::not_found(rt, name))?;
         decode(&found)
     }
 
-    async fn get_stored(&self, rt: &ResourceType, namespace: Option<&str>, name: &str) -> Result<(Stored, Value)> {
+    pub(crate) async fn get_stored(
+        &self,
+        rt: &ResourceType,
+        namespace: Option<&str>,
+        name: &str,
+    ) -> Result<(Stored, Value)> {
         let (found, _) = self.storage.get(&rt.key(namespace, name), Consistency::Linearizable).await?;
         let found = found.ok_or_else(|| Self::not_found(rt, name))?;
         let value = decode(&found)?;
@@ -485,6 +496,19 @@ impl Api {
 
     #[tracing::instrument(level = "debug", skip(self, rt, options), fields(resource = %rt.plural))]
     pub async fn list(&self, rt: &ResourceType, namespace: Option<&str>, options: &ListOptions) -> Result<ListResult> {
+        if rt.read_only {
+            return self.metrics_list(rt, namespace, options).await;
+        }
+        self.list_objects(rt, namespace, options).await
+    }
+
+    /// A list of stored objects (never a computed resource).
+    pub(crate) async fn list_objects(
+        &self,
+        rt: &ResourceType,
+        namespace: Option<&str>,
+        options: &ListOptions,
+    ) -> Result<ListResult> {
         self.list_with(rt, namespace, options, |stored| {
             let object = decode(stored)?;
             Ok(Self::matches(rt, options, &object).then_some(object))
@@ -501,6 +525,15 @@ impl Api {
         namespace: Option<&str>,
         options: &ListOptions,
     ) -> Result<ListResult<Vec<u8>>> {
+        if rt.read_only {
+            let listed = self.metrics_list(rt, namespace, options).await?;
+            let items = listed
+                .items
+                .iter()
+                .map(|item| serde_json::to_vec(item).map_err(|e| ApiError::internal(format!("encode: {e}"))))
+                .collect::<Result<Vec<_>>>()?;
+            return Ok(ListResult { items, revision: listed.revision, continue_token: None, remaining: None });
+        }
         let metadata_only = options.field_selector.only_metadata();
         self.list_with(rt, namespace, options, |stored| {
             if !metadata_only {
@@ -719,6 +752,9 @@ impl Api {
         if rt.create_only {
             return self.review_token(rt, object, options.field_validation).await;
         }
+        if rt.read_only {
+            return Err(ApiError::MethodNotAllowed { method: "create".into(), what: rt.qualified() });
+        }
         let (object, warnings) = self.prepare_create(rt, namespace, object, options, &[]).await?;
         if options.dry_run {
             return Ok((object, warnings));
@@ -754,7 +790,7 @@ impl Api {
         options: &WriteOptions,
         batch: &[String],
     ) -> Result<(Value, Vec<String>)> {
-        if rt.create_only {
+        if rt.create_only || rt.read_only {
             // Nothing of a review kind is ever stored (an atomic apply cannot carry one).
             return Err(ApiError::MethodNotAllowed { method: "store".into(), what: rt.qualified() });
         }

@@ -373,6 +373,11 @@ async fn resource(
     if rt.create_only && !(method == Method::POST && target.name.is_none()) {
         return Err(ApiError::MethodNotAllowed { method: method.to_string(), what: rt.qualified() });
     }
+    // Metrics are computed on each read: nothing to write or watch.
+    if rt.read_only && (method != Method::GET || target.watch_path || query.flag("watch")) {
+        let verb = if method == Method::GET { "watch".to_string() } else { method.to_string() };
+        return Err(ApiError::MethodNotAllowed { method: verb, what: rt.qualified() });
+    }
     let format = negotiated.format;
     let wants_table = negotiated.table;
     let one = |value: Value, code: StatusCode, warnings: &[String]| {

@@ -124,6 +124,28 @@ pub trait Storage: Send + Sync + 'static {
 
     /// The oldest revision still readable.
     fn compacted_revision(&self) -> i64;
+
+    /// Grants a lease of `ttl_seconds`; keys put under it go when it expires or is revoked.
+    /// Only keel's own records outside the Kubernetes keyspace use leases (node metrics).
+    fn lease_grant(&self, _ttl_seconds: i64) -> BoxFuture<'_, Result<i64>> {
+        Box::pin(async { Err(ApiError::internal("this store has no leases")) })
+    }
+
+    /// Renews a lease; `false` when it no longer exists.
+    fn lease_keep_alive(&self, _id: i64) -> BoxFuture<'_, Result<bool>> {
+        Box::pin(async { Err(ApiError::internal("this store has no leases")) })
+    }
+
+    /// Revokes a lease and deletes the keys still attached to it.
+    fn lease_revoke(&self, _id: i64) -> BoxFuture<'_, Result<()>> {
+        Box::pin(async { Err(ApiError::internal("this store has no leases")) })
+    }
+
+    /// Puts `value` at `key` attached to `lease` (moving it off any lease it was on), without
+    /// preconditions; returns the revision.
+    fn put_leased(&self, _key: &str, _value: Vec<u8>, _lease: i64) -> BoxFuture<'_, Result<i64>> {
+        Box::pin(async { Err(ApiError::internal("this store has no leases")) })
+    }
 }
 
 /// The end of the range of every key that starts with `prefix`.
@@ -279,6 +301,35 @@ impl Storage for Store {
 
     fn compacted_revision(&self) -> i64 {
         self.status().compact_revision
+    }
+
+    fn lease_grant(&self, ttl_seconds: i64) -> BoxFuture<'_, Result<i64>> {
+        Box::pin(async move { Ok(Store::lease_grant(self, 0, ttl_seconds).await?.0) })
+    }
+
+    fn lease_keep_alive(&self, id: i64) -> BoxFuture<'_, Result<bool>> {
+        Box::pin(async move { Ok(Store::lease_keep_alive(self, id).await?.is_some()) })
+    }
+
+    fn lease_revoke(&self, id: i64) -> BoxFuture<'_, Result<()>> {
+        Box::pin(async move {
+            Store::lease_revoke(self, id).await?;
+            Ok(())
+        })
+    }
+
+    fn put_leased(&self, key: &str, value: Vec<u8>, lease: i64) -> BoxFuture<'_, Result<i64>> {
+        use pb::request_op::Request;
+        let put = pb::PutRequest { key: key.as_bytes().to_vec(), value, lease, ..Default::default() };
+        let request = pb::TxnRequest {
+            compare: Vec::new(),
+            success: vec![request_op(Request::RequestPut(put))],
+            failure: Vec::new(),
+        };
+        Box::pin(async move {
+            let (_, revision) = self.txn(request).await?;
+            Ok(revision)
+        })
     }
 }
 

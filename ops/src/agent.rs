@@ -44,6 +44,10 @@ pub struct AgentArgs {
     crash_loop_backoff: Duration,
     #[arg(long, default_value = "5m", value_parser = humantime::parse_duration)]
     crash_loop_backoff_max: Duration,
+    /// How often pod and node resource usage is sampled and sent for metrics.k8s.io
+    /// (`kubectl top`, the autoscaler); metrics-server's flag of the same name and default.
+    #[arg(long, default_value = "15s", value_parser = humantime::parse_duration)]
+    metric_resolution: Duration,
     /// Let pods run privileged containers.
     #[arg(long)]
     allow_privileged: bool,
@@ -152,6 +156,9 @@ pub async fn run_until(mut args: AgentArgs, shutdown: impl std::future::Future<O
     if !(0.0..=1.0).contains(&args.simulate_failure_rate) {
         bail!("--simulate-failure-rate must be between 0.0 and 1.0");
     }
+    if args.metric_resolution < Duration::from_secs(1) {
+        bail!("--metric-resolution must be at least 1s (the member keeps at most one record per node a second)");
+    }
     let configure = |name: String, root: PathBuf| {
         let mut config = NodeConfig::new(&name, args.server.clone(), root);
         config.labels = labels.clone();
@@ -164,6 +171,7 @@ pub async fn run_until(mut args: AgentArgs, shutdown: impl std::future::Future<O
         config.allow_privileged = args.allow_privileged;
         config.eviction_hard = args.eviction_hard.clone();
         config.status_check = args.node_status_update_frequency;
+        config.metric_resolution = args.metric_resolution;
         config
     };
     let mut agents = Vec::new();

@@ -37,6 +37,13 @@ pub struct ServerArgs {
     /// Where the local-path provisioner makes volumes on the nodes (k3s's flag).
     #[arg(long, default_value = keel_controllers::localpath::DEFAULT_DIR)]
     default_local_storage_path: std::path::PathBuf,
+    /// How often each HorizontalPodAutoscaler is looked at (kube-controller-manager's flag).
+    #[arg(long, default_value = "15s", value_parser = humantime::parse_duration)]
+    horizontal_pod_autoscaler_sync_period: Duration,
+    /// How long a HorizontalPodAutoscaler waits before scaling down: the highest
+    /// recommendation of this window wins (kube-controller-manager's flag and default).
+    #[arg(long, default_value = "5m", value_parser = humantime::parse_duration)]
+    horizontal_pod_autoscaler_downscale_stabilization: Duration,
     /// Issuer (`iss`) of ServiceAccount tokens, as kube-apiserver takes it. Repeatable: the
     /// first signs new tokens, every one is accepted (to move to a new issuer).
     #[arg(long = "service-account-issuer", default_value = keel_api::tokens::DEFAULT_ISSUER)]
@@ -198,6 +205,10 @@ pub async fn run_until(args: ServerArgs, shutdown: impl std::future::Future<Outp
     let control_loops = args.control_loops;
     let controller_settings = keel_controllers::Settings {
         volumes: keel_controllers::volume::Settings { local_path_dir: args.default_local_storage_path.clone() },
+        autoscaler: keel_controllers::podautoscaler::Settings {
+            sync_period: args.horizontal_pod_autoscaler_sync_period.max(Duration::from_millis(100)),
+            downscale_stabilization: args.horizontal_pod_autoscaler_downscale_stabilization,
+        },
         ..keel_controllers::Settings::default()
     };
     let controllers = tokio::spawn(keel_runtime::leader::run_while_leader(

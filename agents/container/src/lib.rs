@@ -265,4 +265,11 @@ pub trait ContainerRuntime: Send + Sync {
     async fn attach(&self, container_id: &str, streams: &Streams) -> Result<String>;
 
     async fn container_stats(&self) -> Result<Vec<ContainerStats>>;
+
+    /// The pod's annotations as they are now (they may change while it runs). CRI has no
+    /// such call and containerd ignores it; the simulated runtime, whose scripted usage comes
+    /// from annotations, follows them, so a test can change a running pod's load.
+    async fn pod_annotations_changed(&self, _sandbox_id: &str, _annotations: &BTreeMap<String, String>) -> Result<()> {
+        Ok(())
+    }
 }

@@ -8,7 +8,8 @@
 //! * `simulate.keel.dev/run-seconds`: containers exit after this long (default: never);
 //! * `simulate.keel.dev/exit-code`: with this code (default 0);
 //! * `simulate.keel.dev/cpu-millicores`, `simulate.keel.dev/memory-bytes`: the usage each
-//!   container reports;
+//!   container reports. These follow the pod: a changed annotation changes the usage of its
+//!   running containers from then on (CPU time keeps accumulating, at the new rate);
 //! * `simulate.keel.dev/exec-succeeds-after-seconds`, `simulate.keel.dev/exec-fails-after-seconds`:
 //!   exec in a container (exec probes, preStop hooks) exits 0 only once it has run the first
 //!   long and before it has run the second; outside that window it exits 1 saying why. So
@@ -63,6 +64,9 @@ struct Container {
     /// Seconds of running before exec succeeds, and after which it fails again.
     exec_succeeds_after: Option<f64>,
     exec_fails_after: Option<f64>,
+    /// CPU time used up to `cpu_since` (at earlier rates); `cpu_millicores` applies after it.
+    cpu_nanos_before: u64,
+    cpu_since: UnixNanos,
 }
 
 #[derive(Default)]
@@ -231,6 +235,8 @@ impl ContainerRuntime for SimulatedRuntime {
             memory_bytes: annotation(&annotations, MEMORY_BYTES).unwrap_or(0),
             exec_succeeds_after: annotation(&annotations, EXEC_SUCCEEDS_AFTER),
             exec_fails_after: annotation(&annotations, EXEC_FAILS_AFTER),
+            cpu_nanos_before: 0,
+            cpu_since: 0,
         };
         let run_seconds: Option<f64> = annotation(&annotations, RUN_SECONDS);
         state.containers.insert(id.clone(), container);
@@ -263,6 +269,7 @@ impl ContainerRuntime for SimulatedRuntime {
             c.status.message = "simulated start failure".into();
         } else {
             c.status.state = ContainerState::Running;
+            c.cpu_since = now;
             c.exits_at = c.exits_at.map(|offset| now + (-offset - 1));
         }
         Ok(())
@@ -333,17 +340,45 @@ impl ContainerRuntime for SimulatedRuntime {
             .containers
             .values()
             .filter(|c| c.status.state == ContainerState::Running)
-            .map(|c| {
-                let ran = (now - c.status.started_at).max(0) as u64;
-                ContainerStats {
-                    id: c.status.id.clone(),
-                    timestamp: now,
-                    cpu_usage_nanos: ran / 1000 * c.cpu_millicores,
-                    memory_working_set_bytes: c.memory_bytes,
-                }
+            .map(|c| ContainerStats {
+                id: c.status.id.clone(),
+                timestamp: now,
+                cpu_usage_nanos: cpu_used(c, now),
+                memory_working_set_bytes: c.memory_bytes,
             })
             .collect())
     }
+
+    async fn pod_annotations_changed(&self, sandbox_id: &str, annotations: &BTreeMap<String, String>) -> Result<()> {
+        let mut state = self.state.lock();
+        let Some(sandbox) = state.sandboxes.get_mut(sandbox_id) else {
+            return Err(RuntimeError::NotFound(format!("sandbox {sandbox_id}")));
+        };
+        if &sandbox.annotations == annotations {
+            return Ok(());
+        }
+        sandbox.annotations = annotations.clone();
+        let cpu: u64 = annotation(annotations, CPU_MILLICORES).unwrap_or(0);
+        let memory: u64 = annotation(annotations, MEMORY_BYTES).unwrap_or(0);
+        let now = now_nanos();
+        for c in state.containers.values_mut().filter(|c| c.status.sandbox_id == sandbox_id) {
+            if c.status.state == ContainerState::Running {
+                // What ran at the old rate stays counted: CPU time is cumulative.
+                c.cpu_nanos_before = cpu_used(c, now);
+                c.cpu_since = now;
+            }
+            c.cpu_millicores = cpu;
+            c.memory_bytes = memory;
+        }
+        Ok(())
+    }
+}
+
+/// Cumulative CPU time of a running container at `now`.
+fn cpu_used(c: &Container, now: UnixNanos) -> u64 {
+    let ran = (now - c.cpu_since).max(0) as u64;
+    // A millicore is a thousandth of a second of CPU per second.
+    c.cpu_nanos_before + (u128::from(ran) * u128::from(c.cpu_millicores) / 1000) as u64
 }
 
 #[cfg(test)]
@@ -436,5 +471,21 @@ mod tests {
         assert!(String::from_utf8_lossy(&late.stderr).contains(EXEC_FAILS_AFTER), "{late:?}");
         rt.stop_container(&id, Duration::from_secs(1)).await.expect("stop");
         assert!(rt.exec_sync(&id, &[], Duration::from_secs(1)).await.is_err());
+    }
+
+    #[tokio::test]
+    async fn changed_annotations_change_the_rate_not_what_was_used() {
+        let rt = SimulatedRuntime::new(Settings::default());
+        let (sandbox, _) = start(&rt, &sandbox(&[(CPU_MILLICORES, "1000"), (MEMORY_BYTES, "100")])).await;
+        tokio::time::sleep(Duration::from_millis(30)).await;
+        let quiet: BTreeMap<String, String> =
+            [(CPU_MILLICORES.to_string(), "0".to_string()), (MEMORY_BYTES.to_string(), "50".to_string())].into();
+        rt.pod_annotations_changed(&sandbox, &quiet).await.expect("changed");
+        let before = rt.container_stats().await.expect("stats")[0].clone();
+        assert!(before.cpu_usage_nanos >= 30_000_000, "{before:?}");
+        assert_eq!(before.memory_working_set_bytes, 50);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        // Idle since the change: the cumulative figure stands still.
+        assert_eq!(rt.container_stats().await.expect("stats")[0].cpu_usage_nanos, before.cpu_usage_nanos);
     }
 }

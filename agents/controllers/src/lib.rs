@@ -24,6 +24,8 @@
 //!   (`statefulset`);
 //! * DaemonSets: a pod per eligible node, rolling update with maxUnavailable or maxSurge
 //!   (`daemonset`); both keep their templates as ControllerRevisions (`history`);
+//! * HorizontalPodAutoscalers on the resource metrics of metrics.k8s.io (`podautoscaler`, the
+//!   arithmetic in `replica_calculator`);
 //! * legacy ServiceAccount token Secrets filled in, and deleted with their account (`serviceaccount`).
 
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
@@ -39,8 +41,10 @@ pub mod history;
 pub mod job;
 pub mod localpath;
 pub mod nodelifecycle;
+pub mod podautoscaler;
 pub mod podgc;
 pub mod quota;
+pub mod replica_calculator;
 pub mod replicaset;
 pub mod serviceaccount;
 pub mod statefulset;
@@ -76,6 +80,8 @@ pub struct Settings {
     pub pod_gc: podgc::Settings,
     /// PersistentVolumes: where local-path volumes are made on the nodes.
     pub volumes: volume::Settings,
+    /// HorizontalPodAutoscalers: sync period and scale-down stabilization.
+    pub autoscaler: podautoscaler::Settings,
 }
 
 impl Default for Settings {
@@ -86,6 +92,7 @@ impl Default for Settings {
             cron_job_period: Duration::from_secs(5),
             pod_gc: podgc::Settings::default(),
             volumes: volume::Settings::default(),
+            autoscaler: podautoscaler::Settings::default(),
         }
     }
 }
@@ -152,6 +159,8 @@ pub fn loops_with(api: Arc<Api>, settings: Settings) -> Vec<(&'static str, Loop)
         volume::VolumeController::new(client.clone(), pods.clone(), nodes.clone(), recorder.clone(), settings.volumes);
     let pod_gc = podgc::PodGarbageCollector::new(client.clone(), pods.clone(), nodes.clone(), settings.pod_gc);
     let tokens = serviceaccount::TokensController::new(client.clone());
+    let autoscaler =
+        podautoscaler::PodAutoscaler::new(client.clone(), pods.clone(), recorder.clone(), settings.autoscaler.clone());
     vec![
         ("pod-informer", Box::pin(pods.run())),
         ("garbage-collector", Box::pin(run_garbage_collector(api, Duration::from_millis(500)))),
@@ -171,6 +180,7 @@ pub fn loops_with(api: Arc<Api>, settings: Settings) -> Vec<(&'static str, Loop)
         ("pod-garbage-collector", Box::pin(pod_gc.run())),
         ("serviceaccount-tokens", Box::pin(tokens.run(1))),
         ("persistentvolume", Box::pin(volumes.run())),
+        ("horizontalpodautoscaler", Box::pin(autoscaler.run(2))),
     ]
 }
 

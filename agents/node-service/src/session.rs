@@ -9,12 +9,13 @@ use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
 use k8s_openapi::api::core::v1::{Event, Node, NodeCondition, Pod, PodCondition, PodStatus};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta, OwnerReference};
 use keel_api::error::ApiError;
+use keel_api::metrics::{ContainerRecord, NodeRecord, PodRecord, Publisher};
 use keel_api::rest::DeleteOptions;
 use keel_proto::node::agent_message::Message as FromAgent;
 use keel_proto::node::member_message::Message as ToAgent;
 use keel_proto::node::{
-    AgentMessage, MemberMessage, ObjectVersion, PodFinished, PodStatusBatch, Register, Registered, Sync, SyncObject,
-    TokenRequest, TokenResponse,
+    AgentMessage, MemberMessage, ObjectVersion, PodFinished, PodStatusBatch, Register, Registered, ResourceMetrics,
+    Sync, SyncObject, TokenRequest, TokenResponse, Usage,
 };
 use keel_runtime::{Client, ObjectKey};
 use tokio::sync::mpsc;
@@ -110,13 +111,22 @@ async fn serve(
     }
     let (handle, mut control) = hub.attach(&name);
     tracing::info!(known = register.known.len(), "node connected");
+    let mut upkeep = Upkeep { node: &stored, publisher: Publisher::new(hub.client.api.storage.clone(), &name) };
     let mut inbound = Inbound { agent: &mut incoming, control: &mut control };
-    let result = stream(&hub, &name, &handle, &stored, register, &mut inbound, &tx).await;
+    let result = stream(&hub, &name, &handle, &mut upkeep, register, &mut inbound, &tx).await;
     match result {
         Ok(()) => tracing::info!("node stream ended"),
         Err(why) => tracing::info!(%why, "node stream ended"),
     }
     hub.detach(&name, &handle);
+    upkeep.publisher.close().await;
+}
+
+/// What the member keeps for a node while its stream lasts: the Node as registered (for its
+/// Lease's owner) and the writer of its metrics records.
+struct Upkeep<'a> {
+    node: &'a Node,
+    publisher: Publisher,
 }
 
 /// A token for a pod's projected serviceAccountToken source, if the pod is this node's and
@@ -175,7 +185,7 @@ async fn stream(
     hub: &Hub,
     name: &str,
     handle: &SessionHandle,
-    node: &Node,
+    upkeep: &mut Upkeep<'_>,
     register: Register,
     inbound: &mut Inbound<'_>,
     tx: &Outgoing,
@@ -238,7 +248,11 @@ async fn stream(
                 }
                 Ok(Some(AgentMessage { message: Some(message) })) => {
                     last_heard = tokio::time::Instant::now();
-                    handle_message(hub, name, node, lease_seconds, &mut lease, message).await;
+                    if let FromAgent::Metrics(metrics) = message {
+                        publish_metrics(&mut upkeep.publisher, name, metrics).await;
+                    } else {
+                        handle_message(hub, name, upkeep.node, lease_seconds, &mut lease, message).await;
+                    }
                 }
                 Ok(Some(AgentMessage { message: None })) => last_heard = tokio::time::Instant::now(),
                 Ok(None) => return Ok(()),
@@ -331,6 +345,45 @@ async fn send_changes(hub: &Hub, node: &str, held: &mut Held, tx: &Outgoing, fir
     Ok(())
 }
 
+/// Writes the node's usage where every member serves it from (`keel_api::metrics`).
+async fn publish_metrics(publisher: &mut Publisher, node: &str, metrics: ResourceMetrics) {
+    let usage = |u: Option<Usage>| u.unwrap_or_default();
+    let total = usage(metrics.node);
+    let record = NodeRecord {
+        node: node.to_string(),
+        timestamp_unix_nanos: metrics.timestamp_unix_nanos,
+        window_millis: metrics.window_millis,
+        cpu_nanocores: total.cpu_nanocores,
+        memory_bytes: total.memory_working_set_bytes,
+        pods: metrics
+            .pods
+            .into_iter()
+            .map(|p| PodRecord {
+                namespace: p.namespace,
+                name: p.name,
+                uid: p.uid,
+                containers: p
+                    .containers
+                    .into_iter()
+                    .map(|c| {
+                        let u = usage(c.usage);
+                        ContainerRecord {
+                            name: c.name,
+                            cpu_nanocores: u.cpu_nanocores,
+                            memory_bytes: u.memory_working_set_bytes,
+                        }
+                    })
+                    .collect(),
+            })
+            .collect(),
+    };
+    match publisher.publish(&record).await {
+        Ok(true) => tracing::trace!(pods = record.pods.len(), "node metrics published"),
+        Ok(false) => tracing::debug!("node metrics arrived sooner than the least record interval; dropped"),
+        Err(e) => tracing::warn!(error = %e, "publishing the node's metrics failed"),
+    }
+}
+
 fn key_of(kind: &str, meta: &ObjectMeta) -> Key {
     Key {
         kind: kind.to_string(),
@@ -350,8 +403,8 @@ async fn handle_message(
     let client = &hub.client;
     match message {
         FromAgent::Register(_) => tracing::warn!("a second Register on one stream is ignored"),
-        // Pod stream frames and token requests are taken by the session loop, never here.
-        FromAgent::Stream(_) | FromAgent::TokenRequest(_) => {}
+        // Pod stream frames, token requests and metrics are taken by the session loop.
+        FromAgent::Stream(_) | FromAgent::TokenRequest(_) | FromAgent::Metrics(_) => {}
         FromAgent::Heartbeat(_) => {
             if let Err(e) = renew_lease(client, node_name, node, lease_seconds, lease).await {
                 tracing::warn!(error = %e, "renewing the node's Lease failed");

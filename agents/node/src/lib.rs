@@ -10,6 +10,7 @@
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
 pub mod env;
+pub mod metrics;
 pub mod node;
 pub mod objects;
 pub mod pods;
@@ -66,6 +67,8 @@ pub struct NodeConfig {
     /// Whether pod IPs lead anywhere from the agent, for httpGet and tcpSocket probes (not
     /// for simulated nodes: their pods' addresses are made up).
     pub pod_network: bool,
+    /// How often resource usage is sampled and sent (metrics-server's `--metric-resolution`).
+    pub metric_resolution: Duration,
 }
 
 impl NodeConfig {
@@ -90,6 +93,7 @@ impl NodeConfig {
             volumes: true,
             eviction_hard: pressure::Thresholds::default(),
             pod_network: true,
+            metric_resolution: Duration::from_secs(15),
         }
     }
 }
@@ -123,8 +127,14 @@ impl Agent {
             pod_network: config.pod_network,
         });
         let workers = pods::PodWorkers::new(ctx);
-        let connector = Arc::new(Connector::new(config.clone(), workers.clone()));
-        let tasks = vec![tokio::spawn(workers.clone().relist(config.relist)), tokio::spawn(connector.clone().run())];
+        let (latest_metrics, metrics) = tokio::sync::watch::channel(None);
+        let connector = Arc::new(Connector::new(config.clone(), workers.clone(), metrics));
+        let collector = metrics::Collector::new(false);
+        let tasks = vec![
+            tokio::spawn(workers.clone().relist(config.relist)),
+            tokio::spawn(connector.clone().run()),
+            tokio::spawn(collector.run(runtime, config.metric_resolution, latest_metrics)),
+        ];
         Agent { workers, connector, tasks }
     }
 }

@@ -589,6 +589,9 @@ async fn sync(ctx: &Context, uid: &str, pod: Option<&Arc<Pod>>, state: &mut Work
         }
     };
     let sandbox = sandbox_config(ctx, pod, sandbox_status.attempt);
+    // Annotations can change while the pod runs; the runtime hears of it each turn (a changed
+    // pod wakes its worker).
+    ctx.runtime.pod_annotations_changed(&sandbox_status.id, &sandbox.annotations).await?;
     let mut in_sandbox: Vec<cri::ContainerStatus> =
         containers.iter().filter(|c| c.sandbox_id == sandbox_status.id).cloned().collect();
     // Volumes first: a container starts only with everything it mounts in place. Run again

@@ -10,7 +10,7 @@ use anyhow::{Context as _, bail};
 use keel_proto::node::agent_message::Message as ToMember;
 use keel_proto::node::member_message::Message as FromMember;
 use keel_proto::node::node_agent_client::NodeAgentClient;
-use keel_proto::node::{AgentMessage, Heartbeat, MemberMessage, NodeStatus, Register};
+use keel_proto::node::{AgentMessage, Heartbeat, MemberMessage, NodeStatus, Register, ResourceMetrics};
 use parking_lot::Mutex;
 use tokio::sync::mpsc;
 use tracing::Instrument;
@@ -34,6 +34,8 @@ pub struct Connector {
     connects: AtomicU64,
     /// `kubectl logs`/`exec`/`attach` sessions riding on the current stream.
     pod_streams: PodStreams,
+    /// The latest resource usage sample (`crate::metrics`).
+    metrics: tokio::sync::watch::Receiver<Option<ResourceMetrics>>,
 }
 
 fn message(message: ToMember) -> AgentMessage {
@@ -49,13 +51,18 @@ fn condition_statuses(node: &k8s_openapi::api::core::v1::Node) -> Vec<(String, S
 }
 
 impl Connector {
-    pub fn new(config: NodeConfig, workers: Arc<PodWorkers>) -> Connector {
+    pub fn new(
+        config: NodeConfig,
+        workers: Arc<PodWorkers>,
+        metrics: tokio::sync::watch::Receiver<Option<ResourceMetrics>>,
+    ) -> Connector {
         Connector {
             config,
             workers,
             current: Mutex::new(None),
             connects: AtomicU64::new(0),
             pod_streams: PodStreams::default(),
+            metrics,
         }
     }
 
@@ -145,6 +152,9 @@ impl Connector {
         let mut node_status = tokio::time::interval(self.config.status_check.min(self.config.status_interval));
         node_status.tick().await; // Register carried the status.
         let mut last_sent = (tokio::time::Instant::now(), condition_statuses(&node));
+        let mut metrics = self.metrics.clone();
+        // A sample taken while no stream was up is stale by the next one: wait for that.
+        metrics.mark_unchanged();
         loop {
             tokio::select! {
                 received = incoming.message() => {
@@ -176,6 +186,16 @@ impl Connector {
                         let status = serde_json::to_vec(&status).context("encoding the node status")?;
                         tx.send(message(ToMember::NodeStatus(NodeStatus { status }))).await.context("sending node status")?;
                         last_sent = (tokio::time::Instant::now(), conditions);
+                    }
+                }
+                changed = metrics.changed() => {
+                    if changed.is_err() {
+                        // The sampler is gone (the agent is stopping): nothing more to send.
+                        return Ok(());
+                    }
+                    let sample = metrics.borrow_and_update().clone();
+                    if let Some(sample) = sample {
+                        tx.send(message(ToMember::Metrics(sample))).await.context("sending resource metrics")?;
                     }
                 }
                 _ = ctx.reports.wake.notified() => {
