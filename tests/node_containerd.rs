@@ -458,6 +458,42 @@ spec:
     let _ = typed.join();
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("/dev/pts/") && text.contains("got-hello"), "{out:?}");
+    // A projected serviceAccountToken source: the agent asks its member for a token bound to
+    // the pod, and the token authenticates as the pod's service account.
+    let client = k.write(
+        "client.yaml",
+        r#"apiVersion: v1
+kind: Pod
+metadata: {name: api-client}
+spec:
+  containers:
+  - name: main
+    image: keel.local/busybox:1.36
+    command: ["sleep", "3600"]
+    volumeMounts: [{name: api, mountPath: /var/run/secrets/keel, readOnly: true}]
+  volumes:
+  - name: api
+    projected:
+      sources:
+      - serviceAccountToken: {path: token, expirationSeconds: 3600}
+      - downwardAPI: {items: [{path: namespace, fieldRef: {fieldPath: metadata.namespace}}]}
+"#,
+    );
+    k.ok(&["apply", "-f", &client]);
+    k.ok(&["wait", "--for=condition=Ready", "pod/api-client", "--timeout=90s"]);
+    let token = k.ok(&["exec", "api-client", "--", "cat", "/var/run/secrets/keel/token"]);
+    assert_eq!(token.split('.').count(), 3, "a JWT: {token:?}");
+    assert_eq!(k.ok(&["exec", "api-client", "--", "cat", "/var/run/secrets/keel/namespace"]), "default");
+    let review = k.write(
+        "review.json",
+        &serde_json::json!({"apiVersion": "authentication.k8s.io/v1", "kind": "TokenReview", "spec": {"token": token}})
+            .to_string(),
+    );
+    // --validate=false: kubectl would fall back to the protobuf OpenAPI v2 (tests/api_tokens.rs).
+    let reviewed = k.json(&["create", "-f", &review, "--validate=false"]);
+    assert_eq!(reviewed["status"]["authenticated"], true, "{reviewed}");
+    assert_eq!(reviewed["status"]["user"]["username"], "system:serviceaccount:default:default", "{reviewed}");
+    assert_eq!(reviewed["status"]["user"]["extra"]["authentication.kubernetes.io/pod-name"][0], "api-client");
 }
 
 /// A node short of memory by `--eviction-hard` says so: MemoryPressure turns True, the node

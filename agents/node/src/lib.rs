@@ -20,6 +20,7 @@ pub mod reports;
 pub mod status;
 mod stream;
 mod streams;
+pub mod tokens;
 pub mod volumes;
 
 use std::collections::BTreeMap;
@@ -119,6 +120,7 @@ impl Agent {
             reports: reports.clone(),
             allocatable: config.capacity.allocatable(),
             pods_root: config.root.join("pods"),
+            tokens: Arc::new(tokens::TokenManager::default()),
             backoff_initial: config.backoff_initial,
             backoff_max: config.backoff_max,
             allow_privileged: config.allow_privileged,

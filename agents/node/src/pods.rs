@@ -48,6 +48,8 @@ pub struct Context {
     pub reports: Arc<Reports>,
     pub allocatable: BTreeMap<String, k8s_openapi::apimachinery::pkg::api::resource::Quantity>,
     pub pods_root: std::path::PathBuf,
+    /// Tokens for projected serviceAccountToken sources.
+    pub tokens: Arc<crate::tokens::TokenManager>,
     pub backoff_initial: Duration,
     pub backoff_max: Duration,
     /// Whether privileged containers may run (kubelet's --allow-privileged).
@@ -442,6 +444,7 @@ async fn remove_everything(
         ctx.runtime.stop_pod_sandbox(&s.id).await?;
         ctx.runtime.remove_pod_sandbox(&s.id).await?;
         crate::volumes::remove(&ctx.pods_root, &s.uid);
+        ctx.tokens.forget(&s.uid);
         // The pod's logs go with it, as kubelet removes them.
         let logs = ctx.pods_root.join(format!("{}_{}_{}", s.namespace, s.name, s.uid));
         if let Err(e) = std::fs::remove_dir_all(&logs)
@@ -597,7 +600,15 @@ async fn sync(ctx: &Context, uid: &str, pod: Option<&Arc<Pod>>, state: &mut Work
     // Volumes first: a container starts only with everything it mounts in place. Run again
     // each turn, so changed ConfigMaps and Secrets reach the files.
     let volume_paths = if ctx.volumes {
-        match crate::volumes::prepare(&ctx.pods_root, pod, &ctx.objects, &ctx.host_ip) {
+        let tokens = match ctx.tokens.for_pod(pod).await {
+            Ok(tokens) => tokens,
+            Err(e) => {
+                ctx.reports.event(pod, None, true, "FailedMount", format!("MountVolume.SetUp failed: {e}"));
+                report(ctx, uid, pod, Some(&sandbox_status), &in_sandbox, state);
+                return Ok(Next::After(Duration::from_secs(5)));
+            }
+        };
+        match crate::volumes::prepare(&ctx.pods_root, pod, &ctx.objects, &ctx.host_ip, &tokens) {
             Ok(paths) => paths,
             Err(e) => {
                 ctx.reports.event(pod, None, true, "FailedMount", format!("MountVolume.SetUp failed: {}", e.0));

@@ -97,6 +97,7 @@ impl Connector {
             let outcome = self.session(&server, &version).instrument(span).await;
             *self.current.lock() = None;
             self.pod_streams.close_all();
+            self.workers.context().tokens.disconnected();
             match outcome {
                 Ok(()) => {
                     tracing::info!(node = %self.config.name, member = %server, "the member ended the stream");
@@ -147,6 +148,7 @@ impl Connector {
         *self.current.lock() = Some(server.to_string());
         self.connects.fetch_add(1, Ordering::Relaxed);
         ctx.reports.resend_all();
+        ctx.tokens.connected(tx.clone());
 
         let mut heartbeat = tokio::time::interval(self.config.heartbeat);
         let mut node_status = tokio::time::interval(self.config.status_check.min(self.config.status_interval));
@@ -171,6 +173,7 @@ impl Connector {
                         Some(MemberMessage { message: Some(FromMember::Stream(control)) }) => {
                             self.pod_streams.control(&ctx, control, &tx);
                         }
+                        Some(MemberMessage { message: Some(FromMember::Token(answer)) }) => ctx.tokens.answer(answer),
                         Some(other) => tracing::debug!(?other, "ignored a member message"),
                         None => return Ok(()),
                     }

@@ -12,8 +12,8 @@
 //!   bound to (the member sends the node its pods' claims and their volumes); the pod waits
 //!   while the claim is unbound.
 //!
-//! Not yet: projected serviceAccountToken sources (no token is requested for the node yet),
-//! and volume kinds that need attaching (CSI, iSCSI, NFS…).
+//! Projected serviceAccountToken sources carry tokens the caller fetched ([`crate::tokens`]).
+//! Not yet: volume kinds that need attaching (CSI, iSCSI, NFS…).
 
 use std::collections::{BTreeMap, HashMap};
 use std::os::unix::fs::PermissionsExt;
@@ -23,6 +23,7 @@ use k8s_openapi::api::core::v1::{Container, DownwardAPIVolumeFile, HostPathVolum
 use keel_container::Mount;
 
 use crate::objects::Objects;
+use crate::tokens::{PodTokens, TokenSpec};
 
 /// Why a pod's volumes cannot be set up (kubelet's FailedMount).
 #[derive(Debug, PartialEq, Eq)]
@@ -111,7 +112,13 @@ fn mode_of(default: Option<i32>) -> u32 {
 
 /// The files of a configMap, secret, downwardAPI or projected volume; `None` when the
 /// volume is of another kind.
-fn files_of(volume: &Volume, pod: &Pod, objects: &Objects, host_ip: &str) -> Result<Option<Files>, MountError> {
+fn files_of(
+    volume: &Volume,
+    pod: &Pod,
+    objects: &Objects,
+    host_ip: &str,
+    tokens: &PodTokens,
+) -> Result<Option<Files>, MountError> {
     let namespace = pod.metadata.namespace.clone().unwrap_or_default();
     if let Some(cm) = &volume.config_map {
         return match config_map_data(objects, &namespace, &cm.name) {
@@ -153,8 +160,15 @@ fn files_of(volume: &Volume, pod: &Pod, objects: &Objects, host_ip: &str) -> Res
             if let Some(downward) = &source.downward_api {
                 files.extend(downward_files(pod, downward.items.as_deref().unwrap_or_default(), mode, host_ip)?);
             }
-            if source.service_account_token.is_some() {
-                return Err(MountError("projected serviceAccountToken sources are not supported yet".into()));
+            if let Some(token) = &source.service_account_token {
+                let spec = TokenSpec {
+                    audience: token.audience.clone().unwrap_or_default(),
+                    expiration_seconds: token.expiration_seconds.unwrap_or(3600),
+                };
+                let value = tokens
+                    .get(&spec)
+                    .ok_or_else(|| MountError(format!("no service account token for {:?} yet", token.path)))?;
+                files.insert(token.path.clone(), (value.clone().into_bytes(), mode));
             }
         }
         return Ok(Some(files));
@@ -303,6 +317,7 @@ pub fn prepare(
     pod: &Pod,
     objects: &Objects,
     host_ip: &str,
+    tokens: &PodTokens,
 ) -> Result<HashMap<String, PathBuf>, MountError> {
     let uid = pod.metadata.uid.clone().unwrap_or_default();
     let volumes_dir = pod_dir(pods_root, &uid).join("volumes");
@@ -336,7 +351,7 @@ pub fn prepare(
             paths.insert(volume.name.clone(), dir);
         } else if let Some(host) = &volume.host_path {
             paths.insert(volume.name.clone(), host_path(host)?);
-        } else if let Some(files) = files_of(volume, pod, objects, host_ip)? {
+        } else if let Some(files) = files_of(volume, pod, objects, host_ip, tokens)? {
             let plugin = if volume.config_map.is_some() {
                 "kubernetes.io~configmap"
             } else if volume.secret.is_some() {
@@ -439,7 +454,7 @@ mod tests {
             {"name": "scratch", "emptyDir": {}},
             {"name": "info", "downwardAPI": {"items": [{"path": "labels", "fieldRef": {"fieldPath": "metadata.labels"}}]}}
         ]));
-        let paths = prepare(root.path(), &p, &objects, "10.0.0.1").expect("prepared");
+        let paths = prepare(root.path(), &p, &objects, "10.0.0.1", &PodTokens::new()).expect("prepared");
         let cfg = &paths["cfg"];
         assert_eq!(std::fs::read_to_string(cfg.join("color")).expect("color"), "blue");
         assert!(std::fs::symlink_metadata(cfg.join("color")).expect("link").file_type().is_symlink());
@@ -451,7 +466,7 @@ mod tests {
 
         // An update replaces the files in one switch; a key that went away goes.
         let objects = objects_with(json!({"metadata": {"name": "cfg", "namespace": "ns"}, "data": {"color": "red"}}));
-        prepare(root.path(), &p, &objects, "10.0.0.1").expect("updated");
+        prepare(root.path(), &p, &objects, "10.0.0.1", &PodTokens::new()).expect("updated");
         assert_eq!(std::fs::read_to_string(cfg.join("color")).expect("color"), "red");
         assert!(!cfg.join("size").exists());
         let generations = std::fs::read_dir(cfg).expect("dir").flatten().filter(|e| {
@@ -471,18 +486,18 @@ mod tests {
         let missing =
             pod(json!([{"name": "cfg", "configMap": {"name": "absent"}}, {"name": "scratch", "emptyDir": {}}]));
         assert_eq!(
-            prepare(root.path(), &missing, &objects, "10.0.0.1").expect_err("missing"),
+            prepare(root.path(), &missing, &objects, "10.0.0.1", &PodTokens::new()).expect_err("missing"),
             MountError("configmap \"absent\" not found".into())
         );
         let optional = pod(
             json!([{"name": "cfg", "configMap": {"name": "absent", "optional": true}}, {"name": "scratch", "emptyDir": {}}]),
         );
-        assert!(prepare(root.path(), &optional, &objects, "10.0.0.1").is_ok());
+        assert!(prepare(root.path(), &optional, &objects, "10.0.0.1", &PodTokens::new()).is_ok());
         let objects = objects_with(json!({"metadata": {"name": "cfg", "namespace": "ns"}, "data": {"k": "v"}}));
         let escaping = pod(json!([
             {"name": "cfg", "configMap": {"name": "cfg", "items": [{"key": "k", "path": "../../etc/passwd"}]}},
             {"name": "scratch", "emptyDir": {}}
         ]));
-        assert!(prepare(root.path(), &escaping, &objects, "10.0.0.1").is_err());
+        assert!(prepare(root.path(), &escaping, &objects, "10.0.0.1", &PodTokens::new()).is_err());
     }
 }
