@@ -13,6 +13,8 @@ NODES=${NODES:-5000}
 PODS=${PODS:-50000}
 DEPLOYMENTS=${DEPLOYMENTS:-50}
 TIMEOUT=${TIMEOUT:-1800}
+# Extra `keel agent` flags, e.g. AGENT_FLAGS="--metric-resolution 60s".
+KEEP_LOGS=${KEEP_LOGS:-}
 [ -x "$KEEL" ] || { echo "$KEEL not found: cargo build --release --workspace" >&2; exit 1; }
 command -v kubectl >/dev/null || { echo "kubectl not found" >&2; exit 1; }
 
@@ -21,6 +23,7 @@ pids=()
 cleanup() {
   for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
   wait 2>/dev/null || true
+  if [ -n "$KEEP_LOGS" ]; then mkdir -p "$KEEP_LOGS" && cp "$work"/*.log "$KEEP_LOGS"/; fi
   rm -rf "$work"
 }
 trap cleanup EXIT
@@ -56,8 +59,9 @@ wait_for() { # what, command printing a count, target
 }
 
 start=$(date +%s)
+# shellcheck disable=SC2086 # AGENT_FLAGS is a list of flags
 "$KEEL" agent --name sim --simulate "$NODES" --server "$servers" --data-dir "$work/agent" \
-  --log-level warn 2>"$work/agent.log" &
+  --log-level warn ${AGENT_FLAGS:-} 2>"$work/agent.log" &
 pids+=($!)
 wait_for "Ready nodes" \
   "kubectl get nodes -l type=simulated --no-headers | awk '\$2 == \"Ready\"' | wc -l" "$NODES"

@@ -28,6 +28,8 @@ use crate::{Hub, SessionHandle};
 const LEASE_NAMESPACE: &str = "kube-node-lease";
 /// Writes of one status batch in flight at once.
 const STATUS_WRITES: usize = 32;
+/// How often pod statuses whose write failed are tried again.
+const STATUS_RETRY: Duration = Duration::from_secs(2);
 /// Attempts at a write that keeps meeting newer versions of its object.
 const CONFLICT_RETRIES: usize = 5;
 
@@ -111,7 +113,11 @@ async fn serve(
     }
     let (handle, mut control) = hub.attach(&name);
     tracing::info!(known = register.known.len(), "node connected");
-    let mut upkeep = Upkeep { node: &stored, publisher: Publisher::new(hub.client.api.storage.clone(), &name) };
+    let mut upkeep = Upkeep {
+        node: &stored,
+        publisher: Publisher::new(hub.client.api.storage.clone(), &name),
+        unwritten: HashMap::new(),
+    };
     let mut inbound = Inbound { agent: &mut incoming, control: &mut control };
     let result = stream(&hub, &name, &handle, &mut upkeep, register, &mut inbound, &tx).await;
     match result {
@@ -127,6 +133,10 @@ async fn serve(
 struct Upkeep<'a> {
     node: &'a Node,
     publisher: Publisher,
+    /// Pod statuses whose write failed (the store was slow, unavailable…), by pod uid, tried
+    /// again until written or superseded: the agent sent them once and will not again unless
+    /// they change, so dropping one could leave a pod Pending for good.
+    unwritten: HashMap<String, keel_proto::node::PodStatus>,
 }
 
 /// A token for a pod's projected serviceAccountToken source, if the pod is this node's and
@@ -217,8 +227,15 @@ async fn stream(
     // many minutes to notice), and its stream's resources are freed.
     let silence = Duration::from_secs(lease_seconds.max(1) as u64);
     let mut last_heard = tokio::time::Instant::now();
+    let mut retry = tokio::time::interval(STATUS_RETRY);
+    retry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
+            _ = retry.tick(), if !upkeep.unwritten.is_empty() => {
+                let again: Vec<_> = upkeep.unwritten.drain().map(|(_, update)| update).collect();
+                tracing::debug!(pods = again.len(), "writing pod statuses again");
+                upkeep.unwritten = write_pod_statuses(hub, PodStatusBatch { pods: again }).await;
+            }
             _ = tokio::time::sleep_until(last_heard + silence) => {
                 return Err(format!("the agent sent nothing for {} s", silence.as_secs()));
             }
@@ -250,6 +267,13 @@ async fn stream(
                     last_heard = tokio::time::Instant::now();
                     if let FromAgent::Metrics(metrics) = message {
                         publish_metrics(&mut upkeep.publisher, name, metrics).await;
+                    } else if let FromAgent::PodStatus(batch) = message {
+                        // A newer status replaces one waiting to be written again.
+                        for update in &batch.pods {
+                            upkeep.unwritten.remove(&update.uid);
+                        }
+                        let failed = write_pod_statuses(hub, batch).await;
+                        upkeep.unwritten.extend(failed);
                     } else {
                         handle_message(hub, name, upkeep.node, lease_seconds, &mut lease, message).await;
                     }
@@ -410,7 +434,8 @@ async fn handle_message(
                 tracing::warn!(error = %e, "renewing the node's Lease failed");
             }
         }
-        FromAgent::PodStatus(batch) => write_pod_statuses(hub, batch).await,
+        // Taken by the session loop, which keeps failed writes to try again.
+        FromAgent::PodStatus(_) => {}
         FromAgent::PodFinished(finished) => {
             if let Err(e) = remove_pod(client, &finished).await {
                 tracing::warn!(pod = %finished.name, error = %e, "removing a finished pod failed");
@@ -609,21 +634,36 @@ async fn renew_lease(
     Err(ApiError::internal("the Lease kept changing while it was being renewed"))
 }
 
-async fn write_pod_statuses(hub: &Hub, batch: PodStatusBatch) {
+/// Writes a batch of pod statuses; returns those whose write failed for a reason that may pass
+/// (to be tried again), by pod uid.
+async fn write_pod_statuses(hub: &Hub, batch: PodStatusBatch) -> HashMap<String, keel_proto::node::PodStatus> {
+    let failed = parking_lot::Mutex::new(HashMap::new());
     futures::stream::iter(batch.pods)
-        .for_each_concurrent(STATUS_WRITES, |update| async move {
-            let status: PodStatus = match serde_json::from_slice(&update.status) {
-                Ok(status) => status,
-                Err(e) => {
-                    tracing::warn!(pod = %update.name, error = %e, "PodStatus.status is not a v1.PodStatus");
-                    return;
+        .for_each_concurrent(STATUS_WRITES, |update| {
+            let failed = &failed;
+            async move {
+                let status: PodStatus = match serde_json::from_slice(&update.status) {
+                    Ok(status) => status,
+                    Err(e) => {
+                        tracing::warn!(pod = %update.name, error = %e, "PodStatus.status is not a v1.PodStatus");
+                        return;
+                    }
+                };
+                match write_pod_status(hub, &update.namespace, &update.name, &update.uid, status).await {
+                    Ok(()) => {}
+                    // The pod is gone, or the status can never be written.
+                    Err(e @ (ApiError::NotFound { .. } | ApiError::Invalid { .. } | ApiError::BadRequest { .. })) => {
+                        tracing::debug!(pod = %update.name, error = %e, "a pod's status cannot be written");
+                    }
+                    Err(e) => {
+                        tracing::debug!(pod = %update.name, error = %e, "writing a pod's status failed; will try again");
+                        failed.lock().insert(update.uid.clone(), update);
+                    }
                 }
-            };
-            if let Err(e) = write_pod_status(hub, &update.namespace, &update.name, &update.uid, status).await {
-                tracing::debug!(pod = %update.name, error = %e, "writing a pod's status failed");
             }
         })
         .await;
+    failed.into_inner()
 }
 
 async fn write_pod_status(
