@@ -585,8 +585,12 @@ async fn jobs_complete_index_and_give_up_after_their_backoff_limit() {
     .await;
     assert_eq!(doomed.1, "BackoffLimitExceeded");
     assert_eq!(doomed.0.status.unwrap().failed, Some(2));
-    let events = plane.events_for("doomed").await;
-    assert!(events.iter().any(|e| e.reason.as_deref() == Some("BackoffLimitExceeded")), "{events:?}");
+    // Events are recorded after the write that caused them, and may trail it.
+    eventually(Duration::from_secs(10), "a BackoffLimitExceeded event", || async {
+        let events = plane.events_for("doomed").await;
+        events.iter().any(|e| e.reason.as_deref() == Some("BackoffLimitExceeded")).then_some(())
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

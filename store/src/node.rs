@@ -35,6 +35,9 @@ use crate::watch::{WatchSpec, Watcher};
 
 pub type Raft = openraft::Raft<TypeConfig, StateMachine>;
 
+/// Pause before a ReadIndex round that a quorum did not confirm is tried again.
+const READ_INDEX_RETRY: Duration = Duration::from_millis(25);
+
 /// How a brand-new member comes into a cluster. Ignored once the data directory holds one.
 #[derive(Debug, Clone)]
 pub enum Bootstrap {
@@ -898,14 +901,27 @@ impl Store {
                     Err(_) => Err(StoreError::Timeout),
                 }
             }
-            ForwardRequest::ReadIndex => match raft.get_read_linearizer(ReadPolicy::ReadIndex).await {
-                Ok(linearizer) => Ok(ForwardOk::ReadIndex(linearizer.read_log_id().index())),
-                Err(RaftError::APIError(LinearizableReadError::ForwardToLeader(_))) => Err(StoreError::NoLeader),
-                Err(RaftError::APIError(LinearizableReadError::QuorumNotEnough(e))) => {
-                    Err(StoreError::Unavailable(format!("cannot confirm leadership: {e}")))
+            ForwardRequest::ReadIndex => {
+                // One heartbeat round that a quorum did not answer in time (a loaded machine, a
+                // slow follower) is asked again until the request's time is up; only then is
+                // the read refused. No read is served without a confirmed quorum either way.
+                let deadline = tokio::time::Instant::now() + self.inner.config.tuning.request_timeout;
+                loop {
+                    match raft.get_read_linearizer(ReadPolicy::ReadIndex).await {
+                        Ok(linearizer) => return Ok(ForwardOk::ReadIndex(linearizer.read_log_id().index())),
+                        Err(RaftError::APIError(LinearizableReadError::ForwardToLeader(_))) => {
+                            return Err(StoreError::NoLeader);
+                        }
+                        Err(RaftError::APIError(LinearizableReadError::QuorumNotEnough(e))) => {
+                            if tokio::time::Instant::now() + READ_INDEX_RETRY >= deadline {
+                                return Err(StoreError::Unavailable(format!("cannot confirm leadership: {e}")));
+                            }
+                            tokio::time::sleep(READ_INDEX_RETRY).await;
+                        }
+                        Err(RaftError::Fatal(e)) => return Err(StoreError::Internal(e.to_string())),
+                    }
                 }
-                Err(RaftError::Fatal(e)) => Err(StoreError::Internal(e.to_string())),
-            },
+            }
             ForwardRequest::LeaseKeepAlive(id) => {
                 self.ensure_leader()?;
                 Ok(ForwardOk::KeepAlive(self.inner.sm.lessor().renew(id)))

@@ -35,8 +35,20 @@ impl Kubectl {
         command
     }
 
+    /// Runs kubectl. A read the cluster could not confirm as linearizable (a loaded machine
+    /// can leave a member briefly unsure of its leadership: 503, nothing was done) is asked
+    /// again, as a client would, a few times.
     pub fn run(&self, args: &[&str]) -> Output {
-        self.command(args).output().expect("run kubectl")
+        let mut attempt = 0;
+        loop {
+            let output = self.command(args).output().expect("run kubectl");
+            let unsure = String::from_utf8_lossy(&output.stderr).contains("cannot confirm leadership");
+            if output.status.success() || !unsure || attempt == 4 {
+                return output;
+            }
+            attempt += 1;
+            std::thread::sleep(std::time::Duration::from_millis(500));
+        }
     }
 
     /// Runs kubectl and returns its standard output; panics with both streams on failure.
