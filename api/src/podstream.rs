@@ -27,6 +27,7 @@ use tokio::sync::mpsc;
 
 use crate::error::{ApiError, Result};
 use crate::rest::Api;
+use crate::server::Query;
 
 /// The Node annotation naming the API address of the member its agent streams to.
 pub const MEMBER_ANNOTATION: &str = "keel.dev/member-api";
@@ -106,22 +107,11 @@ impl Tunnels {
     }
 }
 
-struct Query(Vec<(String, String)>);
-
-impl Query {
-    fn get(&self, key: &str) -> Option<&str> {
-        self.0.iter().rev().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
-    }
-
-    fn flag(&self, key: &str) -> bool {
-        matches!(self.get(key), Some("true" | "1"))
-    }
-
-    fn int(&self, key: &str) -> Result<Option<i64>> {
-        match self.get(key).filter(|v| !v.is_empty()) {
-            None => Ok(None),
-            Some(v) => v.parse().map(Some).map_err(|_| ApiError::bad_request(format!("{key} {v:?} is not an integer"))),
-        }
+/// An integer query parameter (`tailLines`, `sinceSeconds`, `limitBytes`), if given.
+fn int_param(query: &Query, key: &str) -> Result<Option<i64>> {
+    match query.get(key).filter(|v| !v.is_empty()) {
+        None => Ok(None),
+        Some(v) => v.parse().map(Some).map_err(|_| ApiError::bad_request(format!("{key} {v:?} is not an integer"))),
     }
 }
 
@@ -134,7 +124,7 @@ pub(crate) async fn serve(
     name: &str,
     subresource: &str,
 ) -> Result<Response> {
-    let query = Query(form_urlencoded::parse(parts.uri.query().unwrap_or("").as_bytes()).into_owned().collect());
+    let query = Query::parse(parts.uri.query());
     let pods = api.registry.find("", "v1", "pods").ok_or(ApiError::NoRoute)?;
     let pod = api.get(&pods, Some(namespace), name).await?;
     let container = container_of(&pod, name, query.get("container"))?;
@@ -227,9 +217,9 @@ fn container_of(pod: &Value, pod_name: &str, asked: Option<&str>) -> Result<Stri
 }
 
 fn log_options(query: &Query) -> Result<LogOptions> {
-    let tail_lines = query.int("tailLines")?;
-    let since_seconds = query.int("sinceSeconds")?;
-    let limit_bytes = query.int("limitBytes")?;
+    let tail_lines = int_param(query, "tailLines")?;
+    let since_seconds = int_param(query, "sinceSeconds")?;
+    let limit_bytes = int_param(query, "limitBytes")?;
     let since_time = query.get("sinceTime").unwrap_or("").to_string();
     if tail_lines.is_some_and(|t| t < 0) {
         return Err(ApiError::bad_request("tailLines must be greater than or equal to 0"));
@@ -437,7 +427,7 @@ mod tests {
     use super::*;
 
     fn query(q: &str) -> Query {
-        Query(form_urlencoded::parse(q.as_bytes()).into_owned().collect())
+        Query::parse(Some(q))
     }
 
     #[test]

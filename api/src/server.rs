@@ -66,18 +66,19 @@ pub async fn serve_with(
     }
 }
 
-struct Query(Vec<(String, String)>);
+/// A request's query parameters; a repeated key's last value wins (`all` gives every one).
+pub(crate) struct Query(pub(crate) Vec<(String, String)>);
 
 impl Query {
-    fn parse(raw: Option<&str>) -> Query {
+    pub(crate) fn parse(raw: Option<&str>) -> Query {
         Query(form_urlencoded::parse(raw.unwrap_or("").as_bytes()).into_owned().collect())
     }
 
-    fn get(&self, key: &str) -> Option<&str> {
+    pub(crate) fn get(&self, key: &str) -> Option<&str> {
         self.0.iter().rev().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
     }
 
-    fn flag(&self, key: &str) -> bool {
+    pub(crate) fn flag(&self, key: &str) -> bool {
         matches!(self.get(key), Some("true" | "1"))
     }
 }
