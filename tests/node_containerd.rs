@@ -8,7 +8,9 @@
 //! crashing container
 //! restarts with back-off; deletion sends SIGTERM and waits for the process within the
 //! grace period; and the member the agent streams to is SIGKILLed while the pods keep their
-//! containers. A second cluster and agent run probes: a failing exec liveness probe restarts
+//! containers. Logs, exec (with stdin that ends), `kubectl cp` both ways and port-forward (over
+//! kubectl's WebSocket tunnel and bare SPDY) reach the pod through any member. A second
+//! cluster and agent run probes: a failing exec liveness probe restarts
 //! its container (Unhealthy and Killing Events, the probe's own grace period), an httpGet
 //! readiness probe against busybox's httpd gates Ready both ways, and a startup probe holds
 //! a liveness probe back until it succeeds (and restarts a container that never starts).
@@ -314,7 +316,7 @@ spec:
 /// `kubectl logs` and `kubectl exec` reach the containers through the agent's stream, from
 /// every member: the one the agent streams to serves them, the others pass them on.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn logs_and_exec_travel_over_the_node_stream_from_any_member() {
+async fn logs_exec_cp_and_port_forward_travel_over_the_node_stream_from_any_member() {
     support::init_logging();
     let cluster = Cluster::start(3, &[]).await;
     let apis: Vec<String> = cluster.members.iter().map(|m| m.api.clone()).collect();
@@ -342,6 +344,9 @@ spec:
   - name: ticker
     image: keel.local/busybox:1.36
     command: ["sh", "-c", "i=0; while true; do i=$((i+1)); echo tick $i; sleep 0.2; done"]
+  - name: web
+    image: keel.local/busybox:1.36
+    command: ["sh", "-c", "mkdir -p /www && echo served-by-$(hostname) > /www/index.html && exec httpd -f -p 8080 -h /www"]
 ---
 apiVersion: v1
 kind: Pod
@@ -429,6 +434,69 @@ spec:
     assert_eq!(std::fs::read_to_string(&copied).expect("copied file").trim(), "talker");
     let missing = k.run(&["exec", "talker", "-c", "main", "--", "/no/such/program"]);
     assert!(!missing.status.success(), "{missing:?}");
+
+    // The end of stdin reaches the process (a FIN on the runtime's stdin stream): piped input
+    // and `kubectl cp` into a pod finish instead of hanging.
+    for kubectl in &kubectls {
+        let out = with_input(
+            kubectl,
+            &["exec", "-i", "talker", "-c", "main", "--", "sh", "-c", "wc -l; echo done"],
+            b"a\nb\nc\n",
+        );
+        assert_eq!(out.split_whitespace().collect::<Vec<_>>(), ["3", "done"], "{out:?}");
+    }
+    let upload = kubectls[2].dir.join("upload.txt");
+    std::fs::write(&upload, "carried in by kubectl cp\n").expect("write upload");
+    kubectls[2].ok(&["cp", "-c", "main", &upload.display().to_string(), "talker:/tmp/upload.txt"]);
+    assert_eq!(k.ok(&["exec", "talker", "-c", "main", "--", "cat", "/tmp/upload.txt"]), "carried in by kubectl cp\n");
+
+    // port-forward, over the WebSocket tunnel kubectl 1.32 uses and over bare SPDY, through
+    // every member: several connections per session each reach busybox httpd in the pod.
+    for kubectl in &kubectls {
+        for websockets in [true, false] {
+            let mut forward = PortForward::start(kubectl, "pod/talker", 8080, websockets);
+            for _ in 0..3 {
+                let page = forward.get("/index.html");
+                assert!(page.starts_with("HTTP/1.") && page.ends_with("served-by-talker\n"), "{page:?}");
+            }
+            // Nothing listens on 8081: kubectl prints the agent's error from the error stream.
+            let mut nothing = PortForward::start(kubectl, "pod/talker", 8081, websockets);
+            let _ = nothing.try_get("/");
+            let stderr = nothing.stop();
+            assert!(stderr.contains("error forwarding port 8081 to pod talker"), "{stderr}");
+            let stderr = forward.stop();
+            assert!(!stderr.contains("error"), "{stderr}");
+        }
+    }
+    let pending = k.fails(&["port-forward", "pod/nosuch", ":80"]);
+    assert!(pending.contains(r#"pods "nosuch" not found"#), "{pending}");
+    // A client library's port-forward (kube-rs): kubelet's WebSocket channel protocol with a
+    // `ports` query, through a member that passes it on or serves it.
+    for api in &apis {
+        let mut config = kube::Config::new(format!("http://{api}").parse().expect("api url"));
+        config.default_namespace = "default".into();
+        let pods: kube::Api<k8s_openapi::api::core::v1::Pod> =
+            kube::Api::default_namespaced(kube::Client::try_from(config).expect("kube client"));
+        let mut forwarder = pods.portforward("talker", &[8080]).await.expect("kube-rs portforward");
+        let mut stream = forwarder.take_stream(8080).expect("the stream of port 8080");
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        stream.write_all(b"GET /index.html HTTP/1.0\r\nHost: pod\r\n\r\n").await.expect("send the request");
+        let mut response = Vec::new();
+        tokio::time::timeout(Duration::from_secs(30), stream.read_to_end(&mut response))
+            .await
+            .expect("the response in time")
+            .expect("read the response");
+        let response = String::from_utf8_lossy(&response);
+        assert!(response.ends_with("served-by-talker\n"), "{response:?}");
+        drop(stream);
+        // The member closes the WebSocket once the pod's side is done (as kubelet does), and
+        // kube-rs 2.0 then sends a close of its own, which its WebSocket refuses.
+        match tokio::time::timeout(Duration::from_secs(30), forwarder.join()).await.expect("the session ends") {
+            Ok(()) => {}
+            Err(e) if format!("{e:?}").contains("SendAfterClosing") => {}
+            Err(e) => panic!("kube-rs port-forward through {api}: {e:?}"),
+        }
+    }
 
     // Interactive with a terminal (`script` gives kubectl one): stdin reaches the container's
     // TTY and its output comes back.
@@ -646,6 +714,110 @@ spec:
 
 /// What `kubectl get … -o json` prints, or None when it fails: a loaded machine can leave
 /// the cluster briefly without a quorum, and a poll simply tries again.
+/// Runs kubectl with `input` on its stdin, which then ends; its stdout. Fails the test if
+/// kubectl does not finish (the end of input never reached the process).
+fn with_input(kubectl: &Kubectl, args: &[&str], input: &[u8]) -> String {
+    use std::io::Write as _;
+    let mut child = kubectl
+        .command(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn kubectl");
+    let mut stdin = child.stdin.take().expect("stdin");
+    stdin.write_all(input).expect("write stdin");
+    drop(stdin);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while child.try_wait().expect("kubectl status").is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let out = child.wait_with_output().expect("kubectl output");
+            panic!("kubectl {args:?} did not finish after its input ended: {out:?}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let out = child.wait_with_output().expect("kubectl output");
+    assert!(out.status.success(), "kubectl {args:?}: {out:?}");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A running `kubectl port-forward` to a free local port.
+struct PortForward {
+    child: Child,
+    local: u16,
+    stderr: Option<std::thread::JoinHandle<String>>,
+}
+
+impl PortForward {
+    fn start(kubectl: &Kubectl, target: &str, port: u16, websockets: bool) -> PortForward {
+        use std::io::{BufRead as _, Read as _};
+        let mut child = kubectl
+            .command(&["port-forward", "--address", "127.0.0.1", target, &format!(":{port}")])
+            .env("KUBECTL_PORT_FORWARD_WEBSOCKETS", if websockets { "true" } else { "false" })
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn kubectl port-forward");
+        let stdout = child.stdout.take().expect("stdout");
+        let mut stderr_pipe = child.stderr.take().expect("stderr");
+        let stderr = std::thread::spawn(move || {
+            let mut text = String::new();
+            let _ = stderr_pipe.read_to_string(&mut text);
+            text
+        });
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                // "Forwarding from 127.0.0.1:41234 -> 8080"
+                let local = line
+                    .strip_prefix("Forwarding from 127.0.0.1:")
+                    .and_then(|rest| rest.split_whitespace().next())
+                    .and_then(|p| p.parse::<u16>().ok());
+                if let Some(local) = local {
+                    let _ = tx.send(local);
+                }
+            }
+        });
+        let Ok(local) = rx.recv_timeout(Duration::from_secs(30)) else {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("kubectl port-forward {target} :{port} never listened: {}", stderr.join().unwrap_or_default());
+        };
+        PortForward { child, local, stderr: Some(stderr) }
+    }
+
+    /// One HTTP/1.0 request on a new connection: the whole response, or why there is none.
+    fn try_get(&self, path: &str) -> Result<String, String> {
+        use std::io::{Read as _, Write as _};
+        let mut tcp = std::net::TcpStream::connect(("127.0.0.1", self.local)).map_err(|e| e.to_string())?;
+        tcp.set_read_timeout(Some(Duration::from_secs(30))).map_err(|e| e.to_string())?;
+        tcp.write_all(format!("GET {path} HTTP/1.0\r\nHost: pod\r\n\r\n").as_bytes()).map_err(|e| e.to_string())?;
+        let mut response = Vec::new();
+        tcp.read_to_end(&mut response).map_err(|e| e.to_string())?;
+        Ok(String::from_utf8_lossy(&response).into_owned())
+    }
+
+    fn get(&self, path: &str) -> String {
+        self.try_get(path).unwrap_or_else(|e| panic!("GET {path} through port-forward: {e}"))
+    }
+
+    /// Stops kubectl; what it printed to stderr.
+    fn stop(&mut self) -> String {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        self.stderr.take().and_then(|s| s.join().ok()).unwrap_or_default()
+    }
+}
+
+impl Drop for PortForward {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 fn try_json(k: &Kubectl, args: &[&str]) -> Option<Value> {
     let mut all = args.to_vec();
     all.extend(["-o", "json"]);

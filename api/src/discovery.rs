@@ -84,6 +84,7 @@ fn subresources(t: &ResourceType) -> Vec<Subresource> {
         out.push(("log", "Pod".to_string(), None, "", vec!["get"]));
         out.push(("exec", "PodExecOptions".to_string(), None, "", vec!["create", "get"]));
         out.push(("attach", "PodAttachOptions".to_string(), None, "", vec!["create", "get"]));
+        out.push(("portforward", "PodPortForwardOptions".to_string(), None, "", vec!["create", "get"]));
     }
     if t.group.is_empty() && t.kind == "ServiceAccount" {
         out.push(("token", "TokenRequest".to_string(), Some("authentication.k8s.io"), "v1", vec!["create"]));

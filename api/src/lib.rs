@@ -19,6 +19,7 @@ pub mod object;
 pub mod openapi;
 pub mod patch;
 pub mod podstream;
+mod portforward;
 pub mod proto;
 pub mod quota;
 pub mod rawjson;

@@ -1,12 +1,13 @@
-//! `pods/log`, `pods/exec` and `pods/attach`: the member that takes the request reaches the
+//! `pods/log`, `pods/exec`, `pods/attach` and `pods/portforward`: the member that takes the request reaches the
 //! pod's node agent over the agent's own stream (no port on the worker is ever dialled). When
 //! the agent streams to another member, the request is passed on to that member verbatim
 //! (WebSocket upgrade included), found by the Node's `keel.dev/member-api` annotation that the
 //! member writes when the agent registers.
 //!
 //! kubectl 1.32 runs exec and attach over WebSocket (`v5.channel.k8s.io`, falling back to
-//! `v4`); the agent speaks `v4.channel.k8s.io` to containerd's streaming server, and messages
-//! pass through unchanged apart from v5's stream-close message, which a v4 runtime cannot take.
+//! `v4`); channel-prefixed messages pass to the agent unchanged, apart from v5's message
+//! closing stdin, which becomes the pod stream's end of input. Port-forward is in
+//! [`crate::portforward`].
 
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
@@ -34,11 +35,13 @@ pub const MEMBER_ANNOTATION: &str = "keel.dev/member-api";
 /// Marks a request one member passed to another, so it is never passed on twice.
 const FORWARDED_HEADER: &str = "x-keel-forwarded-by";
 /// Frames the agent may send ahead of the client reading them.
-const WINDOW: u32 = 16;
+pub(crate) const WINDOW: u32 = 16;
 /// How long the agent has to set a stream up.
 const OPEN_TIMEOUT: Duration = Duration::from_secs(30);
 /// The channel kubectl's v5 protocol uses to close one of its streams.
 const V5_CLOSE_CHANNEL: u8 = 255;
+/// The channel of the process's stdin.
+const STDIN_CHANNEL: u8 = 0;
 /// The channel carrying the final `Status` of an exec or attach.
 const ERROR_CHANNEL: u8 = 3;
 
@@ -46,6 +49,9 @@ const ERROR_CHANNEL: u8 = 3;
 pub trait NodeTunnel: Send + Sync {
     /// Opens a pod stream on `node`'s agent; `None` when `node` has no stream to this member.
     fn open(&self, node: &str, request: StreamOpen) -> Option<PodStream>;
+
+    /// Whether `node`'s agent streams to this member.
+    fn serves(&self, node: &str) -> bool;
 }
 
 /// What a pod stream needs from the node stream it rides on.
@@ -67,7 +73,7 @@ impl PodStream {
     }
 
     /// The next frame; each one taken is credited back to the agent.
-    async fn next(&mut self) -> Option<StreamFrame> {
+    pub(crate) async fn next(&mut self) -> Option<StreamFrame> {
         let frame = self.frames.recv().await?;
         if !frame.data.is_empty() {
             self.sink.send(Action::Credit(1));
@@ -75,8 +81,13 @@ impl PodStream {
         Some(frame)
     }
 
+    /// Queues an action for the agent; false once the node's stream is gone.
+    pub(crate) fn send(&self, action: Action) -> bool {
+        self.sink.send(action)
+    }
+
     /// Waits for the agent to say the stream is set up, or why it could not be.
-    async fn opened(&mut self) -> Result<()> {
+    pub(crate) async fn opened(&mut self) -> Result<()> {
         match tokio::time::timeout(OPEN_TIMEOUT, self.next()).await {
             Ok(Some(frame)) if frame.opened => Ok(()),
             Ok(Some(frame)) if !frame.error.is_empty() => Err(ApiError::bad_request(frame.error)),
@@ -127,11 +138,25 @@ pub(crate) async fn serve(
     let query = Query::parse(parts.uri.query());
     let pods = api.registry.find("", "v1", "pods").ok_or(ApiError::NoRoute)?;
     let pod = api.get(&pods, Some(namespace), name).await?;
-    let container = container_of(&pod, name, query.get("container"))?;
     let node = pod.pointer("/spec/nodeName").and_then(Value::as_str).unwrap_or("");
     if node.is_empty() {
         return Err(ApiError::bad_request(format!("pod {name} does not have a host assigned")));
     }
+    let uid = pod.pointer("/metadata/uid").and_then(Value::as_str).unwrap_or("").to_string();
+    if subresource == "portforward" {
+        let Some(tunnel) = api.tunnels.tunnel.get().filter(|t| t.serves(node)).cloned() else {
+            return forward(&api, parts, body, node).await;
+        };
+        let target = crate::portforward::Target {
+            tunnel,
+            node: node.to_string(),
+            namespace: namespace.to_string(),
+            pod: name.to_string(),
+            uid,
+        };
+        return crate::portforward::serve(parts, target).await;
+    }
+    let container = container_of(&pod, name, query.get("container"))?;
     let kind = match subresource {
         "log" => {
             if parts.method != axum::http::Method::GET {
@@ -148,7 +173,7 @@ pub(crate) async fn serve(
     let request = StreamOpen {
         namespace: namespace.to_string(),
         pod: name.to_string(),
-        uid: pod.pointer("/metadata/uid").and_then(Value::as_str).unwrap_or("").to_string(),
+        uid,
         container,
         window: WINDOW,
         kind: Some(kind),
@@ -331,11 +356,13 @@ async fn interactive(mut socket: WebSocket, mut stream: PodStream) {
             },
             message = socket.next() => match message {
                 Some(Ok(Message::Binary(data))) => {
-                    // v5 closes one of its streams this way; a v4 runtime has no such message.
-                    if data.first() == Some(&V5_CLOSE_CHANNEL) {
-                        continue;
-                    }
-                    if !stream.sink.send(Action::Input(data.to_vec())) {
+                    // v5 closes one of its streams this way; only stdin's close means anything.
+                    let action = match data.first() {
+                        Some(&V5_CLOSE_CHANNEL) if data.get(1) == Some(&STDIN_CHANNEL) => Action::InputEnd(true),
+                        Some(&V5_CLOSE_CHANNEL) => continue,
+                        _ => Action::Input(data.to_vec()),
+                    };
+                    if !stream.sink.send(action) {
                         break;
                     }
                 }
@@ -348,7 +375,7 @@ async fn interactive(mut socket: WebSocket, mut stream: PodStream) {
 }
 
 /// Passes the request to the member the node's agent streams to.
-async fn forward(api: &Api, parts: Parts, body: Body, node: &str) -> Result<Response> {
+pub(crate) async fn forward(api: &Api, parts: Parts, body: Body, node: &str) -> Result<Response> {
     let unreachable = || ApiError::Unavailable {
         message: format!("node {node:?} has no agent stream to any member; is its agent running?"),
     };

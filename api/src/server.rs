@@ -293,7 +293,7 @@ async fn route(api: Arc<Api>, request: Request) -> Result<Response> {
         _ => {}
     }
     let target = resolve(&api, &segments)?.ok_or(ApiError::NoRoute)?;
-    if let (Some(sub @ ("log" | "exec" | "attach")), Some(namespace), Some(name)) =
+    if let (Some(sub @ ("log" | "exec" | "attach" | "portforward")), Some(namespace), Some(name)) =
         (target.subresource.as_deref(), target.namespace.as_deref(), target.name.as_deref())
         && target.rt.kind == "Pod"
         && target.rt.group.is_empty()
@@ -359,7 +359,9 @@ async fn resource(
         let allowed = match sub {
             "status" => rt.has_status,
             "scale" => rt.scale.is_some(),
-            "binding" | "eviction" | "log" | "exec" | "attach" => rt.kind == "Pod" && rt.group.is_empty(),
+            "binding" | "eviction" | "log" | "exec" | "attach" | "portforward" => {
+                rt.kind == "Pod" && rt.group.is_empty()
+            }
             "token" => rt.kind == "ServiceAccount" && rt.group.is_empty(),
             _ => false,
         };

@@ -258,11 +258,15 @@ pub trait ContainerRuntime: Send + Sync {
     async fn exec_sync(&self, container_id: &str, command: &[String], timeout: Duration) -> Result<ExecOutput>;
 
     /// Prepares an interactive `kubectl exec` and answers with the URL on the runtime's
-    /// streaming server that serves it (WebSocket, `v4.channel.k8s.io`).
+    /// streaming server that serves it (SPDY/3.1, `v4.channel.k8s.io`).
     async fn exec(&self, container_id: &str, command: &[String], streams: &Streams) -> Result<String>;
 
     /// As [`ContainerRuntime::exec`], attached to the container's own process.
     async fn attach(&self, container_id: &str, streams: &Streams) -> Result<String>;
+
+    /// Prepares a connection to `port` in the sandbox's network namespace and answers with the
+    /// URL that serves it (SPDY/3.1, `portforward.k8s.io`); the URL is good for one use.
+    async fn port_forward(&self, sandbox_id: &str, port: u16) -> Result<String>;
 
     async fn container_stats(&self) -> Result<Vec<ContainerStats>>;
 

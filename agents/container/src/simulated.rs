@@ -332,6 +332,10 @@ impl ContainerRuntime for SimulatedRuntime {
         Err(RuntimeError::Invalid("simulated containers run no processes to attach to".into()))
     }
 
+    async fn port_forward(&self, _sandbox_id: &str, _port: u16) -> Result<String> {
+        Err(RuntimeError::Invalid("simulated pods have no network namespace to forward a port into".into()))
+    }
+
     async fn container_stats(&self) -> Result<Vec<ContainerStats>> {
         let mut state = self.state.lock();
         Self::settle(&mut state);

@@ -540,6 +540,18 @@ impl ContainerRuntime for CriRuntime {
     }
 
     #[instrument(skip(self))]
+    async fn port_forward(&self, sandbox_id: &str, port: u16) -> Result<String> {
+        let request = cri::PortForwardRequest { pod_sandbox_id: sandbox_id.to_string(), port: vec![i32::from(port)] };
+        let response = self
+            .runtime
+            .clone()
+            .port_forward(self.request(request))
+            .await
+            .map_err(|s| status_error(format_args!("port-forward to port {port} of sandbox {sandbox_id}"), s))?;
+        Ok(response.into_inner().url)
+    }
+
+    #[instrument(skip(self))]
     async fn container_stats(&self) -> Result<Vec<ContainerStats>> {
         let response = self
             .runtime

@@ -251,6 +251,10 @@ impl NodeTunnel for NodeService {
         }
         Some(PodStream::new(frames, Box::new(sink)))
     }
+
+    fn serves(&self, node: &str) -> bool {
+        self.hub.sessions.lock().contains_key(node)
+    }
 }
 
 struct StreamSink {
