@@ -27,6 +27,7 @@ cleanup() {
   sleep 0.5
   grep " $work" /proc/mounts | awk '{print $2}' | sort -r | xargs -r -n1 umount -l || true
   ip link delete kbench0 2>/dev/null || true
+  iptables -w -t nat -D POSTROUTING -s 10.99.0.0/16 ! -d 10.99.0.0/16 -m comment --comment "keel: pods of bridge kbench0" -j MASQUERADE 2>/dev/null || true
   rm -rf "$work"
 }
 trap cleanup EXIT

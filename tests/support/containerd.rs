@@ -38,4 +38,5 @@ pub fn tear_down(data_dir: &Path, bridge: &str) {
         }
     }
     let _ = Command::new("ip").args(["link", "delete", bridge]).output();
+    keel_cri::masquerade::remove(bridge);
 }

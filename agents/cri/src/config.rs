@@ -145,8 +145,8 @@ disabled_plugins = [
 }
 
 /// The pod network: a Linux bridge with the node's pod CIDR (host-local hands out the
-/// addresses, the bridge is the pods' gateway and masquerades traffic leaving the node), and
-/// portmap for `hostPort`s.
+/// addresses, the bridge is the pods' gateway), and portmap for `hostPort`s. Traffic leaving
+/// the node is masqueraded by one rule for the whole CIDR (`masquerade.rs`), not per pod.
 pub fn cni_conflist(bridge: &str, pod_cidr: &str, ipam_dir: &Path) -> serde_json::Value {
     serde_json::json!({
         "cniVersion": "1.0.0",
@@ -156,7 +156,7 @@ pub fn cni_conflist(bridge: &str, pod_cidr: &str, ipam_dir: &Path) -> serde_json
                 "type": "bridge",
                 "bridge": bridge,
                 "isGateway": true,
-                "ipMasq": true,
+                "ipMasq": false,
                 "hairpinMode": true,
                 "ipam": {
                     "type": "host-local",

@@ -21,6 +21,7 @@ use tracing::{Instrument, error, info, info_span, instrument, warn};
 
 use crate::config::{self, ContainerdConfig, Layout};
 use crate::images::ImageImporter;
+use crate::masquerade;
 use crate::runtime::CriRuntime;
 
 /// The kernel's limit for a unix socket path (`sun_path`, 108 bytes with the NUL).
@@ -43,6 +44,8 @@ pub enum Error {
     Missing { what: String, hint: &'static str },
     #[error("{0}")]
     Option(String),
+    #[error("setting up the pod network: {0}")]
+    Network(String),
     #[error("{}: {source}", path.display())]
     Io { path: PathBuf, source: std::io::Error },
     #[error("containerd socket path {} is longer than the {MAX_SOCKET_PATH} bytes a unix socket allows: use a shorter data dir", path.display())]
@@ -402,6 +405,7 @@ impl Containerd {
         config::check_bridge_name(&options.bridge).map_err(Error::Option)?;
         let containerd = require(&options.containerd, INSTALL_HINT)?;
         require(Path::new("containerd-shim-runc-v2"), INSTALL_HINT)?;
+        require(Path::new("iptables"), "install the Debian package iptables (ops/install-deps.sh)")?;
         let runc = require(&options.runc, INSTALL_HINT)?;
         let ctr = require(&options.ctr, INSTALL_HINT)?;
         for plugin in config::CNI_PLUGINS {
@@ -447,6 +451,7 @@ impl Containerd {
         let conflist = config::cni_conflist(&options.bridge, &options.pod_cidr, &layout.cni_ipam_dir);
         let conflist_path = layout.cni_conf_dir.join(format!("10-{}.conflist", config::CNI_NETWORK));
         std::fs::write(&conflist_path, format!("{conflist:#}\n")).map_err(io_err(&conflist_path))?;
+        masquerade::ensure(&options.pod_cidr, &options.bridge).await.map_err(Error::Network)?;
 
         let spawner = Spawner { binary: containerd, layout: layout.clone(), log_level: options.log_level.clone() };
         let mut child = spawner.spawn()?;

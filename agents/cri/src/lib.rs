@@ -20,6 +20,7 @@ pub mod config;
 pub mod containerd;
 mod convert;
 pub mod images;
+pub mod masquerade;
 pub mod runtime;
 
 pub use containerd::{Containerd, ContainerdOptions, Snapshotter};

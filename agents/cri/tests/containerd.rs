@@ -129,9 +129,10 @@ async fn remove_all_pods(runtime: &CriRuntime) {
     }
 }
 
-/// The CNI bridge plugin makes the bridge but never removes it.
+/// The CNI bridge plugin makes the bridge but never removes it; the masquerade rule stays too.
 fn delete_bridge(bridge: &str) {
     let _ = std::process::Command::new("ip").args(["link", "delete", bridge]).output();
+    keel_cri::masquerade::remove(bridge);
 }
 
 async fn container(runtime: &CriRuntime, id: &str) -> Option<ContainerStatus> {
