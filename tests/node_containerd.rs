@@ -666,6 +666,9 @@ spec:
 "#,
     );
     k.ok(&["apply", "-f", &manifest]);
+    // `kubectl wait` gives up at once on a pod the StatefulSet controller has not made yet.
+    eventually(Duration::from_secs(60), "db-0 created", || async { try_json(&k, &["get", "pod", "db-0"]).map(|_| ()) })
+        .await;
     k.ok(&["wait", "--for=condition=Ready", "pod/db-0", "--timeout=120s"]);
     let claim = k.json(&["get", "pvc", "data-db-0"]);
     assert_eq!(claim["status"]["phase"], "Bound", "{claim}");
