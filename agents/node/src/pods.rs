@@ -63,6 +63,15 @@ pub struct Context {
     pub pod_network: bool,
 }
 
+impl Context {
+    /// The runtime's containers of the pod `uid`, whatever their state.
+    pub(crate) async fn containers_of(&self, uid: &str) -> cri::Result<Vec<cri::ContainerStatus>> {
+        let mut containers = self.runtime.list_containers().await?;
+        containers.retain(|c| c.labels.get(LABEL_UID).map(String::as_str) == Some(uid));
+        Ok(containers)
+    }
+}
+
 /// The workers of one node.
 pub struct PodWorkers {
     ctx: Arc<Context>,
@@ -498,13 +507,7 @@ fn report(
 async fn sync(ctx: &Context, uid: &str, pod: Option<&Arc<Pod>>, state: &mut WorkerState) -> cri::Result<Next> {
     let sandboxes: Vec<cri::SandboxStatus> =
         ctx.runtime.list_pod_sandboxes().await?.into_iter().filter(|s| s.uid == uid).collect();
-    let containers: Vec<cri::ContainerStatus> = ctx
-        .runtime
-        .list_containers()
-        .await?
-        .into_iter()
-        .filter(|c| c.labels.get(LABEL_UID).map(String::as_str) == Some(uid))
-        .collect();
+    let containers = ctx.containers_of(uid).await?;
 
     let Some(shared) = pod else {
         state.prober = None;
@@ -535,13 +538,7 @@ async fn sync(ctx: &Context, uid: &str, pod: Option<&Arc<Pod>>, state: &mut Work
         for s in &sandboxes {
             ctx.runtime.stop_pod_sandbox(&s.id).await?;
         }
-        let after: Vec<cri::ContainerStatus> = ctx
-            .runtime
-            .list_containers()
-            .await?
-            .into_iter()
-            .filter(|c| c.labels.get(LABEL_UID).map(String::as_str) == Some(uid))
-            .collect();
+        let after = ctx.containers_of(uid).await?;
         state.waiting.clear();
         state.prober = None;
         // A stopped sandbox keeps the pod's IP, which the status keeps reporting as kubelet's does.

@@ -21,7 +21,7 @@ use parking_lot::Mutex;
 use tokio::sync::mpsc;
 use tracing::Instrument as _;
 
-use crate::pods::{Context, LABEL_CONTAINER, LABEL_UID};
+use crate::pods::{Context, LABEL_CONTAINER};
 
 enum Control {
     Input(Vec<u8>),
@@ -149,17 +149,9 @@ async fn serve(ctx: Arc<Context>, open: StreamOpen, mut frames: Frames) {
 
 /// The containers the runtime has for one of the pod's containers, newest last.
 async fn attempts(ctx: &Context, open: &StreamOpen) -> Result<Vec<ContainerStatus>, String> {
-    let mut containers: Vec<ContainerStatus> = ctx
-        .runtime
-        .list_containers()
-        .await
-        .map_err(|e| format!("listing the node's containers: {e}"))?
-        .into_iter()
-        .filter(|c| {
-            c.labels.get(LABEL_UID).map(String::as_str) == Some(open.uid.as_str())
-                && c.labels.get(LABEL_CONTAINER).map(String::as_str) == Some(open.container.as_str())
-        })
-        .collect();
+    let mut containers =
+        ctx.containers_of(&open.uid).await.map_err(|e| format!("listing the node's containers: {e}"))?;
+    containers.retain(|c| c.labels.get(LABEL_CONTAINER).map(String::as_str) == Some(open.container.as_str()));
     containers.sort_by_key(|c| c.attempt);
     Ok(containers)
 }
