@@ -319,7 +319,7 @@ fn failure_status(message: &str) -> Vec<u8> {
 }
 
 /// kubectl reads a close without a code as a broken connection.
-fn normal_close() -> Message {
+pub(crate) fn normal_close() -> Message {
     Message::Close(Some(CloseFrame { code: close_code::NORMAL, reason: "".into() }))
 }
 
@@ -362,7 +362,7 @@ async fn interactive(mut socket: WebSocket, mut stream: PodStream) {
                         Some(&V5_CLOSE_CHANNEL) => continue,
                         _ => Action::Input(data.to_vec()),
                     };
-                    if !stream.sink.send(action) {
+                    if !stream.send(action) {
                         break;
                     }
                 }

@@ -9,7 +9,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use axum::extract::FromRequestParts as _;
-use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade, close_code};
+use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::Response;
@@ -25,7 +25,7 @@ use tokio::sync::mpsc;
 use tracing::Instrument as _;
 
 use crate::error::{ApiError, Result};
-use crate::podstream::{NodeTunnel, WINDOW};
+use crate::podstream::{NodeTunnel, WINDOW, normal_close};
 use crate::server::Query;
 
 /// What kubectl asks for over WebSocket: SPDY carried in binary messages.
@@ -453,7 +453,7 @@ async fn channels(socket: WebSocket, target: Target, ports: Vec<u16>, base64: bo
             },
         }
     }
-    let _ = sink.send(Message::Close(Some(CloseFrame { code: close_code::NORMAL, reason: "".into() }))).await;
+    let _ = sink.send(normal_close()).await;
 }
 
 #[cfg(test)]

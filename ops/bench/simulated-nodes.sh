@@ -14,6 +14,8 @@ PODS=${PODS:-50000}
 DEPLOYMENTS=${DEPLOYMENTS:-50}
 TIMEOUT=${TIMEOUT:-1800}
 # Extra `keel agent` flags, e.g. AGENT_FLAGS="--metric-resolution 60s".
+AGENT_FLAGS=${AGENT_FLAGS:-}
+# A directory to copy the processes' logs to at the end.
 KEEP_LOGS=${KEEP_LOGS:-}
 [ -x "$KEEL" ] || { echo "$KEEL not found: cargo build --release --workspace" >&2; exit 1; }
 command -v kubectl >/dev/null || { echo "kubectl not found" >&2; exit 1; }

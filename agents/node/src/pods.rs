@@ -70,6 +70,13 @@ impl Context {
         containers.retain(|c| c.labels.get(LABEL_UID).map(String::as_str) == Some(uid));
         Ok(containers)
     }
+
+    /// The runtime's sandboxes of the pod `uid`, whatever their state.
+    pub(crate) async fn sandboxes_of(&self, uid: &str) -> cri::Result<Vec<cri::SandboxStatus>> {
+        let mut sandboxes = self.runtime.list_pod_sandboxes().await?;
+        sandboxes.retain(|s| s.uid == uid);
+        Ok(sandboxes)
+    }
 }
 
 /// The workers of one node.
@@ -505,8 +512,7 @@ fn report(
 }
 
 async fn sync(ctx: &Context, uid: &str, pod: Option<&Arc<Pod>>, state: &mut WorkerState) -> cri::Result<Next> {
-    let sandboxes: Vec<cri::SandboxStatus> =
-        ctx.runtime.list_pod_sandboxes().await?.into_iter().filter(|s| s.uid == uid).collect();
+    let sandboxes = ctx.sandboxes_of(uid).await?;
     let containers = ctx.containers_of(uid).await?;
 
     let Some(shared) = pod else {

@@ -31,6 +31,16 @@ pub enum Role {
     Server,
 }
 
+impl Role {
+    /// The parity of the stream and ping ids the other end starts.
+    fn peer_parity(self) -> u32 {
+        match self {
+            Role::Client => 0,
+            Role::Server => 1,
+        }
+    }
+}
+
 enum Out {
     Syn { stream: u32, headers: Headers, fin: bool },
     Reply { stream: u32, headers: Headers },
@@ -336,8 +346,7 @@ impl Reader {
             Frame::SynStream { stream, fin, block } => {
                 // Decompressed whatever happens next: the zlib stream must stay in step.
                 let headers = self.inflater.decompress(&block)?;
-                let peers = if self.role == Role::Client { 0 } else { 1 };
-                if stream == 0 || stream % 2 != peers {
+                if stream == 0 || stream % 2 != self.role.peer_parity() {
                     return self.send(Out::Reset { stream, status: ResetStatus::ProtocolError }).await;
                 }
                 let (data_tx, data_rx) = mpsc::channel(DATA_QUEUE);
@@ -384,8 +393,7 @@ impl Reader {
             }
             Frame::Ping { id } => {
                 // Pings the peer starts carry its parity; answer those, ours come back.
-                let peers = if self.role == Role::Client { 0 } else { 1 };
-                if id % 2 == peers {
+                if id % 2 == self.role.peer_parity() {
                     self.send(Out::Ping { id }).await?;
                 }
             }

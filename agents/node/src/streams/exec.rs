@@ -6,7 +6,7 @@
 use bytes::Bytes;
 use keel_container::{ContainerState, Streams};
 use keel_proto::node::{ExecOptions, StreamOpen};
-use keel_spdy::{StreamReader, StreamWriter};
+use keel_spdy::{Stream, StreamReader, StreamWriter};
 
 use super::runtime::{dial, open, stream_headers};
 use super::{Control, Frames, Gone, attempts};
@@ -144,22 +144,18 @@ impl Session {
         // The runtime waits for exactly the streams the request named, the error stream first.
         let error = open(&connection, stream_headers("error")).await?;
         let _ = error.writer.finish().await;
-        let stdin = match streams.stdin {
-            true => Some(open(&connection, stream_headers("stdin")).await?.writer),
-            false => None,
-        };
-        let stdout = match streams.stdout {
-            true => Some(open(&connection, stream_headers("stdout")).await?.reader),
-            false => None,
-        };
-        let stderr = match streams.stderr {
-            true => Some(open(&connection, stream_headers("stderr")).await?.reader),
-            false => None,
-        };
-        let resize = match streams.tty {
-            true => Some(open(&connection, stream_headers("resize")).await?.writer),
-            false => None,
-        };
+        let stdin = optional(&connection, streams.stdin, "stdin").await?.map(|s| s.writer);
+        let stdout = optional(&connection, streams.stdout, "stdout").await?.map(|s| s.reader);
+        let stderr = optional(&connection, streams.stderr, "stderr").await?.map(|s| s.reader);
+        let resize = optional(&connection, streams.tty, "resize").await?.map(|s| s.writer);
         Ok(Session { connection, stdin, stdout, stderr, error: Some(error.reader), resize })
     }
+}
+
+/// Opens the stream of type `kind` if the request asked for it.
+async fn optional(connection: &keel_spdy::Session, wanted: bool, kind: &str) -> Result<Option<Stream>, String> {
+    if !wanted {
+        return Ok(None);
+    }
+    open(connection, stream_headers(kind)).await.map(Some)
 }

@@ -21,15 +21,11 @@ pub(super) async fn forward(
     let Some(port) = u16::try_from(port).ok().filter(|p| *p > 0) else {
         return Ok(Err(format!("port {port} is not a valid port (1-65535)")));
     };
-    let sandboxes = match ctx.runtime.list_pod_sandboxes().await {
+    let sandboxes = match ctx.sandboxes_of(&open_request.uid).await {
         Ok(s) => s,
         Err(e) => return Ok(Err(format!("listing the node's pod sandboxes: {e}"))),
     };
-    let Some(sandbox) = sandboxes
-        .iter()
-        .filter(|s| s.uid == open_request.uid && s.state == SandboxState::Ready)
-        .max_by_key(|s| s.attempt)
-    else {
+    let Some(sandbox) = sandboxes.iter().filter(|s| s.state == SandboxState::Ready).max_by_key(|s| s.attempt) else {
         return Ok(Err(format!("pod {:?} has no running sandbox on this node", open_request.pod)));
     };
     let url = match ctx.runtime.port_forward(&sandbox.id, port).await {
