@@ -150,6 +150,30 @@ async fn kubectl_top_and_the_autoscaler_follow_pod_usage() {
     })
     .await;
     assert!(hpa["status"]["lastScaleTime"].is_string(), "{hpa}");
+    // The API stores one autoscaler and serves it in both versions: `kubectl get hpa` asks
+    // for autoscaling/v2 and sees kubectl's v1 object as a cpu Utilization metric.
+    let v2 = k.json(&["get", "hpa", "web"]);
+    assert_eq!(v2["apiVersion"], "autoscaling/v2", "{v2}");
+    assert_eq!(v2["spec"]["metrics"][0]["resource"]["target"]["averageUtilization"], 50, "{v2}");
+    assert_eq!(v2["status"]["desiredReplicas"], 5, "{v2}");
+    let table = k.ok(&["get", "hpa", "web"]);
+    let row = rows(&table).into_iter().next().unwrap_or_default();
+    assert_eq!(row.get(1).map(String::as_str), Some("Deployment/web"), "{table}");
+    assert!(row.get(3).is_some_and(|t| t.ends_with("%/50%")), "TARGETS as `cpu: N%/50%`: {table}");
+    assert_eq!(row.get(4..7), Some(&["1", "5", "5"].map(String::from)[..]), "MINPODS MAXPODS REPLICAS: {table}");
+
+    // behavior, written through v2: scale down by at most 2 pods per 10 minutes.
+    let behavior = r#"{"spec":{"behavior":{"scaleDown":{"stabilizationWindowSeconds":1,"policies":[{"type":"Pods","value":2,"periodSeconds":600}]}}}}"#;
+    k.ok(&["patch", "hpa", "web", "--type", "merge", "-p", behavior]);
+    // A v1 client sees it in kube's round-trip annotation, and its own writes keep it.
+    let v1 = k.json(&["get", "horizontalpodautoscalers.v1.autoscaling", "web"]);
+    let annotation = v1["metadata"]["annotations"]["autoscaling.alpha.kubernetes.io/behavior"].as_str().unwrap_or("");
+    assert!(annotation.contains("\"periodSeconds\":600"), "{v1}");
+    k.ok(&["annotate", "horizontalpodautoscalers.v1.autoscaling", "web", "team=shop"]);
+    let v2 = k.json(&["get", "hpa", "web"]);
+    assert_eq!(v2["metadata"]["annotations"]["team"], "shop", "{v2}");
+    assert_eq!(v2["spec"]["behavior"]["scaleDown"]["policies"][0]["periodSeconds"], 600, "{v2}");
+    assert_eq!(v2["spec"]["behavior"]["scaleUp"]["selectPolicy"], "Max", "defaults fill the rest: {v2}");
     eventually(Duration::from_secs(60), "five pods reported by kubectl top", || async {
         let out = k.run(&["top", "pod", "-l", "app=web"]);
         (rows(&String::from_utf8_lossy(&out.stdout)).len() == 5).then_some(())
@@ -198,6 +222,17 @@ spec:
         (!rows.is_empty() && rows.iter().all(|r| (19..=21).contains(&millicores(&r[1])))).then_some(())
     })
     .await;
+    // The policy lets 5 go to 3 and no further within its period.
+    eventually(Duration::from_secs(60), "the scale-down held to 2 pods per period", || async {
+        let hpa = k.json(&["get", "hpa", "web"]);
+        let limited = hpa["status"]["conditions"]
+            .as_array()?
+            .iter()
+            .any(|c| c["type"] == "ScalingLimited" && c["status"] == "True" && c["reason"] == "ScaleDownLimit");
+        (limited && hpa["status"]["desiredReplicas"] == 3 && replicas(&k) == Some(3)).then_some(())
+    })
+    .await;
+    k.ok(&["patch", "hpa", "web", "--type", "json", "-p", r#"[{"op":"remove","path":"/spec/behavior"}]"#]);
     eventually(Duration::from_secs(60), "the Deployment scaled down to one pod", || async {
         (replicas(&k) == Some(1)).then_some(())
     })

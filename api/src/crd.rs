@@ -97,6 +97,7 @@ pub fn types_of(crd: &Value) -> Vec<ResourceType> {
                 .unwrap_or_default(),
             create_only: false,
             read_only: false,
+            conversion: None,
         });
     }
     types

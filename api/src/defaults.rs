@@ -173,7 +173,44 @@ pub fn apply(kind: &str, group: &str, object: &mut Value) {
             set_if_absent(object, "/reclaimPolicy", json!("Delete"));
             set_if_absent(object, "/volumeBindingMode", json!("Immediate"));
         }
+        ("autoscaling", "HorizontalPodAutoscaler") => autoscaler(object),
         _ => {}
+    }
+}
+
+/// kube's `SetDefaults_HorizontalPodAutoscaler` of v1 and of v2 (the object's apiVersion says
+/// which): one replica at least, cpu at 80% of requests when no metric is given, and a
+/// `behavior` given in part completed with the default rules.
+fn autoscaler(object: &mut Value) {
+    set_if_absent(object, "/spec/minReplicas", json!(1));
+    if object.get("apiVersion").and_then(Value::as_str) == Some("autoscaling/v1") {
+        set_if_absent(object, "/spec/targetCPUUtilizationPercentage", json!(80));
+        return;
+    }
+    if object.pointer("/spec/metrics").and_then(Value::as_array).is_none_or(|m| m.is_empty()) {
+        set_if_absent(object, "/spec", json!({}));
+        object["spec"]["metrics"] = json!([{
+            "type": "Resource",
+            "resource": {"name": "cpu", "target": {"type": "Utilization", "averageUtilization": 80}},
+        }]);
+    }
+    let Some(behavior) = object.pointer_mut("/spec/behavior").filter(|b| b.is_object()) else { return };
+    for (direction, policies, window) in [
+        (
+            "scaleUp",
+            json!([{"type": "Pods", "value": 4, "periodSeconds": 15}, {"type": "Percent", "value": 100, "periodSeconds": 15}]),
+            Some(0),
+        ),
+        ("scaleDown", json!([{"type": "Percent", "value": 100, "periodSeconds": 15}]), None),
+    ] {
+        set_if_absent(behavior, &format!("/{direction}/selectPolicy"), json!("Max"));
+        if behavior[direction].get("policies").and_then(Value::as_array).is_none_or(|p| p.is_empty()) {
+            behavior[direction]["policies"] = policies;
+        }
+        // scaleDown's window stays unset: the controller's flag (300 s) applies.
+        if let Some(seconds) = window {
+            set_if_absent(behavior, &format!("/{direction}/stabilizationWindowSeconds"), json!(seconds));
+        }
     }
 }
 
@@ -204,5 +241,28 @@ mod tests {
         apply("Namespace", "", &mut ns);
         assert_eq!(ns["metadata"]["labels"]["kubernetes.io/metadata.name"], "team");
         assert_eq!(ns["status"]["phase"], "Active");
+    }
+
+    #[test]
+    fn autoscaler_defaults_follow_the_version() {
+        let mut v1 = json!({"apiVersion": "autoscaling/v1", "spec": {"maxReplicas": 3}});
+        apply("HorizontalPodAutoscaler", "autoscaling", &mut v1);
+        assert_eq!(v1["spec"], json!({"maxReplicas": 3, "minReplicas": 1, "targetCPUUtilizationPercentage": 80}));
+
+        let mut v2 = json!({"apiVersion": "autoscaling/v2", "spec": {"maxReplicas": 3, "behavior": {"scaleDown": {"policies": [{"type": "Pods", "value": 1, "periodSeconds": 60}]}}}});
+        apply("HorizontalPodAutoscaler", "autoscaling", &mut v2);
+        assert_eq!(v2["spec"]["metrics"][0]["resource"]["target"]["averageUtilization"], 80);
+        let behavior = &v2["spec"]["behavior"];
+        assert_eq!(behavior["scaleDown"]["policies"], json!([{"type": "Pods", "value": 1, "periodSeconds": 60}]));
+        assert_eq!(behavior["scaleDown"]["selectPolicy"], "Max");
+        assert!(behavior["scaleDown"].get("stabilizationWindowSeconds").is_none());
+        assert_eq!(behavior["scaleUp"]["stabilizationWindowSeconds"], 0);
+        assert_eq!(behavior["scaleUp"]["policies"].as_array().unwrap().len(), 2);
+
+        let mut plain =
+            json!({"apiVersion": "autoscaling/v2", "spec": {"maxReplicas": 3, "metrics": [{"type": "Pods"}]}});
+        apply("HorizontalPodAutoscaler", "autoscaling", &mut plain);
+        assert_eq!(plain["spec"]["metrics"], json!([{"type": "Pods"}]), "given metrics are kept");
+        assert!(plain["spec"].get("behavior").is_none(), "no behavior is made up");
     }
 }

@@ -100,6 +100,7 @@ pub fn resource_types() -> Vec<ResourceType> {
         printer_columns: Vec::new(),
         create_only: false,
         read_only: true,
+        conversion: None,
     };
     vec![base("NodeMetrics", "nodes", false), base("PodMetrics", "pods", true)]
 }

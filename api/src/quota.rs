@@ -104,8 +104,11 @@ pub async fn usage(
     for name in wanted {
         total.insert(name.clone(), 0);
     }
+    // Versions of one kind share its storage (a converted view, a CRD's versions): each
+    // stored object is counted once.
+    let mut seen_prefixes = std::collections::HashSet::new();
     for rt in types {
-        if !rt.namespaced {
+        if !rt.namespaced || rt.conversion.is_some() || !seen_prefixes.insert(rt.storage_prefix.as_str()) {
             continue;
         }
         let probe = contribution(rt, &serde_json::json!({}));

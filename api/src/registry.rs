@@ -57,6 +57,8 @@ pub struct ResourceType {
     pub create_only: bool,
     /// A kind computed on every read and never written (metrics.k8s.io): get and list only.
     pub read_only: bool,
+    /// A version served over another's storage: objects are converted on every read and write.
+    pub conversion: Option<crate::convert::Conversion>,
 }
 
 impl std::fmt::Debug for ResourceType {
@@ -150,6 +152,7 @@ where
         printer_columns: Vec::new(),
         create_only: false,
         read_only: false,
+        conversion: None,
     }
 }
 
@@ -197,9 +200,9 @@ pub fn builtins() -> Vec<ResourceType> {
         builtin::<batch::Job>(status(&[], ALL)),
         builtin::<batch::CronJob>(status(&["cj"], ALL)),
         builtin::<autoscaling2::HorizontalPodAutoscaler>(status(&["hpa"], ALL)),
-        // Kept apart from autoscaling/v2 until the two versions convert into each other.
+        // Stored as autoscaling/v2, served as v1 through conversion.
         ResourceType {
-            storage_prefix: "/registry/autoscaling/horizontalpodautoscalers.v1/".into(),
+            conversion: Some(crate::convert::Conversion::HorizontalPodAutoscalerV1),
             ..builtin::<autoscaling1::HorizontalPodAutoscaler>(status(&["hpa"], ALL))
         },
         builtin::<scheduling::PriorityClass>(short(&["pc"])),

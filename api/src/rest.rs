@@ -257,8 +257,21 @@ fn decode_bytes(bytes: &[u8], revision: i64, key: &str) -> Result<Value> {
     Ok(value)
 }
 
-fn encode(object: &Value) -> Result<Vec<u8>> {
-    let mut stored = object.clone();
+/// Decodes a stored object as `rt` serves it (converted when `rt` is a view over another
+/// version's storage).
+pub fn decode_as(rt: &ResourceType, stored: &Stored) -> Result<Value> {
+    let object = decode(stored)?;
+    Ok(match rt.conversion {
+        Some(conversion) => conversion.from_stored(object),
+        None => object,
+    })
+}
+
+fn encode(rt: &ResourceType, object: &Value) -> Result<Vec<u8>> {
+    let mut stored = match rt.conversion {
+        Some(conversion) => conversion.to_stored(object.clone()),
+        None => object.clone(),
+    };
     object::meta_mut(&mut stored).remove("resourceVersion");
     serde_json::to_vec(&stored).map_err(|e| ApiError::internal(format!("encode object: {e}")))
 }
@@ -431,7 +444,7 @@ impl Api {
         }
         let (found, _) = self.storage.get(&rt.key(namespace, name), Consistency::Linearizable).await?;
         let found = found.ok_or_else(|| Self::not_found(rt, name))?;
-        decode(&found)
+        decode_as(rt, &found)
     }
 
     pub(crate) async fn get_stored(
@@ -442,7 +455,7 @@ impl Api {
     ) -> Result<(Stored, Value)> {
         let (found, _) = self.storage.get(&rt.key(namespace, name), Consistency::Linearizable).await?;
         let found = found.ok_or_else(|| Self::not_found(rt, name))?;
-        let value = decode(&found)?;
+        let value = decode_as(rt, &found)?;
         Ok((found, value))
     }
 
@@ -510,7 +523,7 @@ impl Api {
         options: &ListOptions,
     ) -> Result<ListResult> {
         self.list_with(rt, namespace, options, |stored| {
-            let object = decode(stored)?;
+            let object = decode_as(rt, stored)?;
             Ok(Self::matches(rt, options, &object).then_some(object))
         })
         .await
@@ -534,10 +547,10 @@ impl Api {
                 .collect::<Result<Vec<_>>>()?;
             return Ok(ListResult { items, revision: listed.revision, continue_token: None, remaining: None });
         }
-        let metadata_only = options.field_selector.only_metadata();
+        let metadata_only = options.field_selector.only_metadata() && rt.conversion.is_none();
         self.list_with(rt, namespace, options, |stored| {
             if !metadata_only {
-                let object = decode(stored)?;
+                let object = decode_as(rt, stored)?;
                 if !Self::matches(rt, options, &object) {
                     return Ok(None);
                 }
@@ -735,7 +748,7 @@ impl Api {
         });
         Ok(vec![WriteOp::Put {
             key: format!("/registry/core/serviceaccounts/{name}/default"),
-            value: encode(&account)?,
+            value: encode(rt, &account)?,
             precondition: Precondition::Absent,
         }])
     }
@@ -761,7 +774,7 @@ impl Api {
         }
         let name = object::name(&object).to_string();
         let key = rt.key(namespace, &name);
-        let mut ops = vec![WriteOp::Put { key, value: encode(&object)?, precondition: Precondition::Absent }];
+        let mut ops = vec![WriteOp::Put { key, value: encode(rt, &object)?, precondition: Precondition::Absent }];
         ops.extend(self.companions(rt, &object)?);
         loop {
             match self.storage.write(ops.clone()).await? {
@@ -977,7 +990,7 @@ impl Api {
         Ok(if finished {
             WriteOp::Delete { key, precondition: Precondition::Revision(revision) }
         } else {
-            WriteOp::Put { key, value: encode(object)?, precondition: Precondition::Revision(revision) }
+            WriteOp::Put { key, value: encode(rt, object)?, precondition: Precondition::Revision(revision) }
         })
     }
 
@@ -1204,7 +1217,7 @@ impl Api {
                 }
                 WriteOp::Put {
                     key: stored.key.clone(),
-                    value: encode(&marked)?,
+                    value: encode(rt, &marked)?,
                     precondition: Precondition::Revision(stored.mod_revision),
                 }
             } else {
@@ -1454,7 +1467,7 @@ impl Api {
                         let (created, _) = self.prepare_create(&rt, ns, object.clone(), options, &batch).await?;
                         ops.push(WriteOp::Put {
                             key: key.clone(),
-                            value: encode(&created)?,
+                            value: encode(&rt, &created)?,
                             precondition: Precondition::Absent,
                         });
                         for companion in self.companions(&rt, &created)? {
@@ -1469,7 +1482,7 @@ impl Api {
                         results.push((created, true));
                     }
                     (Some(stored), _) => {
-                        let current = decode(&stored)?;
+                        let current = decode_as(&rt, &stored)?;
                         let merged = match rt.shape {
                             Shape::Typed { .. } => patch::strategic_merge_patch(&current, object, &rt.kind),
                             Shape::Custom { .. } => patch::merge_patch(&current, object),
@@ -1551,7 +1564,7 @@ impl Api {
             bound["status"]["conditions"] = json!(conditions);
             let op = WriteOp::Put {
                 key: stored.key.clone(),
-                value: encode(&bound)?,
+                value: encode(rt, &bound)?,
                 precondition: Precondition::Revision(stored.mod_revision),
             };
             match self.storage.write(vec![op]).await? {
@@ -1587,7 +1600,7 @@ fn watch_event(
     options: &ListOptions,
     change: &crate::storage::Change,
 ) -> Result<Option<WatchEvent>> {
-    if options.label_selector.is_empty() && options.field_selector.is_empty() {
+    if options.label_selector.is_empty() && options.field_selector.is_empty() && rt.conversion.is_none() {
         let kind = match change.kind {
             ChangeKind::Delete => "DELETED",
             ChangeKind::Put if change.create_revision == change.revision => "ADDED",
@@ -1597,16 +1610,21 @@ fn watch_event(
             .ok_or_else(|| ApiError::internal(format!("object at {} has no metadata object", change.key)))?;
         return Ok(Some(WatchEvent::Raw { kind, object }));
     }
-    let object = decode_bytes(&change.value, change.revision, &change.key)?;
+    let served = |bytes: &[u8]| -> Result<Value> {
+        let object = decode_bytes(bytes, change.revision, &change.key)?;
+        Ok(match rt.conversion {
+            Some(conversion) => conversion.from_stored(object),
+            None => object,
+        })
+    };
+    let object = served(&change.value)?;
     let matches = |o: &Value| Api::matches(rt, options, o);
     let event = match change.kind {
         ChangeKind::Delete => matches(&object).then_some(("DELETED", object)),
         ChangeKind::Put => {
             let now = matches(&object);
             let before = match &change.previous {
-                Some(bytes) if change.create_revision != change.revision => {
-                    Some(matches(&decode_bytes(bytes, change.revision, &change.key)?))
-                }
+                Some(bytes) if change.create_revision != change.revision => Some(matches(&served(bytes)?)),
                 _ => None,
             };
             match (before, now) {

@@ -181,6 +181,15 @@ fn columns(kind: &str) -> Vec<Column> {
             AGE,
         ],
         "CustomResourceDefinition" => vec![NAME, col("Created At", "date", 0, "Creation time.")],
+        "HorizontalPodAutoscaler" => vec![
+            NAME,
+            col("Reference", "string", 0, "The target resource to scale."),
+            col("Targets", "string", 0, "The metrics used to calculate the desired replica count."),
+            col("MinPods", "string", 0, "The lower limit for the number of replicas."),
+            col("MaxPods", "string", 0, "The upper limit for the number of replicas."),
+            col("Replicas", "string", 0, "Current number of replicas of pods managed by this autoscaler."),
+            AGE,
+        ],
         _ => vec![NAME, AGE],
     }
 }
@@ -484,8 +493,102 @@ fn cells(kind: &str, o: &Value) -> Vec<Value> {
             ]
         }
         "CustomResourceDefinition" => vec![json!(meta_str(o, "creationTimestamp"))],
+        "HorizontalPodAutoscaler" => {
+            // Printed from the v2 form whichever version was asked for, as kube prints its
+            // internal version.
+            let v2 = if o.get("apiVersion").and_then(Value::as_str) == Some("autoscaling/v1") {
+                crate::convert::hpa_v1_to_v2(o.clone())
+            } else {
+                o.clone()
+            };
+            let min = v2.pointer("/spec/minReplicas").map_or_else(|| "<unset>".to_string(), |m| s(Some(m)));
+            vec![
+                json!(format!(
+                    "{}/{}",
+                    s(v2.pointer("/spec/scaleTargetRef/kind")),
+                    s(v2.pointer("/spec/scaleTargetRef/name"))
+                )),
+                json!(hpa_targets(&v2)),
+                json!(min),
+                json!(int(&v2, "/spec/maxReplicas")),
+                json!(int(&v2, "/status/currentReplicas")),
+                age_cell(),
+            ]
+        }
         _ => vec![age_cell()],
     }
+}
+
+/// kubectl's TARGETS column (kube's `formatHPAMetrics`): `cpu: 42%/80%`, current over
+/// target per metric, the status matched to the spec by position, two at most.
+fn hpa_targets(hpa: &Value) -> String {
+    let specs = hpa.pointer("/spec/metrics").and_then(Value::as_array).cloned().unwrap_or_default();
+    if specs.is_empty() {
+        return "<none>".into();
+    }
+    let statuses = hpa.pointer("/status/currentMetrics").and_then(Value::as_array).cloned().unwrap_or_default();
+    let unknown = || "<unknown>".to_string();
+    let text = |v: Option<&Value>| v.filter(|v| !v.is_null()).map(|v| s(Some(v)));
+    let mut list = Vec::new();
+    for (i, spec) in specs.iter().enumerate() {
+        let kind = spec.get("type").and_then(Value::as_str).unwrap_or("");
+        let field = match kind {
+            "Resource" => "resource",
+            "ContainerResource" => "containerResource",
+            "Pods" => "pods",
+            "Object" => "object",
+            "External" => "external",
+            _ => {
+                list.push("<unknown type>".to_string());
+                continue;
+            }
+        };
+        let source = &spec[field];
+        // kube pairs status and spec by position; conversion from v1 moves the cpu metric to
+        // the end, so a status is paired with its own metric (by resource or metric name).
+        let identity = |m: &Value| {
+            (m.get("type").cloned(), m[field].get("name").cloned(), m[field].pointer("/metric/name").cloned())
+        };
+        let status = statuses
+            .get(i)
+            .filter(|st| identity(st) == identity(spec))
+            .or_else(|| statuses.iter().find(|st| identity(st) == identity(spec)))
+            .map(|st| &st[field])
+            .filter(|st| st.is_object());
+        let current = |key: &str| status.and_then(|st| text(st.pointer(&format!("/current/{key}"))));
+        let target_average = text(source.pointer("/target/averageValue"));
+        list.push(match kind {
+            "Resource" | "ContainerResource" => {
+                let name = s(source.get("name"));
+                match target_average {
+                    Some(target) => format!("{name}: {}/{target}", current("averageValue").unwrap_or_else(unknown)),
+                    None => {
+                        let now = current("averageUtilization").map_or_else(unknown, |u| format!("{u}%"));
+                        let target = text(source.pointer("/target/averageUtilization"))
+                            .map_or_else(|| "<auto>".to_string(), |u| format!("{u}%"));
+                        format!("{name}: {now}/{target}")
+                    }
+                }
+            }
+            "Pods" => {
+                format!("{}/{}", current("averageValue").unwrap_or_else(unknown), target_average.unwrap_or_default())
+            }
+            _ => match target_average {
+                Some(target) => format!("{}/{target} (avg)", current("averageValue").unwrap_or_else(unknown)),
+                None => format!(
+                    "{}/{}",
+                    current("value").unwrap_or_else(unknown),
+                    text(source.pointer("/target/value")).unwrap_or_default()
+                ),
+            },
+        });
+    }
+    let count = list.len();
+    if count > 2 {
+        list.truncate(2);
+        return format!("{} + {} more...", list.join(", "), count - 2);
+    }
+    list.join(", ")
 }
 
 fn event_row(o: &Value) -> Vec<Value> {
@@ -631,5 +734,32 @@ mod tests {
         let by_percent = json!({"metadata": {"name": "db"}, "spec": {"maxUnavailable": "25%"}});
         let cells = &table(&rt, &[by_percent], json!({}), "Metadata")["rows"][0]["cells"];
         assert_eq!((&cells[1], &cells[2], &cells[3]), (&json!("N/A"), &json!("25%"), &json!(0)));
+    }
+
+    #[test]
+    fn autoscaler_targets_read_like_kubectl() {
+        let hpa = json!({
+            "apiVersion": "autoscaling/v2",
+            "spec": {"scaleTargetRef": {"kind": "Deployment", "name": "web"}, "minReplicas": 1, "maxReplicas": 5,
+                "metrics": [
+                    {"type": "Resource", "resource": {"name": "cpu", "target": {"type": "Utilization", "averageUtilization": 80}}},
+                    {"type": "Resource", "resource": {"name": "memory", "target": {"type": "AverageValue", "averageValue": "100Mi"}}},
+                    {"type": "Pods", "pods": {"metric": {"name": "qps"}, "target": {"type": "AverageValue", "averageValue": "10"}}},
+                ]},
+            "status": {"currentReplicas": 2, "currentMetrics": [
+                {"type": "Resource", "resource": {"name": "cpu", "current": {"averageUtilization": 42, "averageValue": "84m"}}},
+            ]},
+        });
+        assert_eq!(hpa_targets(&hpa), "cpu: 42%/80%, memory: <unknown>/100Mi + 1 more...");
+        let rt = builtins().into_iter().find(|t| t.kind == "HorizontalPodAutoscaler" && t.version == "v1").unwrap();
+        let v1 = crate::convert::hpa_v2_to_v1(hpa);
+        let cells = cells_for(&rt, &v1);
+        assert_eq!(cells[0], "Deployment/web");
+        // Conversion puts the v1 cpu field after the annotation's metrics, as kube does.
+        assert_eq!(
+            cells[1], "memory: <unknown>/100Mi, <unknown>/10 + 1 more...",
+            "a v1 object prints its annotations' metrics"
+        );
+        assert_eq!((cells[2].clone(), cells[3].clone(), cells[4].clone()), (json!("1"), json!(5), json!(2)));
     }
 }

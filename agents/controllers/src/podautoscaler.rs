@@ -9,17 +9,17 @@
 //! ScalingLimited conditions) and Events (`SuccessfulRescale`, `FailedGetResourceMetric`…)
 //! are kube's.
 //!
-//! autoscaling/v1 and v2 objects are stored apart by keel's API (no conversion yet), so both
-//! are watched: a v1 autoscaler is read as the v2 one it converts to (its
-//! `targetCPUUtilizationPercentage` a cpu Utilization metric) and its v1 status written back.
-//! Only Resource metrics (cpu, memory) are served; `behavior` contributes its stabilization
-//! windows, not its rate policies.
+//! The API stores autoscaling/v1 objects as v2 (it converts between the two), so only v2 is
+//! watched. Only Resource metrics (cpu, memory) are served. An autoscaler with a `behavior`
+//! is held to its stabilization windows and rate policies (`Pods`/`Percent` per period,
+//! `selectPolicy`), measured against the rescales this controller made in each period; one
+//! without is held to kube's fixed rate (at most max(2 × current, 4) at once).
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use k8s_openapi::api::autoscaling::{v1 as autoscaling1, v2 as autoscaling2};
+use k8s_openapi::api::autoscaling::v2 as autoscaling2;
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use keel_api::error::{ApiError, Result};
@@ -31,7 +31,7 @@ use keel_scheduler_framework::quantity;
 use parking_lot::Mutex;
 use serde_json::{Value, json};
 
-use crate::replica_calculator::{self, PodSample, PodState, Target};
+use crate::replica_calculator::{self, PodSample, PodState, Policy, Rules, ScaleEvent, Select, Target};
 
 #[derive(Debug, Clone)]
 pub struct Settings {
@@ -47,23 +47,56 @@ impl Default for Settings {
     }
 }
 
-/// Which stored version an autoscaler is.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct HpaKey {
-    pub v1: bool,
-    pub key: ObjectKey,
-}
-
 pub struct PodAutoscaler {
     client: Client,
-    v2: Arc<Informer<autoscaling2::HorizontalPodAutoscaler>>,
-    v1: Arc<Informer<autoscaling1::HorizontalPodAutoscaler>>,
+    autoscalers: Arc<Informer<autoscaling2::HorizontalPodAutoscaler>>,
     pods: Arc<Informer<Pod>>,
     recorder: Recorder,
-    queue: Arc<WorkQueue<HpaKey>>,
+    queue: Arc<WorkQueue<ObjectKey>>,
     settings: Settings,
     /// Recent recommendations per autoscaler (by uid), for stabilization.
     recommendations: Mutex<HashMap<String, Vec<(Instant, i32)>>>,
+    /// Rescales per autoscaler (by uid), for `behavior`'s rate policies.
+    scale_events: Mutex<HashMap<String, ScaleEvents>>,
+}
+
+#[derive(Debug, Default)]
+struct ScaleEvents {
+    up: Vec<ScaleEvent>,
+    down: Vec<ScaleEvent>,
+}
+
+/// kube's `GenerateHPAScaleUpRules` / `GenerateHPAScaleDownRules`: what is missing from a
+/// `behavior` direction takes kube's default (up: 4 pods or 100% per 15 s, the larger; down:
+/// 100% per 15 s).
+fn rules(given: Option<&autoscaling2::HPAScalingRules>, up: bool) -> Rules {
+    let select = match given.and_then(|r| r.select_policy.as_deref()) {
+        Some("Min") => Select::Min,
+        Some("Disabled") => Select::Disabled,
+        _ => Select::Max,
+    };
+    let period = |seconds: i32| Duration::from_secs(seconds.max(0) as u64);
+    let policies: Vec<Policy> = given
+        .and_then(|r| r.policies.as_ref())
+        .map(|policies| {
+            policies
+                .iter()
+                .filter_map(|p| match p.type_.as_str() {
+                    "Pods" => Some(Policy::Pods { value: p.value, period: period(p.period_seconds) }),
+                    "Percent" => Some(Policy::Percent { value: p.value, period: period(p.period_seconds) }),
+                    _ => None,
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    let policies = match (policies.is_empty(), up) {
+        (false, _) => policies,
+        (true, true) => {
+            vec![Policy::Pods { value: 4, period: period(15) }, Policy::Percent { value: 100, period: period(15) }]
+        }
+        (true, false) => vec![Policy::Percent { value: 100, period: period(15) }],
+    };
+    Rules { select, policies }
 }
 
 /// One metric's outcome, for status and events.
@@ -103,33 +136,6 @@ fn set_conditions(
     }
     out.sort_by(|a, b| a.type_.cmp(&b.type_));
     out
-}
-
-/// A v1 autoscaler as the v2 one it converts to.
-fn v1_to_v2(hpa: &autoscaling1::HorizontalPodAutoscaler) -> autoscaling2::HorizontalPodAutoscaler {
-    let spec = hpa.spec.clone().unwrap_or_default();
-    let target = spec.target_cpu_utilization_percentage.unwrap_or(80);
-    autoscaling2::HorizontalPodAutoscaler {
-        metadata: hpa.metadata.clone(),
-        spec: Some(autoscaling2::HorizontalPodAutoscalerSpec {
-            scale_target_ref: autoscaling2::CrossVersionObjectReference {
-                api_version: spec.scale_target_ref.api_version.clone(),
-                kind: spec.scale_target_ref.kind.clone(),
-                name: spec.scale_target_ref.name.clone(),
-            },
-            min_replicas: spec.min_replicas,
-            max_replicas: spec.max_replicas,
-            metrics: Some(vec![cpu_utilization(target)]),
-            behavior: None,
-        }),
-        status: hpa.status.as_ref().map(|s| autoscaling2::HorizontalPodAutoscalerStatus {
-            current_replicas: Some(s.current_replicas),
-            desired_replicas: s.desired_replicas,
-            last_scale_time: s.last_scale_time.clone(),
-            observed_generation: s.observed_generation,
-            ..Default::default()
-        }),
-    }
 }
 
 /// kube-apiserver's default metric for a v2 autoscaler without any: cpu at 80%.
@@ -186,41 +192,31 @@ fn pod_state(pod: &Pod, resource: &str) -> PodState {
 
 impl PodAutoscaler {
     pub fn new(client: Client, pods: Arc<Informer<Pod>>, recorder: Recorder, settings: Settings) -> Arc<PodAutoscaler> {
-        let v2 = Informer::new(client.clone());
-        let v1 = Informer::new(client.clone());
+        let autoscalers = Informer::new(client.clone());
         let queue = WorkQueue::new();
         let this = Arc::new(PodAutoscaler {
             client,
-            v2,
-            v1,
+            autoscalers,
             pods,
             recorder,
             queue,
             settings,
             recommendations: Mutex::new(HashMap::new()),
+            scale_events: Mutex::new(HashMap::new()),
         });
         let weak = Arc::downgrade(&this);
-        this.v2.on_change(move |old, new| {
+        this.autoscalers.on_change(move |old, new| {
             let Some(this) = weak.upgrade() else { return };
             if let Some(hpa) = new.or(old) {
-                this.queue.add(HpaKey { v1: false, key: ObjectKey::of(hpa.as_ref()) });
-            }
-        });
-        let weak = Arc::downgrade(&this);
-        this.v1.on_change(move |old, new| {
-            let Some(this) = weak.upgrade() else { return };
-            if let Some(hpa) = new.or(old) {
-                this.queue.add(HpaKey { v1: true, key: ObjectKey::of(hpa.as_ref()) });
+                this.queue.add(ObjectKey::of(hpa.as_ref()));
             }
         });
         this
     }
 
     pub async fn run(self: Arc<Self>, workers: usize) {
-        let _v2 = keel_runtime::AbortOnDrop::spawn(self.v2.clone().run());
-        let _v1 = keel_runtime::AbortOnDrop::spawn(self.v1.clone().run());
-        self.v2.wait_synced().await;
-        self.v1.wait_synced().await;
+        let _autoscalers = keel_runtime::AbortOnDrop::spawn(self.autoscalers.clone().run());
+        self.autoscalers.wait_synced().await;
         self.pods.wait_synced().await;
         let this = self.clone();
         keel_runtime::run_workers(self.queue.clone(), workers, "HorizontalPodAutoscaler", move |key| {
@@ -230,15 +226,9 @@ impl PodAutoscaler {
         .await;
     }
 
-    #[tracing::instrument(level = "debug", skip(self), fields(hpa = %key.key.name, namespace = %key.key.namespace))]
-    async fn reconcile(&self, key: HpaKey) -> Result<Action> {
-        let (hpa, v1) = if key.v1 {
-            let Some(hpa) = self.v1.get(&key.key) else { return Ok(self.forget(&key)) };
-            (v1_to_v2(&hpa), Some(hpa))
-        } else {
-            let Some(hpa) = self.v2.get(&key.key) else { return Ok(self.forget(&key)) };
-            (hpa.as_ref().clone(), None)
-        };
+    #[tracing::instrument(level = "debug", skip(self), fields(hpa = %key.name, namespace = %key.namespace))]
+    async fn reconcile(&self, key: ObjectKey) -> Result<Action> {
+        let Some(hpa) = self.autoscalers.get(&key) else { return Ok(self.forget(&key)) };
         if hpa.metadata.deletion_timestamp.is_some() {
             return Ok(Action::Done);
         }
@@ -250,21 +240,17 @@ impl PodAutoscaler {
                 return Err(e);
             }
         };
-        self.write_status(&hpa, v1.as_deref(), status).await?;
+        self.write_status(&hpa, status).await?;
         Ok(Action::RequeueAfter(self.settings.sync_period))
     }
 
-    fn forget(&self, key: &HpaKey) -> Action {
-        // Recommendations are keyed by uid; an autoscaler gone for good takes its own along
-        // at the next pass over the map.
-        let live: Vec<String> = self
-            .v2
-            .list()
-            .iter()
-            .filter_map(|h| h.metadata.uid.clone())
-            .chain(self.v1.list().iter().filter_map(|h| h.metadata.uid.clone()))
-            .collect();
+    fn forget(&self, key: &ObjectKey) -> Action {
+        // Recommendations and rescales are keyed by uid; an autoscaler gone for good takes
+        // its own along at the next pass over the maps.
+        let live: std::collections::HashSet<String> =
+            self.autoscalers.list().iter().filter_map(|h| h.metadata.uid.clone()).collect();
         self.recommendations.lock().retain(|uid, _| live.contains(uid));
+        self.scale_events.lock().retain(|uid, _| live.contains(uid));
         tracing::trace!(?key, "autoscaler gone");
         Action::Done
     }
@@ -312,6 +298,7 @@ impl PodAutoscaler {
         let selector = scale.pointer("/status/selector").and_then(Value::as_str).unwrap_or("").to_string();
         let min = spec.min_replicas.unwrap_or(1);
         let max = spec.max_replicas;
+        let mut stabilized_from = None;
         let mut conditions = vec![condition(
             "AbleToScale",
             true,
@@ -330,6 +317,14 @@ impl PodAutoscaler {
             status.desired_replicas = 0;
             status.current_metrics = None;
             (0, String::new())
+        } else if current > max || current < min {
+            // Outside the bounds: back inside them first, whatever the metrics say (kube).
+            let (desired, reason) = if current > max {
+                (max, "Current number of replicas above Spec.MaxReplicas")
+            } else {
+                (min, "Current number of replicas below Spec.MinReplicas")
+            };
+            (desired, reason.to_string())
         } else {
             let measured = self.measure(hpa, &spec, &namespace, &selector, current, &reference).await;
             let (proposal, reason) = match measured {
@@ -356,7 +351,10 @@ impl PodAutoscaler {
                 }
             };
             let stabilized = self.stabilize(hpa, current, proposal, &spec);
-            let (desired, limited) = replica_calculator::bounded(current, stabilized, min, max);
+            if stabilized != proposal {
+                stabilized_from = Some(proposal);
+            }
+            let (desired, limited) = self.bound(hpa, &spec, current, stabilized, min);
             conditions.push(match limited {
                 Some((why, message)) => condition("ScalingLimited", true, why, message),
                 None => condition(
@@ -391,6 +389,7 @@ impl PodAutoscaler {
                 .await;
             match written {
                 Ok(_) => {
+                    self.record_rescale(hpa, current, desired);
                     let message = format!("New size: {desired}; reason: {reason}");
                     tracing::info!(target = %target_name, from = current, to = desired, %reason, "rescaled");
                     self.recorder.record(reference, EventType::Normal, "SuccessfulRescale", message.clone());
@@ -410,12 +409,21 @@ impl PodAutoscaler {
                 }
             }
         } else {
-            conditions.push(condition(
-                "AbleToScale",
-                true,
-                "ReadyForNewScale",
-                "recommended size matches current size",
-            ));
+            conditions.push(match stabilized_from {
+                Some(proposal) if proposal < current => condition(
+                    "AbleToScale",
+                    true,
+                    "ScaleDownStabilized",
+                    "recent recommendations were higher than current one, applying the highest recent recommendation",
+                ),
+                Some(_) => condition(
+                    "AbleToScale",
+                    true,
+                    "ScaleUpStabilized",
+                    "recent recommendations were lower than current one, applying the lowest recent recommendation",
+                ),
+                None => condition("AbleToScale", true, "ReadyForNewScale", "recommended size matches current size"),
+            });
         }
         // Later entries of one type win (the rescale outcome over the scale read).
         let mut by_type: BTreeMap<String, autoscaling2::HorizontalPodAutoscalerCondition> = BTreeMap::new();
@@ -618,38 +626,65 @@ impl PodAutoscaler {
     async fn write_status(
         &self,
         hpa: &autoscaling2::HorizontalPodAutoscaler,
-        v1: Option<&autoscaling1::HorizontalPodAutoscaler>,
         status: autoscaling2::HorizontalPodAutoscalerStatus,
     ) -> Result<()> {
+        if hpa.status.as_ref() == Some(&status) {
+            return Ok(());
+        }
         let namespace = hpa.metadata.namespace.as_deref();
         let name = hpa.metadata.name.as_deref().unwrap_or("");
-        match v1 {
-            None => {
-                if hpa.status.as_ref() == Some(&status) {
-                    return Ok(());
-                }
-                let updated = autoscaling2::HorizontalPodAutoscaler { status: Some(status), ..hpa.clone() };
-                self.client.replace_status(namespace, name, &updated).await?;
-            }
-            Some(v1) => {
-                let cpu = status.current_metrics.iter().flatten().find_map(|m| {
-                    m.resource.as_ref().filter(|r| r.name == "cpu").and_then(|r| r.current.average_utilization)
-                });
-                let v1_status = autoscaling1::HorizontalPodAutoscalerStatus {
-                    current_cpu_utilization_percentage: cpu,
-                    current_replicas: status.current_replicas.unwrap_or(0),
-                    desired_replicas: status.desired_replicas,
-                    last_scale_time: status.last_scale_time,
-                    observed_generation: status.observed_generation,
-                };
-                if v1.status.as_ref() == Some(&v1_status) {
-                    return Ok(());
-                }
-                let updated = autoscaling1::HorizontalPodAutoscaler { status: Some(v1_status), ..v1.clone() };
-                self.client.replace_status(namespace, name, &updated).await?;
-            }
-        }
+        let updated = autoscaling2::HorizontalPodAutoscaler { status: Some(status), ..hpa.clone() };
+        self.client.replace_status(namespace, name, &updated).await?;
         Ok(())
+    }
+
+    /// The bounds on a stabilized recommendation: `behavior`'s rate policies against this
+    /// autoscaler's recent rescales, or kube's fixed rate without a `behavior`.
+    fn bound(
+        &self,
+        hpa: &autoscaling2::HorizontalPodAutoscaler,
+        spec: &autoscaling2::HorizontalPodAutoscalerSpec,
+        current: i32,
+        desired: i32,
+        min: i32,
+    ) -> (i32, Option<(&'static str, &'static str)>) {
+        let Some(behavior) = &spec.behavior else {
+            return replica_calculator::bounded(current, desired, min, spec.max_replicas);
+        };
+        let up = rules(behavior.scale_up.as_ref(), true);
+        let down = rules(behavior.scale_down.as_ref(), false);
+        let uid = hpa.metadata.uid.clone().unwrap_or_default();
+        let now = Instant::now();
+        let mut all = self.scale_events.lock();
+        let events = all.entry(uid).or_default();
+        // Rescales older than every period limit nothing any more.
+        let keep = up.longest_period().max(down.longest_period());
+        events.up.retain(|e| now.saturating_duration_since(e.at) <= keep);
+        events.down.retain(|e| now.saturating_duration_since(e.at) <= keep);
+        let limits = replica_calculator::Behavior {
+            up: &up,
+            down: &down,
+            up_events: &events.up,
+            down_events: &events.down,
+            now,
+        };
+        replica_calculator::bounded_with_behavior(current, desired, min, spec.max_replicas, &limits)
+    }
+
+    /// Remembers a rescale for the rate policies (kube's `storeScaleEvent`).
+    fn record_rescale(&self, hpa: &autoscaling2::HorizontalPodAutoscaler, from: i32, to: i32) {
+        if hpa.spec.as_ref().is_none_or(|s| s.behavior.is_none()) {
+            return;
+        }
+        let uid = hpa.metadata.uid.clone().unwrap_or_default();
+        let mut all = self.scale_events.lock();
+        let events = all.entry(uid).or_default();
+        let event = ScaleEvent { at: Instant::now(), change: (to - from).abs() };
+        if to > from {
+            events.up.push(event);
+        } else {
+            events.down.push(event);
+        }
     }
 }
 

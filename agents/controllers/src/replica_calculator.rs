@@ -12,6 +12,8 @@
 /// kube-controller-manager's `--horizontal-pod-autoscaler-tolerance`.
 pub const TOLERANCE: f64 = 0.1;
 
+use std::time::{Duration, Instant};
+
 /// How a pod counts, as kube's `groupPods` sorts them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PodState {
@@ -162,6 +164,143 @@ pub fn bounded(current: i32, desired: i32, min: i32, max: i32) -> (i32, Option<(
     }
 }
 
+/// One rate policy of `behavior`: at most `value` pods, or `value` percent, per `period`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Policy {
+    Pods { value: i32, period: Duration },
+    Percent { value: i32, period: Duration },
+}
+
+impl Policy {
+    fn period(&self) -> Duration {
+        match self {
+            Policy::Pods { period, .. } | Policy::Percent { period, .. } => *period,
+        }
+    }
+}
+
+/// `selectPolicy`: which policy's limit wins when several apply.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Select {
+    /// The policy allowing the biggest change (kube's default).
+    Max,
+    /// The policy allowing the smallest change.
+    Min,
+    /// No scaling in this direction at all.
+    Disabled,
+}
+
+/// `behavior.scaleUp` or `behavior.scaleDown` with kube's defaults filled in.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rules {
+    pub select: Select,
+    pub policies: Vec<Policy>,
+}
+
+impl Rules {
+    /// The longest period of any policy: how long scale events are worth keeping.
+    pub fn longest_period(&self) -> Duration {
+        self.policies.iter().map(Policy::period).max().unwrap_or_default()
+    }
+}
+
+/// A rescale the controller made, remembered for the rate policies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ScaleEvent {
+    pub at: Instant,
+    /// Replicas added (in the scale-up list) or removed (in the scale-down list).
+    pub change: i32,
+}
+
+fn changed_within(period: Duration, events: &[ScaleEvent], now: Instant) -> i32 {
+    events.iter().filter(|e| now.saturating_duration_since(e.at) <= period).map(|e| e.change).sum()
+}
+
+/// kube's `calculateScaleUpLimitWithScalingRules`: the most replicas the policies allow now,
+/// measured from the replicas at the start of each policy's period.
+pub fn scale_up_limit(current: i32, up: &[ScaleEvent], down: &[ScaleEvent], rules: &Rules, now: Instant) -> i32 {
+    let pick: fn(i32, i32) -> i32 = match rules.select {
+        Select::Disabled => return current,
+        Select::Min => i32::min,
+        Select::Max => i32::max,
+    };
+    let mut limit = if rules.select == Select::Min { i32::MAX } else { i32::MIN };
+    for policy in &rules.policies {
+        let start = current - changed_within(policy.period(), up, now) + changed_within(policy.period(), down, now);
+        let proposed = match *policy {
+            Policy::Pods { value, .. } => start + value,
+            // Rounded up so that a small target can always grow by at least one.
+            Policy::Percent { value, .. } => (f64::from(start) * (1.0 + f64::from(value) / 100.0)).ceil() as i32,
+        };
+        limit = pick(limit, proposed);
+    }
+    limit
+}
+
+/// kube's `calculateScaleDownLimitWithBehaviors`: the fewest replicas the policies allow now.
+pub fn scale_down_limit(current: i32, up: &[ScaleEvent], down: &[ScaleEvent], rules: &Rules, now: Instant) -> i32 {
+    // For a scale-down the smallest change is the highest count, hence the swapped picks.
+    let pick: fn(i32, i32) -> i32 = match rules.select {
+        Select::Disabled => return current,
+        Select::Min => i32::max,
+        Select::Max => i32::min,
+    };
+    let mut limit = if rules.select == Select::Min { i32::MIN } else { i32::MAX };
+    for policy in &rules.policies {
+        let start = current - changed_within(policy.period(), up, now) + changed_within(policy.period(), down, now);
+        let proposed = match *policy {
+            Policy::Pods { value, .. } => start - value,
+            Policy::Percent { value, .. } => (f64::from(start) * (1.0 - f64::from(value) / 100.0)) as i32,
+        };
+        limit = pick(limit, proposed);
+    }
+    limit
+}
+
+/// What the bounds make of a desired count when the autoscaler has a `behavior`: kube's
+/// `convertDesiredReplicasWithBehaviorRate`. The rate policies replace the fixed
+/// max(2 × current, 4) of [`bounded`].
+pub struct Behavior<'a> {
+    pub up: &'a Rules,
+    pub down: &'a Rules,
+    pub up_events: &'a [ScaleEvent],
+    pub down_events: &'a [ScaleEvent],
+    pub now: Instant,
+}
+
+pub fn bounded_with_behavior(
+    current: i32,
+    desired: i32,
+    min: i32,
+    max: i32,
+    behavior: &Behavior<'_>,
+) -> (i32, Option<(&'static str, &'static str)>) {
+    if desired > current {
+        let limit =
+            scale_up_limit(current, behavior.up_events, behavior.down_events, behavior.up, behavior.now).max(current);
+        let (ceiling, why) = if max > limit {
+            (limit, ("ScaleUpLimit", "the desired replica count is increasing faster than the maximum scale rate"))
+        } else {
+            (max, ("TooManyReplicas", "the desired replica count is more than the maximum replica count"))
+        };
+        if desired > ceiling {
+            return (ceiling, Some(why));
+        }
+    } else if desired < current {
+        let limit = scale_down_limit(current, behavior.up_events, behavior.down_events, behavior.down, behavior.now)
+            .min(current);
+        let (floor, why) = if min < limit {
+            (limit, ("ScaleDownLimit", "the desired replica count is decreasing faster than the maximum scale rate"))
+        } else {
+            (min, ("TooFewReplicas", "the desired replica count is less than the minimum replica count"))
+        };
+        if desired < floor {
+            return (floor, Some(why));
+        }
+    }
+    (desired, None)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -277,6 +416,188 @@ mod tests {
         for (current, desired, min, max, want, reason) in cases {
             let (got, why) = bounded(current, desired, min, max);
             assert_eq!((got, why.map(|w| w.0)), (want, reason), "{current} → {desired} in [{min}, {max}]");
+        }
+    }
+
+    fn secs(n: u64) -> Duration {
+        Duration::from_secs(n)
+    }
+
+    /// kube's defaults: scale up by 4 pods or 100% per 15 s (the larger), down by 100%.
+    fn default_up() -> Rules {
+        Rules {
+            select: Select::Max,
+            policies: vec![
+                Policy::Pods { value: 4, period: secs(15) },
+                Policy::Percent { value: 100, period: secs(15) },
+            ],
+        }
+    }
+
+    fn default_down() -> Rules {
+        Rules { select: Select::Max, policies: vec![Policy::Percent { value: 100, period: secs(15) }] }
+    }
+
+    #[test]
+    fn rate_policies_limit_each_period() {
+        let now = Instant::now() + secs(3600);
+        let ago = |s: u64| now - secs(s);
+        let slow_up = Rules { select: Select::Max, policies: vec![Policy::Pods { value: 1, period: secs(60) }] };
+        let both_up = Rules {
+            select: Select::Min,
+            policies: vec![
+                Policy::Pods { value: 5, period: secs(60) },
+                Policy::Percent { value: 50, period: secs(60) },
+            ],
+        };
+        let gentle_down = Rules {
+            select: Select::Max,
+            policies: vec![
+                Policy::Percent { value: 10, period: secs(60) },
+                Policy::Pods { value: 2, period: secs(60) },
+            ],
+        };
+        let disabled = Rules { select: Select::Disabled, policies: default_down().policies };
+        // (what, current, desired, min, max, up rules, down rules, up events, down events, replicas, reason)
+        type Case = (
+            &'static str,
+            i32,
+            i32,
+            i32,
+            i32,
+            Rules,
+            Rules,
+            Vec<ScaleEvent>,
+            Vec<ScaleEvent>,
+            i32,
+            Option<&'static str>,
+        );
+        let cases: Vec<Case> = vec![
+            (
+                "defaults: up by max(4 pods, 100%)",
+                3,
+                20,
+                1,
+                50,
+                default_up(),
+                default_down(),
+                vec![],
+                vec![],
+                7,
+                Some("ScaleUpLimit"),
+            ),
+            (
+                "defaults: 100% of 10 beats 4 pods",
+                10,
+                50,
+                1,
+                50,
+                default_up(),
+                default_down(),
+                vec![],
+                vec![],
+                20,
+                Some("ScaleUpLimit"),
+            ),
+            (
+                "max bounds before the rate",
+                3,
+                20,
+                1,
+                5,
+                default_up(),
+                default_down(),
+                vec![],
+                vec![],
+                5,
+                Some("TooManyReplicas"),
+            ),
+            ("one pod a minute", 3, 9, 1, 50, slow_up.clone(), default_down(), vec![], vec![], 4, Some("ScaleUpLimit")),
+            (
+                "the minute's pod already added",
+                4,
+                9,
+                1,
+                50,
+                slow_up.clone(),
+                default_down(),
+                vec![ScaleEvent { at: ago(30), change: 1 }],
+                vec![],
+                4,
+                Some("ScaleUpLimit"),
+            ),
+            (
+                "an addition older than the period does not count",
+                4,
+                9,
+                1,
+                50,
+                slow_up,
+                default_down(),
+                vec![ScaleEvent { at: ago(90), change: 1 }],
+                vec![],
+                5,
+                Some("ScaleUpLimit"),
+            ),
+            (
+                "Min picks the smaller: 50% of 4 < 5 pods",
+                4,
+                20,
+                1,
+                50,
+                both_up,
+                default_down(),
+                vec![],
+                vec![],
+                6,
+                Some("ScaleUpLimit"),
+            ),
+            ("within the rate", 4, 6, 1, 50, default_up(), default_down(), vec![], vec![], 6, None),
+            (
+                "down: 2 pods beat 10% of 10",
+                10,
+                1,
+                1,
+                50,
+                default_up(),
+                gentle_down.clone(),
+                vec![],
+                vec![],
+                8,
+                Some("ScaleDownLimit"),
+            ),
+            (
+                "down: removals in the period count",
+                8,
+                1,
+                1,
+                50,
+                default_up(),
+                gentle_down,
+                vec![],
+                vec![ScaleEvent { at: ago(20), change: 2 }],
+                8,
+                Some("ScaleDownLimit"),
+            ),
+            (
+                "down: default 100% leaves min",
+                10,
+                0,
+                2,
+                50,
+                default_up(),
+                default_down(),
+                vec![],
+                vec![],
+                2,
+                Some("TooFewReplicas"),
+            ),
+            ("down disabled", 10, 3, 1, 50, default_up(), disabled, vec![], vec![], 10, Some("ScaleDownLimit")),
+        ];
+        for (what, current, desired, min, max, up, down, up_events, down_events, want, reason) in cases {
+            let behavior = Behavior { up: &up, down: &down, up_events: &up_events, down_events: &down_events, now };
+            let (got, why) = bounded_with_behavior(current, desired, min, max, &behavior);
+            assert_eq!((got, why.map(|w| w.0)), (want, reason), "{what}: {current} → {desired} in [{min}, {max}]");
         }
     }
 }
