@@ -829,6 +829,99 @@ async fn resource_quota_refuses_what_goes_over_and_reports_usage() {
     .await;
 }
 
+fn typed<T: serde::de::DeserializeOwned>(value: serde_json::Value) -> T {
+    serde_json::from_value(value).expect("a valid manifest")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn limit_ranges_default_and_bound_and_scoped_quotas_count_only_their_pods() {
+    use k8s_openapi::api::core::v1::{LimitRange, Namespace};
+    let plane = ControlPlane::start().await;
+    plane.client.create(None, &typed::<Namespace>(json!({"metadata": {"name": "limited"}}))).await.expect("namespace");
+    let ns = Some("limited");
+    let limits: LimitRange = typed(json!({
+        "metadata": {"name": "limits"},
+        "spec": {"limits": [
+            {"type": "Container", "max": {"cpu": "1"}, "default": {"cpu": "500m", "memory": "256Mi"}, "defaultRequest": {"cpu": "100m"}},
+            {"type": "PersistentVolumeClaim", "min": {"storage": "1Gi"}},
+        ]},
+    }));
+    let created = plane.client.create(ns, &limits).await.expect("create limit range");
+    let container = &created.spec.as_ref().unwrap().limits[0];
+    assert_eq!(container.default_request.as_ref().unwrap()["memory"].0, "256Mi", "defaulted from the default limit");
+
+    // A pod asking for nothing gets the defaults, and the annotation says which.
+    let pod = |name: &str, spec: serde_json::Value| -> Pod {
+        let mut spec = spec;
+        spec["containers"][0]["name"] = json!("c");
+        spec["containers"][0]["image"] = json!("busybox");
+        typed(json!({"metadata": {"name": name}, "spec": spec}))
+    };
+    let bare = plane.client.create(ns, &pod("bare", json!({"containers": [{}]}))).await.expect("create bare pod");
+    let resources = bare.spec.unwrap().containers[0].resources.clone().unwrap();
+    assert_eq!(resources.requests.unwrap()["cpu"].0, "100m");
+    assert_eq!(resources.limits.unwrap()["memory"].0, "256Mi");
+    assert_eq!(
+        bare.metadata.annotations.unwrap()["kubernetes.io/limit-ranger"],
+        "LimitRanger plugin set: cpu, memory request for container c; cpu, memory limit for container c"
+    );
+    // Over the maximum: refused with kube's words, nothing written.
+    let big = pod("big", json!({"containers": [{"resources": {"limits": {"cpu": "2"}}}]}));
+    let error = plane.client.create(ns, &big).await.unwrap_err().to_string();
+    assert!(error.contains("maximum cpu usage per Container is 1, but limit is 2"), "{error}");
+    assert!(plane.client.get::<Pod>(ns, "big").await.is_err());
+    let claim: PersistentVolumeClaim = typed(json!({
+        "metadata": {"name": "tiny"},
+        "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "100Mi"}}},
+    }));
+    let error = plane.client.create(ns, &claim).await.unwrap_err().to_string();
+    assert!(error.contains("minimum storage usage per PersistentVolumeClaim is 1Gi, but request is 100Mi"), "{error}");
+    let contradictory: LimitRange = typed(json!({
+        "metadata": {"name": "contradictory"},
+        "spec": {"limits": [{"type": "Container", "min": {"cpu": "2"}, "max": {"cpu": "1"}}]},
+    }));
+    let error = plane.client.create(ns, &contradictory).await.unwrap_err().to_string();
+    assert!(error.contains("min value 2 is greater than max value 1"), "{error}");
+
+    // Scoped quotas in a namespace of their own: each counts only the pods its scopes match.
+    plane.client.create(None, &typed::<Namespace>(json!({"metadata": {"name": "scoped"}}))).await.expect("namespace");
+    let ns = Some("scoped");
+    for (name, spec) in [
+        ("best-effort", json!({"hard": {"pods": "1"}, "scopes": ["BestEffort"]})),
+        ("terminating", json!({"hard": {"pods": "1", "requests.cpu": "1"}, "scopes": ["Terminating"]})),
+    ] {
+        let quota: ResourceQuota = typed(json!({"metadata": {"name": name}, "spec": spec}));
+        plane.client.create(ns, &quota).await.expect("create scoped quota");
+    }
+    let invalid: ResourceQuota = typed(
+        json!({"metadata": {"name": "invalid"}, "spec": {"hard": {"requests.cpu": "1"}, "scopes": ["BestEffort"]}}),
+    );
+    let error = plane.client.create(ns, &invalid).await.unwrap_err().to_string();
+    assert!(error.contains("unsupported scope applied to resource"), "{error}");
+    let requests = json!({"resources": {"requests": {"cpu": "100m"}}});
+    plane.client.create(ns, &pod("idle-1", json!({"containers": [{}]}))).await.expect("first best-effort pod");
+    let error = plane.client.create(ns, &pod("idle-2", json!({"containers": [{}]}))).await.unwrap_err().to_string();
+    assert!(error.contains("exceeded quota: best-effort"), "{error}");
+    // Neither quota's scopes match a long-running pod with a request: no quota applies.
+    for name in ["server-1", "server-2"] {
+        plane.client.create(ns, &pod(name, json!({"containers": [requests.clone()]}))).await.expect("unscoped pod");
+    }
+    let job = json!({"activeDeadlineSeconds": 60, "containers": [requests.clone()]});
+    plane.client.create(ns, &pod("job-1", job.clone())).await.expect("first terminating pod");
+    let error = plane.client.create(ns, &pod("job-2", job)).await.unwrap_err().to_string();
+    assert!(error.contains("exceeded quota: terminating"), "{error}");
+    eventually(WAIT, "each quota's status counts its own pods", || async {
+        let used = |quota: ResourceQuota| quota.status.and_then(|s| s.used).unwrap_or_default();
+        let best_effort = used(plane.client.get(ns, "best-effort").await.ok()?);
+        let terminating = used(plane.client.get(ns, "terminating").await.ok()?);
+        (best_effort.get("pods")?.0 == "1"
+            && terminating.get("pods")?.0 == "1"
+            && terminating.get("requests.cpu")?.0 == "100m")
+            .then_some(())
+    })
+    .await;
+}
+
 /// The plane's API over HTTP on a loopback port chosen at run time, for what only shows on
 /// the wire: the eviction subresource's status codes, bodies and headers.
 struct Wire {

@@ -51,7 +51,7 @@ pub struct Chain {
 
 impl Chain {
     /// The default chain: NamespaceLifecycle, ServiceAccount, Priority,
-    /// DefaultTolerationSeconds, DefaultStorageClass, defaulting, ResourceQuota.
+    /// DefaultTolerationSeconds, DefaultStorageClass, defaulting, LimitRanger, ResourceQuota.
     pub fn standard(storage: SharedStorage, registry: std::sync::Arc<crate::registry::Registry>) -> Chain {
         Chain {
             plugins: vec![
@@ -61,6 +61,7 @@ impl Chain {
                 Box::new(DefaultTolerationSeconds),
                 Box::new(DefaultStorageClass { storage: storage.clone() }),
                 Box::new(Defaulting),
+                Box::new(crate::limitrange::LimitRanger { storage: storage.clone() }),
                 Box::new(ResourceQuota { storage, registry }),
             ],
         }
@@ -442,6 +443,7 @@ impl ResourceQuota {
         a: &Attributes<'_>,
         namespace: &str,
         item: &crate::storage::Stored,
+        object: &Value,
         adds: &crate::quota::Usage,
         is_pod: bool,
     ) -> Result<bool> {
@@ -452,6 +454,10 @@ impl ResourceQuota {
         };
         let mut quota: Value = serde_json::from_slice(&item.value)
             .map_err(|e| ApiError::internal(format!("{} is not JSON: {e}", item.key)))?;
+        let scopes = crate::quota::Scopes::of(&quota);
+        if !scopes.matches(a.resource, object) {
+            return Ok(true);
+        }
         let quota_name = crate::object::name(&quota).to_string();
         let hard = crate::quota::hard(&quota);
         // A quota on pod compute resources needs every pod to say what it asks for.
@@ -475,7 +481,7 @@ impl ResourceQuota {
         let used = if touched.iter().all(|k| recorded.contains_key(k)) {
             recorded
         } else {
-            crate::quota::usage(&self.storage, &self.registry.all(), namespace, &touched).await?
+            crate::quota::usage(&self.storage, &self.registry.all(), namespace, &touched, &scopes).await?
         };
         let over: Vec<&String> = touched.iter().filter(|k| used[*k] + adds[*k] > hard[*k]).collect();
         if !over.is_empty() {
@@ -537,7 +543,7 @@ impl Plugin for ResourceQuota {
                 let quotas = self.storage.list(&prefix, &end, 0, 0, Consistency::Linearizable).await?;
                 let mut all_charged = true;
                 for item in &quotas.items {
-                    if !self.charge(a, namespace, item, &adds, is_pod).await? {
+                    if !self.charge(a, namespace, item, object, &adds, is_pod).await? {
                         all_charged = false;
                         break;
                     }

@@ -35,6 +35,12 @@ fn default_container(container: &mut Value) {
         set_if_absent(container, "/imagePullPolicy", json!(image_pull_policy(&image)));
     }
     set_if_absent(container, "/terminationMessagePath", json!("/dev/termination-log"));
+    // kube: a resource limited but not requested is requested at its limit.
+    if let Some(limits) = container.pointer("/resources/limits").and_then(Value::as_object).cloned() {
+        for (resource, amount) in limits {
+            set_if_absent(container, &format!("/resources/requests/{resource}"), amount);
+        }
+    }
     set_if_absent(container, "/terminationMessagePolicy", json!("File"));
     if let Some(ports) = container.get_mut("ports").and_then(Value::as_array_mut) {
         for port in ports {
@@ -174,7 +180,22 @@ pub fn apply(kind: &str, group: &str, object: &mut Value) {
             set_if_absent(object, "/volumeBindingMode", json!("Immediate"));
         }
         ("autoscaling", "HorizontalPodAutoscaler") => autoscaler(object),
+        ("", "LimitRange") => limit_range(object),
         _ => {}
+    }
+}
+
+/// kube's `SetDefaults_LimitRangeItem`: a Container item's default limit is its max, and its
+/// default request its default limit, else its min.
+fn limit_range(object: &mut Value) {
+    let Some(items) = object.pointer_mut("/spec/limits").and_then(Value::as_array_mut) else { return };
+    for item in items.iter_mut().filter(|i| i.get("type").and_then(Value::as_str) == Some("Container")) {
+        for (from, to) in [("max", "default"), ("default", "defaultRequest"), ("min", "defaultRequest")] {
+            let Some(source) = item.get(from).and_then(Value::as_object).cloned() else { continue };
+            for (resource, amount) in source {
+                set_if_absent(item, &format!("/{to}/{resource}"), amount);
+            }
+        }
     }
 }
 
@@ -264,5 +285,26 @@ mod tests {
         apply("HorizontalPodAutoscaler", "autoscaling", &mut plain);
         assert_eq!(plain["spec"]["metrics"], json!([{"type": "Pods"}]), "given metrics are kept");
         assert!(plain["spec"].get("behavior").is_none(), "no behavior is made up");
+    }
+
+    #[test]
+    fn limit_range_and_container_resource_defaults() {
+        let mut range = json!({"spec": {"limits": [
+            {"type": "Container", "max": {"cpu": "2"}, "min": {"memory": "64Mi"}, "default": {"memory": "1Gi"}},
+            {"type": "Pod", "max": {"cpu": "4"}},
+        ]}});
+        apply("LimitRange", "", &mut range);
+        let container = &range["spec"]["limits"][0];
+        assert_eq!(container["default"], json!({"cpu": "2", "memory": "1Gi"}));
+        assert_eq!(
+            container["defaultRequest"],
+            json!({"cpu": "2", "memory": "1Gi"}),
+            "from the default before the min"
+        );
+        assert!(range["spec"]["limits"][1].get("default").is_none(), "Pod items get no defaults");
+
+        let mut pod = json!({"spec": {"containers": [{"name": "a", "image": "x", "resources": {"limits": {"cpu": "1"}, "requests": {"memory": "1Gi"}}}]}});
+        apply("Pod", "", &mut pod);
+        assert_eq!(pod["spec"]["containers"][0]["resources"]["requests"], json!({"cpu": "1", "memory": "1Gi"}));
     }
 }

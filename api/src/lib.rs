@@ -15,6 +15,7 @@ pub mod eviction;
 pub mod fanout;
 pub mod grpc;
 pub mod jwt;
+pub mod limitrange;
 pub mod metrics;
 pub mod object;
 pub mod openapi;

@@ -308,7 +308,12 @@ fn kind_causes(rt: &ResourceType, o: &Value) -> Vec<FieldCause> {
         _ => causes.push(FieldCause::required(field)),
     };
     match (rt.group.as_str(), rt.kind.as_str()) {
-        ("", "Pod") => containers("/spec/containers", "spec.containers"),
+        ("", "Pod") => {
+            containers("/spec/containers", "spec.containers");
+            causes.extend(request_over_limit_causes(o));
+        }
+        ("", "LimitRange") => causes.extend(crate::limitrange::validation_causes(o)),
+        ("", "ResourceQuota") => causes.extend(crate::quota::scope_causes(o)),
         ("", "PodTemplate") => containers("/template/spec/containers", "template.spec.containers"),
         ("apps", "Deployment" | "ReplicaSet" | "StatefulSet" | "DaemonSet") => {
             containers("/spec/template/spec/containers", "spec.template.spec.containers");
@@ -378,6 +383,35 @@ fn kind_causes(rt: &ResourceType, o: &Value) -> Vec<FieldCause> {
             }
         }
         _ => {}
+    }
+    causes
+}
+
+/// kube's `ValidateResourceRequirements`: no container requests more than its limit.
+fn request_over_limit_causes(pod: &Value) -> Vec<FieldCause> {
+    let mut causes = Vec::new();
+    for field in ["containers", "initContainers"] {
+        for (i, container) in
+            pod.pointer(&format!("/spec/{field}")).and_then(Value::as_array).into_iter().flatten().enumerate()
+        {
+            let requests = container.pointer("/resources/requests").and_then(Value::as_object);
+            let limits = container.pointer("/resources/limits").and_then(Value::as_object);
+            for (resource, request) in requests.into_iter().flatten() {
+                let limit = limits.and_then(|l| l.get(resource)).and_then(Value::as_str);
+                let (Some(request), Some(limit)) = (request.as_str(), limit) else { continue };
+                let amount = |q: &str| keel_scheduler_framework::quantity::parse_nanos(q).ok();
+                if let (Some(r), Some(l)) = (amount(request), amount(limit))
+                    && r > l
+                {
+                    causes.push(FieldCause::invalid(
+                        format!("spec.{field}[{i}].resources.requests"),
+                        format!(
+                            "Invalid value: {request:?}: must be less than or equal to {resource} limit of {limit}"
+                        ),
+                    ));
+                }
+            }
+        }
     }
     causes
 }

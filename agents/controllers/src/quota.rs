@@ -41,7 +41,10 @@ impl QuotaController {
         let hard = quota.spec.as_ref().and_then(|s| s.hard.clone()).unwrap_or_default();
         let names: Vec<String> = hard.keys().cloned().collect();
         let types = self.client.api.registry.all();
-        let used = keel_api::quota::usage(&self.client.api.storage, &types, &key.namespace, &names).await?;
+        let scopes = serde_json::to_value(quota)
+            .map(|q| keel_api::quota::Scopes::of(&q))
+            .map_err(|e| keel_api::error::ApiError::internal(format!("quota {key} as JSON: {e}")))?;
+        let used = keel_api::quota::usage(&self.client.api.storage, &types, &key.namespace, &names, &scopes).await?;
         let used: BTreeMap<String, Quantity> =
             used.iter().map(|(k, v)| (k.clone(), Quantity(keel_api::quota::format(k, *v)))).collect();
         let status = ResourceQuotaStatus { hard: Some(hard), used: Some(used) };
