@@ -14,6 +14,9 @@
 //! starting it, as the kubelet does; no binding slot is held for the length of a
 //! provisioning. The price: if the PersistentVolume controller cannot provision, the pod
 //! stays on its node with an unbound claim, where kube would have tried it elsewhere.
+//!
+//! Preemption respects PodDisruptionBudgets, read from their informer's cache when a pod
+//! preempts (as kube lists them then).
 
 use std::cmp::Ordering;
 use std::collections::{BinaryHeap, HashMap, HashSet};
@@ -22,6 +25,7 @@ use std::sync::atomic::{AtomicU64, Ordering as AtomicOrdering};
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::{Node, PersistentVolume, PersistentVolumeClaim, Pod};
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::api::storage::v1::StorageClass;
 use keel_api::patch::PatchType;
 use keel_runtime::events::{EventType, reference_to};
@@ -158,6 +162,8 @@ impl Scheduler {
                 let _ = tx.send(Change::Class(old.cloned(), new.cloned()));
             });
         }
+        // Read only when a pod preempts; a budget changing makes no pending pod fit.
+        let pdbs = Informer::<PodDisruptionBudget>::new(self.client.clone());
         let node_task = tokio::spawn(nodes.clone().run());
         let pod_task = tokio::spawn(pods.clone().run());
         let _volume_tasks = [
@@ -165,11 +171,13 @@ impl Scheduler {
             keel_runtime::AbortOnDrop::spawn(volumes.clone().run()),
             keel_runtime::AbortOnDrop::spawn(classes.clone().run()),
         ];
+        let _budget_task = keel_runtime::AbortOnDrop::spawn(pdbs.clone().run());
         nodes.wait_synced().await;
         pods.wait_synced().await;
         claims.wait_synced().await;
         volumes.wait_synced().await;
         classes.wait_synced().await;
+        pdbs.wait_synced().await;
         tracing::info!(scheduler = %self.name, nodes = nodes.len(), pods = pods.len(), "scheduler caches synced");
 
         let mut state = State::default();
@@ -257,7 +265,7 @@ impl Scheduler {
                 }
                 Err(failure) => {
                     self.metrics.unschedulable.fetch_add(1, AtomicOrdering::Relaxed);
-                    self.unschedulable(&mut state, &queued.key, &pod, failure).await;
+                    self.unschedulable(&mut state, &queued.key, &pod, failure, &pdbs).await;
                 }
             }
         }
@@ -346,7 +354,14 @@ impl Scheduler {
         Ok((chosen.name().to_string(), framework::volume_bindings(&cycle, chosen.node())))
     }
 
-    async fn unschedulable(&self, state: &mut State, key: &ObjectKey, pod: &Arc<Pod>, failure: Unschedulable) {
+    async fn unschedulable(
+        &self,
+        state: &mut State,
+        key: &ObjectKey,
+        pod: &Arc<Pod>,
+        failure: Unschedulable,
+        pdbs: &Informer<PodDisruptionBudget>,
+    ) {
         // Preemption: a node where evicting lower-priority pods makes room.
         let mut message = failure.message.clone();
         if let Some(preempt) = failure.preempt {
@@ -355,13 +370,14 @@ impl Scheduler {
                 Err(note) => diagnosis.preemption_not_eligible(note),
                 Ok(()) => {
                     let enough = framework::preemption_candidates_to_find(state.snapshot.len());
+                    let budgets = framework::DisruptionBudgets::new(&pdbs.list());
                     let mut found = Vec::new();
                     for index in candidates {
                         let Some(node) = state.snapshot.node(index) else { continue };
-                        match framework::select_victims(pod, &cycle, node) {
+                        match framework::select_victims(pod, &cycle, node, &budgets) {
                             Ok(victims) => {
                                 found.push((index, victims));
-                                if found.len() >= enough {
+                                if framework::enough_preemption_candidates(&found, enough) {
                                     break;
                                 }
                             }

@@ -29,12 +29,15 @@
 //! ```
 //!
 //! When no node fits, record each [`Failure`] in a [`Diagnosis`]; for every node whose
-//! failure was `resolvable`, try preemption (unless `eligible_to_preempt` says no):
+//! failure was `resolvable`, try preemption (unless `eligible_to_preempt` says no), with
+//! every PodDisruptionBudget of the cluster:
 //!
 //! ```text
 //! eligible_to_preempt(&Pod) -> Result<(), &'static str>
 //! preemption_candidates_to_find(total: usize) -> usize
-//! select_victims(&Pod, &CycleState, &NodeInfo) -> Result<Victims, Failure>
+//! DisruptionBudgets::new(&[Arc<PodDisruptionBudget>]) -> DisruptionBudgets  // once per attempt
+//! select_victims(&Pod, &CycleState, &NodeInfo, &DisruptionBudgets) -> Result<Victims, Failure>
+//! enough_preemption_candidates(&[(usize, Victims)], wanted: usize) -> bool  // stop the dry run
 //! pick_preemption_node(&[(usize, Victims)]) -> Option<usize>
 //! Diagnosis::new(total); record(&Failure); record_prefilter(&Failure);
 //!   record_preemption(&Failure); preemption_not_eligible(msg);
@@ -73,15 +76,15 @@
 //! * VolumeBinding without CSI storage capacity, without narrowing the nodes from bound
 //!   volumes' affinity in PreFilter, and without waiting in PreBind for the claims to be
 //!   bound; VolumeRestrictions, VolumeZone and NodeVolumeLimits are not implemented.
-//! * Not implemented: DRA, ImageLocality, PodDisruptionBudgets in
-//!   preemption, nominated pods, the default (Service-derived) topology spread
-//!   constraints, pod-level resources and in-place resize.
+//! * Not implemented: DRA, ImageLocality, nominated pods, the default (Service-derived)
+//!   topology spread constraints, pod-level resources and in-place resize.
 
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
 mod affinity;
 mod cycle;
 mod daemon;
+mod disruption;
 mod filters;
 mod message;
 mod nodeinfo;
@@ -101,12 +104,13 @@ pub mod volume;
 pub use affinity::PodAffinityTerms;
 pub use cycle::{CycleState, nodes_to_evaluate, prefilter};
 pub use daemon::{DaemonPlacement, daemon_placement};
+pub use disruption::DisruptionBudgets;
 pub use filters::filter;
 pub use message::{Diagnosis, failure_message, preemption_message};
 pub use nodeinfo::{BIND_ALL_IP, HostPort, NodeInfo, PodInfo, UsedPorts, host_ports, pod_priority};
 pub use preemption::{
-    NOT_ELIGIBLE_NEVER, Victims, eligible_to_preempt, pick_preemption_node, preemption_candidates_to_find,
-    select_victims,
+    NOT_ELIGIBLE_NEVER, Victims, eligible_to_preempt, enough_preemption_candidates, pick_preemption_node,
+    preemption_candidates_to_find, select_victims,
 };
 pub use resources::{
     DEFAULT_MEMORY_REQUEST, DEFAULT_MILLI_CPU_REQUEST, Resources, is_scalar_resource_name, pod_non_zero_requests,
