@@ -14,6 +14,8 @@
 //! Snapshot::add_pod_to(&mut self, node: usize, Arc<Pod>) -> bool // assume; replaces same ns/name
 //! Snapshot::remove_pod(&mut self, &Pod) -> bool                   // ns/name (+uid)
 //! Snapshot::set_namespace_labels(&mut self, ns: &str, Labels)     // only for namespaceSelector
+//! Snapshot::upsert_spread_source(&mut self, SpreadSource)         // Services, RCs, RSs, StatefulSets
+//! Snapshot::remove_spread_source(&mut self, &SpreadSource)
 //! Snapshot::nodes(&self) -> &[NodeInfo]; node(i); index_of(name); len()
 //! ```
 //!
@@ -27,6 +29,10 @@
 //! filter(&Pod, &CycleState, &NodeInfo) -> Result<(), Failure>     // per node, cheap
 //! score_nodes(&Pod, &CycleState, &Snapshot, candidates: &[usize]) -> Vec<(usize, i64)>
 //! ```
+//!
+//! `SpreadSource::from(&Service | &ReplicationController | &ReplicaSet | &StatefulSet)`
+//! keeps only the selector; PodTopologySpread derives from them the default constraints of
+//! pods that declare none.
 //!
 //! When no node fits, record each [`Failure`] in a [`Diagnosis`]; for every node whose
 //! failure was `resolvable`, try preemption (unless `eligible_to_preempt` says no), with
@@ -76,14 +82,15 @@
 //! * VolumeBinding without CSI storage capacity, without narrowing the nodes from bound
 //!   volumes' affinity in PreFilter, and without waiting in PreBind for the claims to be
 //!   bound; VolumeRestrictions, VolumeZone and NodeVolumeLimits are not implemented.
-//! * Not implemented: DRA, ImageLocality, nominated pods, the default (Service-derived)
-//!   topology spread constraints, pod-level resources and in-place resize.
+//! * Not implemented: DRA, ImageLocality, nominated pods, pod-level resources and in-place
+//!   resize.
 
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
 mod affinity;
 mod cycle;
 mod daemon;
+mod default_selector;
 mod disruption;
 mod filters;
 mod message;
@@ -104,6 +111,7 @@ pub mod volume;
 pub use affinity::PodAffinityTerms;
 pub use cycle::{CycleState, nodes_to_evaluate, prefilter};
 pub use daemon::{DaemonPlacement, daemon_placement};
+pub use default_selector::SpreadSource;
 pub use disruption::DisruptionBudgets;
 pub use filters::filter;
 pub use message::{Diagnosis, failure_message, preemption_message};
