@@ -14,6 +14,11 @@
 //! starting it, as the kubelet does; no binding slot is held for the length of a
 //! provisioning. The price: if the PersistentVolume controller cannot provision, the pod
 //! stays on its node with an unbound claim, where kube would have tried it elsewhere.
+//!
+//! Preemption respects PodDisruptionBudgets, read from their informer's cache when a pod
+//! preempts (as kube lists them then). The selectors of Services, ReplicationControllers,
+//! ReplicaSets and StatefulSets go into the snapshot, from which PodTopologySpread derives
+//! the default constraints of pods that declare none.
 
 use std::cmp::Ordering;
 use std::collections::{BinaryHeap, HashMap, HashSet};
@@ -21,7 +26,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering as AtomicOrdering};
 use std::time::{Duration, Instant};
 
-use k8s_openapi::api::core::v1::{Node, PersistentVolume, PersistentVolumeClaim, Pod};
+use k8s_openapi::api::apps::v1::{ReplicaSet, StatefulSet};
+use k8s_openapi::api::core::v1::{Node, PersistentVolume, PersistentVolumeClaim, Pod, ReplicationController, Service};
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::api::storage::v1::StorageClass;
 use keel_api::patch::PatchType;
 use keel_runtime::events::{EventType, reference_to};
@@ -53,6 +60,8 @@ enum Change {
     Claim(Option<Arc<PersistentVolumeClaim>>, Option<Arc<PersistentVolumeClaim>>),
     Volume(Option<Arc<PersistentVolume>>, Option<Arc<PersistentVolume>>),
     Class(Option<Arc<StorageClass>>, Option<Arc<StorageClass>>),
+    /// A Service's or controller's selector: the new one, or the old one when it is gone.
+    SpreadSource(Option<framework::SpreadSource>, Option<framework::SpreadSource>),
     /// The pod, the error, and the claims and volumes as they were before the loop assumed
     /// its volume bindings.
     BindFailed(Arc<Pod>, String, Vec<Assumed>),
@@ -158,6 +167,37 @@ impl Scheduler {
                 let _ = tx.send(Change::Class(old.cloned(), new.cloned()));
             });
         }
+        // What PodTopologySpread's default constraints select.
+        let services = Informer::<Service>::new(self.client.clone());
+        let replication_controllers = Informer::<ReplicationController>::new(self.client.clone());
+        let replica_sets = Informer::<ReplicaSet>::new(self.client.clone());
+        let stateful_sets = Informer::<StatefulSet>::new(self.client.clone());
+        {
+            let tx = tx.clone();
+            services.on_change(move |old, new| {
+                let _ = tx.send(spread_source_change(old, new));
+            });
+        }
+        {
+            let tx = tx.clone();
+            replication_controllers.on_change(move |old, new| {
+                let _ = tx.send(spread_source_change(old, new));
+            });
+        }
+        {
+            let tx = tx.clone();
+            replica_sets.on_change(move |old, new| {
+                let _ = tx.send(spread_source_change(old, new));
+            });
+        }
+        {
+            let tx = tx.clone();
+            stateful_sets.on_change(move |old, new| {
+                let _ = tx.send(spread_source_change(old, new));
+            });
+        }
+        // Read only when a pod preempts; a budget changing makes no pending pod fit.
+        let pdbs = Informer::<PodDisruptionBudget>::new(self.client.clone());
         let node_task = tokio::spawn(nodes.clone().run());
         let pod_task = tokio::spawn(pods.clone().run());
         let _volume_tasks = [
@@ -165,11 +205,23 @@ impl Scheduler {
             keel_runtime::AbortOnDrop::spawn(volumes.clone().run()),
             keel_runtime::AbortOnDrop::spawn(classes.clone().run()),
         ];
+        let _spread_and_budget_tasks = [
+            keel_runtime::AbortOnDrop::spawn(services.clone().run()),
+            keel_runtime::AbortOnDrop::spawn(replication_controllers.clone().run()),
+            keel_runtime::AbortOnDrop::spawn(replica_sets.clone().run()),
+            keel_runtime::AbortOnDrop::spawn(stateful_sets.clone().run()),
+            keel_runtime::AbortOnDrop::spawn(pdbs.clone().run()),
+        ];
         nodes.wait_synced().await;
         pods.wait_synced().await;
         claims.wait_synced().await;
         volumes.wait_synced().await;
         classes.wait_synced().await;
+        services.wait_synced().await;
+        replication_controllers.wait_synced().await;
+        replica_sets.wait_synced().await;
+        stateful_sets.wait_synced().await;
+        pdbs.wait_synced().await;
         tracing::info!(scheduler = %self.name, nodes = nodes.len(), pods = pods.len(), "scheduler caches synced");
 
         let mut state = State::default();
@@ -257,7 +309,7 @@ impl Scheduler {
                 }
                 Err(failure) => {
                     self.metrics.unschedulable.fetch_add(1, AtomicOrdering::Relaxed);
-                    self.unschedulable(&mut state, &queued.key, &pod, failure).await;
+                    self.unschedulable(&mut state, &queued.key, &pod, failure, &pdbs).await;
                 }
             }
         }
@@ -346,7 +398,14 @@ impl Scheduler {
         Ok((chosen.name().to_string(), framework::volume_bindings(&cycle, chosen.node())))
     }
 
-    async fn unschedulable(&self, state: &mut State, key: &ObjectKey, pod: &Arc<Pod>, failure: Unschedulable) {
+    async fn unschedulable(
+        &self,
+        state: &mut State,
+        key: &ObjectKey,
+        pod: &Arc<Pod>,
+        failure: Unschedulable,
+        pdbs: &Informer<PodDisruptionBudget>,
+    ) {
         // Preemption: a node where evicting lower-priority pods makes room.
         let mut message = failure.message.clone();
         if let Some(preempt) = failure.preempt {
@@ -355,13 +414,14 @@ impl Scheduler {
                 Err(note) => diagnosis.preemption_not_eligible(note),
                 Ok(()) => {
                     let enough = framework::preemption_candidates_to_find(state.snapshot.len());
+                    let budgets = framework::DisruptionBudgets::new(&pdbs.list());
                     let mut found = Vec::new();
                     for index in candidates {
                         let Some(node) = state.snapshot.node(index) else { continue };
-                        match framework::select_victims(pod, &cycle, node) {
+                        match framework::select_victims(pod, &cycle, node, &budgets) {
                             Ok(victims) => {
                                 found.push((index, victims));
-                                if found.len() >= enough {
+                                if framework::enough_preemption_candidates(&found, enough) {
                                     break;
                                 }
                             }
@@ -603,6 +663,15 @@ impl State {
                 }
                 true
             }
+            Change::SpreadSource(old, new) => {
+                match (old, new) {
+                    (_, Some(source)) => self.snapshot.upsert_spread_source(source),
+                    (Some(source), None) => self.snapshot.remove_spread_source(&source),
+                    (None, None) => {}
+                }
+                // Selectors only move scores: no pod that fitted nowhere fits now.
+                false
+            }
             Change::BindFailed(pod, error, assumed) => {
                 let key = ObjectKey::of(pod.as_ref());
                 tracing::debug!(pod = %key, error, "binding failed; retrying");
@@ -698,6 +767,18 @@ impl State {
                 self.enqueue(key, pod);
             }
         }
+    }
+}
+
+/// What an informer of Services or controllers tells the loop: the new selector, or on
+/// deletion the old object's (only its kind, namespace and name are used then).
+fn spread_source_change<K>(old: Option<&Arc<K>>, new: Option<&Arc<K>>) -> Change
+where
+    for<'a> framework::SpreadSource: From<&'a K>,
+{
+    match new {
+        Some(new) => Change::SpreadSource(None, Some(framework::SpreadSource::from(&**new))),
+        None => Change::SpreadSource(old.map(|old| framework::SpreadSource::from(&**old)), None),
     }
 }
 

@@ -14,6 +14,8 @@
 //! Snapshot::add_pod_to(&mut self, node: usize, Arc<Pod>) -> bool // assume; replaces same ns/name
 //! Snapshot::remove_pod(&mut self, &Pod) -> bool                   // ns/name (+uid)
 //! Snapshot::set_namespace_labels(&mut self, ns: &str, Labels)     // only for namespaceSelector
+//! Snapshot::upsert_spread_source(&mut self, SpreadSource)         // Services, RCs, RSs, StatefulSets
+//! Snapshot::remove_spread_source(&mut self, &SpreadSource)
 //! Snapshot::nodes(&self) -> &[NodeInfo]; node(i); index_of(name); len()
 //! ```
 //!
@@ -28,13 +30,20 @@
 //! score_nodes(&Pod, &CycleState, &Snapshot, candidates: &[usize]) -> Vec<(usize, i64)>
 //! ```
 //!
+//! `SpreadSource::from(&Service | &ReplicationController | &ReplicaSet | &StatefulSet)`
+//! keeps only the selector; PodTopologySpread derives from them the default constraints of
+//! pods that declare none.
+//!
 //! When no node fits, record each [`Failure`] in a [`Diagnosis`]; for every node whose
-//! failure was `resolvable`, try preemption (unless `eligible_to_preempt` says no):
+//! failure was `resolvable`, try preemption (unless `eligible_to_preempt` says no), with
+//! every PodDisruptionBudget of the cluster:
 //!
 //! ```text
 //! eligible_to_preempt(&Pod) -> Result<(), &'static str>
 //! preemption_candidates_to_find(total: usize) -> usize
-//! select_victims(&Pod, &CycleState, &NodeInfo) -> Result<Victims, Failure>
+//! DisruptionBudgets::new(&[Arc<PodDisruptionBudget>]) -> DisruptionBudgets  // once per attempt
+//! select_victims(&Pod, &CycleState, &NodeInfo, &DisruptionBudgets) -> Result<Victims, Failure>
+//! enough_preemption_candidates(&[(usize, Victims)], wanted: usize) -> bool  // stop the dry run
 //! pick_preemption_node(&[(usize, Victims)]) -> Option<usize>
 //! Diagnosis::new(total); record(&Failure); record_prefilter(&Failure);
 //!   record_preemption(&Failure); preemption_not_eligible(msg);
@@ -73,15 +82,16 @@
 //! * VolumeBinding without CSI storage capacity, without narrowing the nodes from bound
 //!   volumes' affinity in PreFilter, and without waiting in PreBind for the claims to be
 //!   bound; VolumeRestrictions, VolumeZone and NodeVolumeLimits are not implemented.
-//! * Not implemented: DRA, ImageLocality, PodDisruptionBudgets in
-//!   preemption, nominated pods, the default (Service-derived) topology spread
-//!   constraints, pod-level resources and in-place resize.
+//! * Not implemented: DRA, ImageLocality, nominated pods, pod-level resources and in-place
+//!   resize.
 
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
 mod affinity;
 mod cycle;
 mod daemon;
+mod default_selector;
+mod disruption;
 mod filters;
 mod message;
 mod nodeinfo;
@@ -101,12 +111,14 @@ pub mod volume;
 pub use affinity::PodAffinityTerms;
 pub use cycle::{CycleState, nodes_to_evaluate, prefilter};
 pub use daemon::{DaemonPlacement, daemon_placement};
+pub use default_selector::SpreadSource;
+pub use disruption::DisruptionBudgets;
 pub use filters::filter;
 pub use message::{Diagnosis, failure_message, preemption_message};
 pub use nodeinfo::{BIND_ALL_IP, HostPort, NodeInfo, PodInfo, UsedPorts, host_ports, pod_priority};
 pub use preemption::{
-    NOT_ELIGIBLE_NEVER, Victims, eligible_to_preempt, pick_preemption_node, preemption_candidates_to_find,
-    select_victims,
+    NOT_ELIGIBLE_NEVER, Victims, eligible_to_preempt, enough_preemption_candidates, pick_preemption_node,
+    preemption_candidates_to_find, select_victims,
 };
 pub use resources::{
     DEFAULT_MEMORY_REQUEST, DEFAULT_MILLI_CPU_REQUEST, Resources, is_scalar_resource_name, pod_non_zero_requests,

@@ -2,8 +2,10 @@
 //! (`SelectVictimsOnNode`), and which candidate node to preempt on
 //! (`pickOneNodeForPreemption`).
 //!
-//! PodDisruptionBudgets are not considered (every victim counts as not violating one), and
-//! nominated pods are not added back before filtering: the snapshot has neither.
+//! PodDisruptionBudgets are respected as kube respects them: victims whose eviction would
+//! take a budget below zero are the first to be spared, a node's count of those it still
+//! has to evict is its first criterion in the choice, and none is ever refused for it.
+//! Nominated pods are not added back before filtering: the snapshot has none.
 
 use std::cmp::Reverse;
 use std::sync::Arc;
@@ -12,6 +14,7 @@ use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
 use super::cycle::CycleState;
+use super::disruption::DisruptionBudgets;
 use super::filters::filter;
 use super::nodeinfo::{NodeInfo, PodInfo, pod_priority};
 use super::status::{Failure, Reason};
@@ -25,6 +28,8 @@ pub const NOT_ELIGIBLE_NEVER: &str = "not eligible due to preemptionPolicy=Never
 #[derive(Debug, Clone, Default)]
 pub struct Victims {
     pub pods: Vec<Arc<Pod>>,
+    /// How many of them take a PodDisruptionBudget below zero (`NumPDBViolations`).
+    pub pdb_violations: usize,
 }
 
 impl Victims {
@@ -73,10 +78,17 @@ pub fn preemption_candidates_to_find(total: usize) -> usize {
 }
 
 /// `SelectVictimsOnNode`: takes every pod of lower priority off a copy of the node, checks
-/// the pod then passes all filters, and puts back as many of them as still let it pass,
-/// highest priority (then earliest started) first. Call it only for nodes whose filter
-/// failure was resolvable. The error is what the node reports in the preemption message.
-pub fn select_victims(pod: &Pod, state: &CycleState, node: &NodeInfo) -> Result<Victims, Failure> {
+/// the pod then passes all filters, and puts back as many of them as still let it pass:
+/// first those whose eviction would violate a budget, then the others, each group highest
+/// priority (then earliest started) first. Call it only for nodes whose filter failure was
+/// resolvable; pass the same budgets for every node of one attempt. The error is what the
+/// node reports in the preemption message.
+pub fn select_victims(
+    pod: &Pod,
+    state: &CycleState,
+    node: &NodeInfo,
+    budgets: &DisruptionBudgets,
+) -> Result<Victims, Failure> {
     let priority = state.priority();
     let mut potential: Vec<PodInfo> = node.pod_infos().iter().filter(|p| p.priority < priority).cloned().collect();
     if potential.is_empty() {
@@ -92,30 +104,49 @@ pub fn select_victims(pod: &Pod, state: &CycleState, node: &NodeInfo) -> Result<
     // Kube does not try to keep victims the pod has affinity to: it just fails here.
     filter(pod, &state, &node)?;
 
+    // Sorted before the split, so that the budgets are spent on the most important pods
+    // and the violations fall on the least important.
     potential.sort_by_key(|p| (Reverse(p.priority), start_time(&p.pod)));
+    let (violating, fine) = budgets.split_violating(potential);
+    let both = !violating.is_empty() && !fine.is_empty();
     let mut victims = Vec::new();
-    for victim in potential {
+    let mut reprieve = |victim: PodInfo| {
         state.update(pod, &victim, &node_object, 1);
         let pod_ref = victim.pod.clone();
         node.add_pod_info(victim.clone());
-        if filter(pod, &state, &node).is_err() {
-            node.take_pod(&pod_ref);
-            state.update(pod, &victim, &node_object, -1);
-            victims.push(pod_ref);
+        if filter(pod, &state, &node).is_ok() {
+            return true;
+        }
+        node.take_pod(&pod_ref);
+        state.update(pod, &victim, &node_object, -1);
+        victims.push(pod_ref);
+        false
+    };
+    let mut pdb_violations = 0;
+    for victim in violating {
+        if !reprieve(victim) {
+            pdb_violations += 1;
         }
     }
-    Ok(Victims { pods: victims })
+    for victim in fine {
+        reprieve(victim);
+    }
+    if both {
+        victims.sort_by_key(|p| (Reverse(pod_priority(p)), start_time(p)));
+    }
+    Ok(Victims { pods: victims, pdb_violations })
 }
 
 /// `pickOneNodeForPreemption` over `(node index, victims)`: a node needing no eviction
-/// wins outright; then the lowest highest victim priority, the lowest sum of priorities,
-/// the fewest victims, the latest start among the highest-priority victims, and finally
-/// the first candidate.
+/// wins outright; then the fewest PodDisruptionBudget violations, the lowest highest victim
+/// priority, the lowest sum of priorities, the fewest victims, the latest start among the
+/// highest-priority victims, and finally the first candidate.
 pub fn pick_preemption_node(candidates: &[(usize, Victims)]) -> Option<usize> {
     if let Some((n, _)) = candidates.iter().find(|(_, v)| v.pods.is_empty()) {
         return Some(*n);
     }
     let mut best: Vec<&(usize, Victims)> = candidates.iter().collect();
+    narrow(&mut best, |v| i64::try_from(v.pdb_violations).unwrap_or(i64::MAX));
     narrow(&mut best, |v| v.highest_priority().map_or(i64::MIN, i64::from));
     narrow(&mut best, Victims::priority_sum);
     narrow(&mut best, |v| i64::try_from(v.pods.len()).unwrap_or(i64::MAX));
@@ -125,6 +156,13 @@ pub fn pick_preemption_node(candidates: &[(usize, Victims)]) -> Option<usize> {
         best.retain(|(_, v)| v.earliest_start_of_highest() == latest);
     }
     best.first().map(|(n, _)| *n)
+}
+
+/// Whether the dry run has seen enough candidates (kube's `DryRunPreemption` stops at
+/// `wanted`, from [`preemption_candidates_to_find`], but only once one of them violates
+/// no budget: otherwise it looks on for one that does not).
+pub fn enough_preemption_candidates(found: &[(usize, Victims)], wanted: usize) -> bool {
+    found.len() >= wanted && found.iter().any(|(_, v)| v.pdb_violations == 0)
 }
 
 /// Keeps the candidates with the minimal key.
@@ -139,7 +177,8 @@ mod tests {
     use super::*;
     use crate::cycle::prefilter;
     use crate::snapshot::Snapshot;
-    use crate::testutil::{PodExt, labeled_node, node, pod, snapshot_of};
+    use crate::testutil::{PodExt, labeled_node, node, pdb, pod, snapshot_of};
+    use k8s_openapi::api::policy::v1::PodDisruptionBudget;
     use serde_json::json;
 
     /// Victim names, or the node's failure message.
@@ -157,7 +196,9 @@ mod tests {
 
     fn victims_on(p: &Pod, snap: &Snapshot) -> Result<Vec<String>, String> {
         let state = prefilter(p, snap).unwrap();
-        select_victims(p, &state, &snap.nodes()[0]).map(|v| names(&v)).map_err(|f| f.message())
+        select_victims(p, &state, &snap.nodes()[0], &DisruptionBudgets::default())
+            .map(|v| names(&v))
+            .map_err(|f| f.message())
     }
 
     #[test]
@@ -224,7 +265,7 @@ mod tests {
         let p = pod("p", json!({"containers": []})).labeled(json!({"app": "web"})).with_priority(10);
         let state = prefilter(&p, &snap).unwrap();
         assert!(filter(&p, &state, &snap.nodes()[0]).is_err());
-        let v = select_victims(&p, &state, &snap.nodes()[0]).unwrap();
+        let v = select_victims(&p, &state, &snap.nodes()[0], &DisruptionBudgets::default()).unwrap();
         assert_eq!(names(&v), vec!["hater"]);
     }
 
@@ -236,7 +277,7 @@ mod tests {
         );
         let p = cpu_pod("p", "2", 10);
         let state = prefilter(&p, &snap).unwrap();
-        select_victims(&p, &state, &snap.nodes()[0]).unwrap();
+        select_victims(&p, &state, &snap.nodes()[0], &DisruptionBudgets::default()).unwrap();
         assert_eq!(snap.nodes()[0].pod_count(), 2);
         assert_eq!(snap.nodes()[0].requested().milli_cpu, 2000);
     }
@@ -253,13 +294,84 @@ mod tests {
     }
 
     #[test]
+    fn select_victims_with_budgets_table() {
+        let web = |name: &str, prio: i32| cpu_pod(name, "1", prio).labeled(json!({"app": "web"}));
+        let existing = || vec![web("a", 10), web("b", 20), cpu_pod("c", "1", 30), cpu_pod("d", "1", 40)];
+        let app_web = json!({"matchLabels": {"app": "web"}});
+        // (name, preemptor cpu, budgets, expected victims, expected violations)
+        type Case = (&'static str, &'static str, Vec<Arc<PodDisruptionBudget>>, Vec<&'static str>, usize);
+        let table: Vec<Case> = vec![
+            // As in select_victims_table: the two lowest go.
+            ("no budgets", "2", vec![], vec!["b", "a"], 0),
+            // a and b would violate, so they are spared first; c and d go instead.
+            ("protected pods are spared first", "2", vec![pdb("default", app_web.clone(), 0, &[])], vec!["d", "c"], 0),
+            // b (more important) uses the one allowed disruption; a violates and is spared
+            // first, then d fits back: c and b go, without a violation.
+            (
+                "the budget covers the most important",
+                "2",
+                vec![pdb("default", app_web.clone(), 1, &[])],
+                vec!["c", "b"],
+                0,
+            ),
+            // Everything must go: both protected pods are counted.
+            (
+                "violations that cannot be avoided",
+                "4",
+                vec![pdb("default", app_web.clone(), 0, &[])],
+                vec!["d", "c", "b", "a"],
+                2,
+            ),
+            ("budgets of other namespaces", "2", vec![pdb("other", app_web.clone(), 0, &[])], vec!["b", "a"], 0),
+        ];
+        for (name, cpu, pdbs, expected, violations) in table {
+            let snap = snapshot_of(
+                vec![node("n", json!({"cpu": "4", "memory": "8Gi", "pods": "110"}))],
+                existing().into_iter().map(|e| ("n", e)).collect(),
+            );
+            let p = cpu_pod("p", cpu, 100);
+            let state = prefilter(&p, &snap).unwrap();
+            let v = select_victims(&p, &state, &snap.nodes()[0], &DisruptionBudgets::new(&pdbs)).unwrap();
+            assert_eq!(
+                (names(&v), v.pdb_violations),
+                (expected.iter().map(|s| s.to_string()).collect(), violations),
+                "{name}"
+            );
+        }
+    }
+
+    #[test]
+    fn enough_candidates_needs_one_without_violations() {
+        let v = |n: usize| Victims { pods: vec![Arc::new(cpu_pod("a", "1", 1))], pdb_violations: n };
+        assert!(!enough_preemption_candidates(&[(0, v(0))], 2));
+        assert!(enough_preemption_candidates(&[(0, v(1)), (1, v(0))], 2));
+        assert!(!enough_preemption_candidates(&[(0, v(1)), (1, v(2)), (2, v(1))], 2));
+        assert!(enough_preemption_candidates(&[(0, v(1)), (1, v(2)), (2, v(0))], 2));
+    }
+
+    #[test]
     fn pick_preemption_node_table() {
-        let v = |pods: Vec<Pod>| Victims { pods: pods.into_iter().map(Arc::new).collect() };
+        let v = |pods: Vec<Pod>| Victims { pods: pods.into_iter().map(Arc::new).collect(), pdb_violations: 0 };
+        let violating = |pods: Vec<Pod>, n: usize| Victims { pdb_violations: n, ..v(pods) };
         let p = |name: &str, prio: i32| cpu_pod(name, "1", prio);
         let at = |name: &str, prio: i32, t: &str| p(name, prio).with_status(json!({"startTime": t}));
         let table: Vec<(&str, Candidates, Option<usize>)> = vec![
             ("none", vec![], None),
             ("no victims wins", vec![(0, v(vec![p("a", 1)])), (1, v(vec![]))], Some(1)),
+            (
+                "fewest budget violations before everything else",
+                vec![
+                    (0, violating(vec![p("a", 1)], 1)),
+                    (1, violating(vec![p("b", 9), p("c", 9)], 2)),
+                    (2, v(vec![p("d", 9), p("e", 9)])),
+                ],
+                Some(2),
+            ),
+            (
+                "equal violations fall through to priority",
+                vec![(0, violating(vec![p("a", 5)], 1)), (1, violating(vec![p("b", 3)], 1))],
+                Some(1),
+            ),
             (
                 "lowest highest priority",
                 vec![(0, v(vec![p("a", 5), p("b", 1)])), (1, v(vec![p("c", 3), p("d", 3), p("e", 3)]))],

@@ -113,6 +113,22 @@ impl LabelSelector {
         Ok(LabelSelector::All(reqs))
     }
 
+    /// `labels.Set.AsSelector()`: every key equal to its value. An empty set selects
+    /// everything.
+    pub(crate) fn from_labels(labels: &Labels) -> Self {
+        LabelSelector::All(
+            labels.iter().map(|(k, v)| Requirement { key: k.clone(), op: Op::In, values: vec![v.clone()] }).collect(),
+        )
+    }
+
+    /// `Selector.Add(other.Requirements()...)`: also requires what `other` does. A selector
+    /// of nothing has no requirements to add, as in kube.
+    pub(crate) fn and(&mut self, other: &LabelSelector) {
+        if let (LabelSelector::All(reqs), LabelSelector::All(more)) = (self, other) {
+            reqs.extend(more.iter().cloned());
+        }
+    }
+
     /// Adds `key in (value)`; used to merge `matchLabelKeys` into a selector.
     pub(crate) fn require_equal(&mut self, key: &str, value: &str) {
         if let LabelSelector::All(reqs) = self {

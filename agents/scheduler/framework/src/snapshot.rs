@@ -19,8 +19,9 @@ use k8s_openapi::api::core::v1::{Node, PersistentVolume, PersistentVolumeClaim, 
 use k8s_openapi::api::storage::v1::StorageClass;
 
 use super::affinity::PodAffinityTerms;
+use super::default_selector::{SpreadSource, SpreadSources};
 use super::nodeinfo::{NodeInfo, PodInfo};
-use super::selector::{Labels, NO_LABELS, labels_of_node, labels_of_pod};
+use super::selector::{LabelSelector, Labels, NO_LABELS, labels_of_node, labels_of_pod};
 use super::volume::VolumeCache;
 
 pub(crate) fn namespace_of(pod: &Pod) -> &str {
@@ -137,6 +138,8 @@ pub struct Snapshot {
     topology: HashMap<String, Arc<TopologyIndex>>,
     /// PersistentVolumeClaims, PersistentVolumes and StorageClasses, for VolumeBinding.
     volumes: VolumeCache,
+    /// Selectors of Services and controllers, for PodTopologySpread's default constraints.
+    spread_sources: SpreadSources,
 }
 
 impl Snapshot {
@@ -318,6 +321,24 @@ impl Snapshot {
 
     pub fn remove_namespace(&mut self, namespace: &str) {
         self.namespaces.remove(namespace);
+    }
+
+    /// Adds or replaces a Service's, ReplicationController's, ReplicaSet's or StatefulSet's
+    /// selector (by kind, namespace and name): what PodTopologySpread spreads a pod without
+    /// constraints of its own against.
+    pub fn upsert_spread_source(&mut self, source: SpreadSource) {
+        self.spread_sources.upsert(source);
+    }
+
+    /// Forgets the object `source` was made from (only its kind, namespace and name count).
+    pub fn remove_spread_source(&mut self, source: &SpreadSource) {
+        self.spread_sources.remove(source);
+    }
+
+    /// kube's `DefaultSelector` for the pod; `None` when no Service or controller adds a
+    /// requirement.
+    pub(crate) fn default_spread_selector(&self, pod: &Pod) -> Option<LabelSelector> {
+        self.spread_sources.default_selector(pod)
     }
 
     /// Adds or replaces a claim (by namespace and name).

@@ -4,9 +4,10 @@
 //! PreScore) from the snapshot's pod groups; the filter then compares one domain's count
 //! with the global minimum.
 //!
-//! Not implemented: the cluster-level default constraints kube-scheduler derives from the
-//! Services and ReplicaSets selecting a pod without constraints of its own (the snapshot
-//! has no Services); such pods are spread by the resource scores only.
+//! A pod without constraints of its own is scored with kube's system defaults
+//! (`defaultingType: System`): `ScheduleAnyway` at maxSkew 3 by hostname and 5 by zone,
+//! against the pods its Services and controller select (see `default_selector`). They never
+//! filter, and unlike declared constraints they also score nodes lacking a topology key.
 
 use std::sync::Arc;
 
@@ -21,6 +22,7 @@ use super::taints;
 pub const PLUGIN: &str = "PodTopologySpread";
 
 const HOSTNAME: &str = "kubernetes.io/hostname";
+const ZONE: &str = "topology.kubernetes.io/zone";
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Constraint {
@@ -63,6 +65,33 @@ fn constraints(pod: &Pod, action: &str) -> selector::Result<Vec<Constraint>> {
         });
     }
     Ok(out)
+}
+
+/// kube's `systemDefaultConstraints`, all with the pod's default selector.
+fn system_default_constraints(selector: LabelSelector) -> Vec<Constraint> {
+    let constraint = |key: &str, max_skew| Constraint {
+        max_skew,
+        topology_key: key.to_owned(),
+        selector: selector.clone(),
+        min_domains: 1,
+        honor_node_affinity: true,
+        honor_taints: false,
+    };
+    vec![constraint(HOSTNAME, 3), constraint(ZONE, 5)]
+}
+
+/// What Score uses: the pod's own `ScheduleAnyway` constraints, or if it declares no
+/// constraint at all, the system defaults. The flag is kube's `requireAllTopologies`:
+/// whether a node must have every topology key to be scored, which holds only for
+/// declared constraints, so that nodes without a zone label are still spread by hostname.
+fn soft_constraints(pod: &Pod, snapshot: &Snapshot) -> Option<(Vec<Constraint>, bool)> {
+    let declared =
+        pod.spec.as_ref().and_then(|s| s.topology_spread_constraints.as_ref()).is_some_and(|c| !c.is_empty());
+    if declared {
+        let own = constraints(pod, "ScheduleAnyway").ok()?;
+        return (!own.is_empty()).then_some((own, true));
+    }
+    Some((system_default_constraints(snapshot.default_spread_selector(pod)?), false))
 }
 
 /// Per-node answers to the node inclusion policies, computed at most once per node.
@@ -305,36 +334,38 @@ pub(crate) fn score(
     snapshot: &Snapshot,
     candidates: &[usize],
 ) -> Option<Vec<i64>> {
-    let constraints = constraints(pod, "ScheduleAnyway").ok()?;
-    if constraints.is_empty() {
-        return None;
-    }
+    let (constraints, require_all) = soft_constraints(pod, snapshot)?;
     let nodes = snapshot.nodes();
     let domains = domains(&constraints, snapshot);
     let k = constraints.len();
     let hostname: Vec<bool> = constraints.iter().map(|c| c.topology_key == HOSTNAME).collect();
+    let value_of = |i: usize, node: usize| domains[i].as_ref().and_then(|d| d.of_node(node));
+    let has_all = |node: usize| (0..k).all(|i| value_of(i, node).is_some());
+    // kube keys domains by the node's label value, "" for a node without the key: when
+    // such nodes are scored at all they share one more domain, with any node whose value
+    // really is "". It counts towards the domain count (the weight) and nothing else.
+    let unlabelled: Vec<usize> =
+        domains.iter().map(|d| d.as_ref().map_or(0, |d| d.id("").unwrap_or(d.len()))).collect();
+    let domain_of = |i: usize, node: usize| value_of(i, node).unwrap_or(unlabelled[i]);
 
-    // Candidates without every topology key are not scored (requireAllTopologies, which
-    // holds for constraints the pod declares itself). Domains come from the candidates.
-    let mut ids = Vec::with_capacity(k);
-    let mut candidate_ids: Vec<Option<Vec<usize>>> = Vec::with_capacity(candidates.len());
+    // Candidates without every topology key are not scored when required. Domains come
+    // from the scored candidates.
+    let scored: Vec<bool> = candidates.iter().map(|&n| !require_all || has_all(n)).collect();
     let mut in_candidates: Vec<Vec<bool>> =
-        domains.iter().map(|d| vec![false; d.as_ref().map_or(0, |d| d.len())]).collect();
+        domains.iter().map(|d| vec![false; d.as_ref().map_or(0, |d| d.len()) + 1]).collect();
     let mut sizes = vec![0usize; k];
-    for &n in candidates {
-        if !node_domains(&domains, n, &mut ids) {
-            candidate_ids.push(None);
-            continue;
-        }
+    for (&n, _) in candidates.iter().zip(&scored).filter(|(_, s)| **s) {
         for i in 0..k {
             if hostname[i] {
                 sizes[i] += 1;
-            } else if !in_candidates[i][ids[i]] {
-                in_candidates[i][ids[i]] = true;
+                continue;
+            }
+            let id = domain_of(i, n);
+            if !in_candidates[i][id] {
+                in_candidates[i][id] = true;
                 sizes[i] += 1;
             }
         }
-        candidate_ids.push(Some(ids.clone()));
     }
     let weights: Vec<f64> = sizes.iter().map(|&size| ((size + 2) as f64).ln()).collect();
 
@@ -361,11 +392,12 @@ pub(crate) fn score(
                     counts[n] += i64::from(pods);
                     continue;
                 }
-                if !node_domains(&domains, n, &mut ids) || !in_candidates[i][ids[i]] {
+                if require_all && !has_all(n) {
                     continue;
                 }
-                if inclusion.includes(c, n, nodes[n].node()) {
-                    counts[i][ids[i]] += i64::from(pods);
+                let id = domain_of(i, n);
+                if in_candidates[i][id] && inclusion.includes(c, n, nodes[n].node()) {
+                    counts[i][id] += i64::from(pods);
                 }
             }
         }
@@ -373,12 +405,16 @@ pub(crate) fn score(
 
     let raw: Vec<Option<i64>> = candidates
         .iter()
-        .zip(&candidate_ids)
-        .map(|(&n, ids)| {
-            let ids = ids.as_ref()?;
+        .zip(&scored)
+        .map(|(&n, &scored)| {
+            if !scored {
+                return None;
+            }
             let mut total = 0.0;
             for (i, c) in constraints.iter().enumerate() {
-                let count = if hostname[i] { per_node[i].get(n).copied().unwrap_or(0) } else { counts[i][ids[i]] };
+                // Only the keys the node has add to its score.
+                let Some(id) = value_of(i, n) else { continue };
+                let count = if hostname[i] { per_node[i].get(n).copied().unwrap_or(0) } else { counts[i][id] };
                 // maxSkew - 1 waters down differences the constraint tolerates anyway.
                 total += count as f64 * weights[i] + (c.max_skew - 1) as f64;
             }
@@ -404,6 +440,7 @@ fn normalize(raw: &[Option<i64>]) -> Vec<i64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::default_selector::SpreadSource;
     use crate::testutil::{PodExt, labeled_node, labeled_pod, snapshot_of};
     use serde_json::json;
 
@@ -675,5 +712,121 @@ mod tests {
             let got = score(&pod, &RequiredNodeAffinity::of_pod(&pod), &snap, &candidates);
             assert_eq!(got, expected, "{name}");
         }
+    }
+
+    /// n1, n2 in zone a; n3 in zone b; n4 without a zone. All have a hostname.
+    fn zoned_nodes() -> Vec<Node> {
+        let zone = |z: &str| json!({"topology.kubernetes.io/zone": z});
+        vec![
+            labeled_node("n1", zone("a")),
+            labeled_node("n2", zone("a")),
+            labeled_node("n3", zone("b")),
+            labeled_node("n4", json!({})),
+        ]
+    }
+
+    fn service(selector: serde_json::Value) -> SpreadSource {
+        let s: k8s_openapi::api::core::v1::Service = serde_json::from_value(
+            json!({"metadata": {"name": "svc", "namespace": "default"}, "spec": {"selector": selector}}),
+        )
+        .unwrap();
+        SpreadSource::from(&s)
+    }
+
+    #[test]
+    fn default_constraints_score_table() {
+        let all = [0, 1, 2, 3];
+        let plain = |labels: serde_json::Value| labeled_pod("p", labels, json!({"containers": []}));
+        let mut owned = plain(json!({"app": "web"}));
+        owned.metadata.owner_references = Some(
+            serde_json::from_value(
+                json!([{"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": "rs", "uid": "1", "controller": true}]),
+            )
+            .unwrap(),
+        );
+        let rs: k8s_openapi::api::apps::v1::ReplicaSet = serde_json::from_value(json!({
+            "metadata": {"name": "rs", "namespace": "default"}, "spec": {"selector": {"matchLabels": {"app": "web"}}}}))
+        .unwrap();
+        let spread = vec![("n1", web("a")), ("n1", web("b")), ("n3", web("c"))];
+        // (name, sources, pod, existing, candidates, expected)
+        type Case = (&'static str, Vec<SpreadSource>, Pod, Vec<(&'static str, Pod)>, Vec<usize>, Option<Vec<i64>>);
+        let table: Vec<Case> = vec![
+            (
+                // Hostname: 4 scored nodes, weight ln(6); counts 2, 0, 1, 0; + maxSkew 3 - 1.
+                // Zone: domains a, b and the unlabelled n4, weight ln(5); counts a 2, b 1;
+                // + maxSkew 5 - 1; n4 has no zone and gets the hostname part only.
+                // Raw 12.8, 9.2, 9.4, 2 -> 13, 9, 9, 2 -> 100 * (15 - s) / 13.
+                "a Service's pods spread by hostname and zone",
+                vec![service(json!({"app": "web"}))],
+                plain(json!({"app": "web"})),
+                spread.clone(),
+                all.to_vec(),
+                Some(vec![15, 46, 46, 100]),
+            ),
+            (
+                "the controlling ReplicaSet's pods",
+                vec![SpreadSource::from(&rs)],
+                owned,
+                spread.clone(),
+                all.to_vec(),
+                Some(vec![15, 46, 46, 100]),
+            ),
+            (
+                // Only other namespaces' and unselected pods: raw 6 everywhere but n4 (2).
+                "pods the selector does not select do not count",
+                vec![service(json!({"app": "web"}))],
+                plain(json!({"app": "web"})),
+                vec![
+                    ("n1", web("a").in_namespace("other")),
+                    ("n2", labeled_pod("db", json!({"app": "db"}), json!({"containers": []}))),
+                ],
+                all.to_vec(),
+                Some(vec![33, 33, 33, 100]),
+            ),
+            (
+                "no Service or controller selects the pod",
+                vec![service(json!({"app": "db"}))],
+                plain(json!({"app": "web"})),
+                spread.clone(),
+                all.to_vec(),
+                None,
+            ),
+            (
+                // The pod's own constraint replaces the defaults, and n4 without the key is
+                // not scored.
+                "declared constraints replace the defaults",
+                vec![service(json!({"app": "web"}))],
+                spread_pod(json!({"app": "web"}), json!([soft("topology.kubernetes.io/zone", 1)])),
+                spread.clone(),
+                all.to_vec(),
+                // Domains a, b: weight ln(4); raw a round(2 * 1.386) = 3, b 1 -> 100 * (4 - s) / 3.
+                Some(vec![33, 33, 100, 0]),
+            ),
+            (
+                // Even one that does not score: the defaults do not apply.
+                "a DoNotSchedule constraint alone also replaces them",
+                vec![service(json!({"app": "web"}))],
+                spread_pod(json!({"app": "web"}), json!([zone_constraint(1, json!({}))])),
+                spread.clone(),
+                all.to_vec(),
+                None,
+            ),
+        ];
+        for (name, sources, pod, existing, candidates, expected) in table {
+            let mut snap = snapshot_of(zoned_nodes(), existing);
+            for source in sources {
+                snap.upsert_spread_source(source);
+            }
+            let got = score(&pod, &RequiredNodeAffinity::of_pod(&pod), &snap, &candidates);
+            assert_eq!(got, expected, "{name}");
+        }
+    }
+
+    #[test]
+    fn default_constraints_do_not_filter() {
+        let mut snap = snapshot_of(zoned_nodes(), vec![("n1", web("a")), ("n1", web("b"))]);
+        snap.upsert_spread_source(service(json!({"app": "web"})));
+        let pod = labeled_pod("p", json!({"app": "web"}), json!({"containers": []}));
+        assert!(prefilter(&pod, &RequiredNodeAffinity::of_pod(&pod), &snap).unwrap().is_none());
     }
 }

@@ -3,6 +3,7 @@
 use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::{Node, Pod};
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use serde_json::{Value, json};
 
 use super::snapshot::Snapshot;
@@ -98,4 +99,19 @@ pub(crate) fn snapshot_of(nodes: Vec<Node>, pods: Vec<(&str, Pod)>) -> Snapshot 
         assert!(s.add_pod_to(index, Arc::new(p)));
     }
     s
+}
+
+/// A PodDisruptionBudget in `namespace` with this selector and status.
+pub(crate) fn pdb(namespace: &str, selector: Value, allowed: i32, disrupted: &[&str]) -> Arc<PodDisruptionBudget> {
+    let disrupted: serde_json::Map<String, Value> =
+        disrupted.iter().map(|n| (n.to_string(), json!("2024-01-01T00:00:00Z"))).collect();
+    Arc::new(
+        serde_json::from_value(json!({
+            "metadata": {"name": "pdb", "namespace": namespace},
+            "spec": {"selector": selector},
+            "status": {"disruptionsAllowed": allowed, "disruptedPods": disrupted,
+                "currentHealthy": 0, "desiredHealthy": 0, "expectedPods": 0},
+        }))
+        .unwrap(),
+    )
 }
