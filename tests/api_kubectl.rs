@@ -53,6 +53,13 @@ spec:
             properties:
               size: {type: integer, minimum: 1}
               replicas: {type: integer}
+  - name: v1beta1
+    served: true
+    storage: false
+    schema:
+      openAPIV3Schema:
+        type: object
+        x-kubernetes-preserve-unknown-fields: true
 "#;
 
 fn kubectl_available() -> bool {
@@ -221,6 +228,34 @@ async fn kubectl_drives_a_follower_while_the_leader_dies() {
     assert_eq!(k.ok(&["get", "widget", "w1", "-o", "jsonpath={.spec.replicas}"]), "3");
     let bad = k.write("bad.yaml", "apiVersion: example.com/v1\nkind: Widget\nmetadata: {name: bad}\nspec: {size: 0}\n");
     assert!(k.fails(&["apply", "-f", &bad]).contains("spec.size"));
+    // The other served version is the same object under its own apiVersion (kube's `None`
+    // conversion), and a write through it is stored as the storage version.
+    let beta = k.json(&["get", "widgets.v1beta1.example.com", "w1"]);
+    assert_eq!(
+        (beta["apiVersion"].as_str(), beta["spec"]["size"].as_i64()),
+        (Some("example.com/v1beta1"), Some(3)),
+        "{beta}"
+    );
+    k.ok(&["label", "widgets.v1beta1.example.com", "w1", "tier=beta"]);
+    let stored = k.json(&["get", "widgets.v1.example.com", "w1"]);
+    assert_eq!(
+        (stored["apiVersion"].as_str(), stored["metadata"]["labels"]["tier"].as_str()),
+        (Some("example.com/v1"), Some("beta")),
+        "{stored}"
+    );
+
+    // Events: one object, served as core/v1 and as events.k8s.io/v1 with kube's field names.
+    let event = k.write(
+        "event.yaml",
+        "apiVersion: v1\nkind: Event\nmetadata: {name: w1.note}\ninvolvedObject: {kind: Widget, name: w1, apiVersion: example.com/v1}\nreason: Checked\nmessage: widget looked at\ntype: Normal\nsource: {component: tester}\n",
+    );
+    k.ok(&["create", "-f", &event]);
+    let new_style = k.json(&["get", "events.v1.events.k8s.io", "w1.note"]);
+    assert_eq!(new_style["regarding"]["name"], "w1", "{new_style}");
+    assert_eq!(new_style["note"], "widget looked at", "{new_style}");
+    assert_eq!(new_style["deprecatedSource"]["component"], "tester", "{new_style}");
+    let listed = k.ok(&["get", "events.v1.events.k8s.io", "--field-selector", "reason=Checked"]);
+    assert!(listed.contains("widget/w1") && listed.contains("widget looked at"), "{listed}");
 
     // Deletion: --wait for a plain object; a namespaced object vanishing satisfies wait --for=delete.
     k.ok(&["delete", "cm", "plain", "--wait"]);

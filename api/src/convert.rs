@@ -8,32 +8,93 @@
 //! (`autoscaling.alpha.kubernetes.io/…`), written in the old v2beta1 shape of the metrics
 //! exactly as kube-apiserver writes them, so a v1 client that reads and writes back an
 //! object loses nothing.
+//!
+//! Event: stored as core/v1 and served as events.k8s.io/v1 too, field for field as kube
+//! converts them (`regarding` is `involvedObject`, `note` is `message`, …).
+//!
+//! A CustomResourceDefinition's versions other than its storage version convert as kube's
+//! `None` strategy converts them: only `apiVersion` changes.
 
 use serde_json::{Map, Value, json};
 
 use crate::object;
 
 /// How a served version that is not stored converts to and from the stored one.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Conversion {
     /// autoscaling/v1 HorizontalPodAutoscaler over the stored autoscaling/v2 one.
     HorizontalPodAutoscalerV1,
+    /// events.k8s.io/v1 Event over the stored core/v1 one.
+    EventsV1,
+    /// A custom resource's version over its storage version: `apiVersion` rewritten.
+    ApiVersion { served: String, stored: String },
 }
 
 impl Conversion {
     /// The stored object (with its resourceVersion) as the served version.
-    pub fn from_stored(self, stored: Value) -> Value {
+    pub fn from_stored(&self, stored: Value) -> Value {
         match self {
             Conversion::HorizontalPodAutoscalerV1 => hpa_v2_to_v1(stored),
+            Conversion::EventsV1 => core_event_to_events_v1(stored),
+            Conversion::ApiVersion { served, .. } => with_api_version(stored, served),
         }
     }
 
     /// A served object as the stored version.
-    pub fn to_stored(self, served: Value) -> Value {
+    pub fn to_stored(&self, served: Value) -> Value {
         match self {
             Conversion::HorizontalPodAutoscalerV1 => hpa_v1_to_v2(served),
+            Conversion::EventsV1 => events_v1_to_core_event(served),
+            Conversion::ApiVersion { stored, .. } => with_api_version(served, stored),
         }
     }
+}
+
+fn with_api_version(mut object: Value, api_version: &str) -> Value {
+    if let Some(map) = object.as_object_mut() {
+        map.insert("apiVersion".into(), json!(api_version));
+    }
+    object
+}
+
+/// Fields whose names differ between events.k8s.io/v1 and core/v1 Events; the rest
+/// (metadata, eventTime, series, reportingInstance, action, reason, related, type) are
+/// the same in both.
+const EVENT_RENAMES: &[(&str, &str)] = &[
+    ("regarding", "involvedObject"),
+    ("note", "message"),
+    ("deprecatedSource", "source"),
+    ("deprecatedFirstTimestamp", "firstTimestamp"),
+    ("deprecatedLastTimestamp", "lastTimestamp"),
+    ("deprecatedCount", "count"),
+    ("reportingController", "reportingComponent"),
+];
+
+fn rename_fields(object: Value, api_version: &str, to_core: bool) -> Value {
+    let Value::Object(mut map) = object else { return object };
+    for (events_name, core_name) in EVENT_RENAMES {
+        let (from, to) = if to_core { (events_name, core_name) } else { (core_name, events_name) };
+        match map.remove(*from) {
+            Some(value) => {
+                map.insert(to.to_string(), value);
+            }
+            None => {
+                map.remove(*to);
+            }
+        }
+    }
+    map.insert("apiVersion".into(), json!(api_version));
+    Value::Object(map)
+}
+
+/// kube's `Convert_core_Event_To_v1_Event` (events.k8s.io).
+pub fn core_event_to_events_v1(core: Value) -> Value {
+    rename_fields(core, "events.k8s.io/v1", false)
+}
+
+/// kube's `Convert_v1_Event_To_core_Event` (events.k8s.io).
+pub fn events_v1_to_core_event(event: Value) -> Value {
+    rename_fields(event, "v1", true)
 }
 
 const METRICS: &str = "autoscaling.alpha.kubernetes.io/metrics";
@@ -525,5 +586,39 @@ mod tests {
         assert_eq!(again["spec"], v1["spec"]);
         assert_eq!(again["status"], v1["status"]);
         assert!(again["metadata"].get("annotations").unwrap().get(METRICS).is_none());
+    }
+
+    #[test]
+    fn events_read_the_same_in_both_groups() {
+        let core = json!({
+            "apiVersion": "v1", "kind": "Event",
+            "metadata": {"name": "web.1", "namespace": "shop"},
+            "involvedObject": {"kind": "Pod", "name": "web", "namespace": "shop"},
+            "reason": "Scheduled", "message": "Successfully assigned shop/web to n1", "type": "Normal",
+            "source": {"component": "default-scheduler"}, "count": 3,
+            "firstTimestamp": "2026-11-24T00:00:00Z", "lastTimestamp": "2026-11-24T00:01:00Z",
+            "reportingComponent": "default-scheduler", "reportingInstance": "keel-1",
+        });
+        let events = core_event_to_events_v1(core.clone());
+        assert_eq!(events["apiVersion"], "events.k8s.io/v1");
+        assert_eq!(events["regarding"]["name"], "web");
+        assert_eq!(events["note"], "Successfully assigned shop/web to n1");
+        assert_eq!(events["deprecatedCount"], 3);
+        assert_eq!(events["reportingController"], "default-scheduler");
+        assert!(events.get("involvedObject").is_none() && events.get("message").is_none());
+        let typed: k8s_openapi::api::events::v1::Event = serde_json::from_value(events.clone()).unwrap();
+        assert_eq!(typed.reason.as_deref(), Some("Scheduled"));
+        assert_eq!(events_v1_to_core_event(events), core);
+    }
+
+    #[test]
+    fn custom_resource_versions_differ_in_api_version_only() {
+        let conversion =
+            Conversion::ApiVersion { served: "example.com/v1beta1".into(), stored: "example.com/v1".into() };
+        let stored = json!({"apiVersion": "example.com/v1", "kind": "Widget", "spec": {"size": 3}});
+        let served = conversion.from_stored(stored.clone());
+        assert_eq!(served["apiVersion"], "example.com/v1beta1");
+        assert_eq!(served["spec"], stored["spec"]);
+        assert_eq!(conversion.to_stored(served), stored);
     }
 }

@@ -60,7 +60,14 @@ pub fn types_of(crd: &Value) -> Vec<ResourceType> {
         names.get("singular").and_then(Value::as_str).map(String::from).unwrap_or_else(|| kind.to_ascii_lowercase());
     let namespaced = crd.pointer("/spec/scope").and_then(Value::as_str) != Some("Cluster");
     let mut types = Vec::new();
-    for version in crd.pointer("/spec/versions").and_then(Value::as_array).into_iter().flatten() {
+    let versions = crd.pointer("/spec/versions").and_then(Value::as_array);
+    let storage_version = versions
+        .into_iter()
+        .flatten()
+        .find(|v| v.get("storage").and_then(Value::as_bool) == Some(true))
+        .and_then(|v| v.get("name").and_then(Value::as_str))
+        .map(|name| format!("{group}/{name}"));
+    for version in versions.into_iter().flatten() {
         if version.get("served").and_then(Value::as_bool) != Some(true) {
             continue;
         }
@@ -97,7 +104,12 @@ pub fn types_of(crd: &Value) -> Vec<ResourceType> {
                 .unwrap_or_default(),
             create_only: false,
             read_only: false,
-            conversion: None,
+            // kube's `None` strategy: every version is the storage version's object under
+            // its own apiVersion.
+            conversion: storage_version.as_ref().and_then(|stored| {
+                let served = format!("{group}/{}", version.get("name").and_then(Value::as_str).unwrap_or(""));
+                (served != *stored).then(|| crate::convert::Conversion::ApiVersion { served, stored: stored.clone() })
+            }),
         });
     }
     types

@@ -68,6 +68,22 @@ impl std::fmt::Debug for ResourceType {
 }
 
 impl ResourceType {
+    /// A stored object as this version serves it.
+    pub fn served(&self, stored: Value) -> Value {
+        match &self.conversion {
+            Some(conversion) => conversion.from_stored(stored),
+            None => stored,
+        }
+    }
+
+    /// A served object as it is stored.
+    pub fn stored(&self, served: Value) -> Value {
+        match &self.conversion {
+            Some(conversion) => conversion.to_stored(served),
+            None => served,
+        }
+    }
+
     pub fn api_version(&self) -> String {
         if self.group.is_empty() { self.version.clone() } else { format!("{}/{}", self.group, self.version) }
     }
@@ -236,7 +252,12 @@ pub fn builtins() -> Vec<ResourceType> {
         builtin::<networking::NetworkPolicy>(short(&["netpol"])),
         builtin::<coordination::Lease>(NONE),
         builtin::<core::Event>(short(&["ev"])),
-        builtin::<events::Event>(short(&["ev"])),
+        // Stored as core/v1 Events, served in events.k8s.io/v1's shape through conversion.
+        ResourceType {
+            storage_prefix: storage_prefix("", "events"),
+            conversion: Some(crate::convert::Conversion::EventsV1),
+            ..builtin::<events::Event>(short(&["ev"]))
+        },
         builtin::<policy::PodDisruptionBudget>(status(&["pdb"], &[])),
         builtin::<apiextensions::CustomResourceDefinition>(status(&["crd", "crds"], &[])),
     ]

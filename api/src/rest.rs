@@ -260,18 +260,11 @@ fn decode_bytes(bytes: &[u8], revision: i64, key: &str) -> Result<Value> {
 /// Decodes a stored object as `rt` serves it (converted when `rt` is a view over another
 /// version's storage).
 pub fn decode_as(rt: &ResourceType, stored: &Stored) -> Result<Value> {
-    let object = decode(stored)?;
-    Ok(match rt.conversion {
-        Some(conversion) => conversion.from_stored(object),
-        None => object,
-    })
+    Ok(rt.served(decode(stored)?))
 }
 
 fn encode(rt: &ResourceType, object: &Value) -> Result<Vec<u8>> {
-    let mut stored = match rt.conversion {
-        Some(conversion) => conversion.to_stored(object.clone()),
-        None => object.clone(),
-    };
+    let mut stored = rt.stored(object.clone());
     object::meta_mut(&mut stored).remove("resourceVersion");
     serde_json::to_vec(&stored).map_err(|e| ApiError::internal(format!("encode object: {e}")))
 }
@@ -1644,13 +1637,7 @@ fn watch_event(
             .ok_or_else(|| ApiError::internal(format!("object at {} has no metadata object", change.key)))?;
         return Ok(Some(WatchEvent::Raw { kind, object }));
     }
-    let served = |bytes: &[u8]| -> Result<Value> {
-        let object = decode_bytes(bytes, change.revision, &change.key)?;
-        Ok(match rt.conversion {
-            Some(conversion) => conversion.from_stored(object),
-            None => object,
-        })
-    };
+    let served = |bytes: &[u8]| -> Result<Value> { Ok(rt.served(decode_bytes(bytes, change.revision, &change.key)?)) };
     let object = served(&change.value)?;
     let matches = |o: &Value| Api::matches(rt, options, o);
     let event = match change.kind {

@@ -592,6 +592,14 @@ fn hpa_targets(hpa: &Value) -> String {
 }
 
 fn event_row(o: &Value) -> Vec<Value> {
+    // An events.k8s.io/v1 Event prints as the core Event it is stored as.
+    let core;
+    let o = if o.get("apiVersion").and_then(Value::as_str) == Some("events.k8s.io/v1") {
+        core = crate::convert::events_v1_to_core_event(o.clone());
+        &core
+    } else {
+        o
+    };
     let last = [s(o.get("lastTimestamp")), s(o.get("eventTime")), meta_str(o, "creationTimestamp").to_string()]
         .into_iter()
         .find(|t| !t.is_empty())
