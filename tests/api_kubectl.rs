@@ -301,3 +301,77 @@ async fn kubectl_drives_a_follower_while_the_leader_dies() {
     assert!(k.fails(&["create", "-f", &unknown, "--validate=strict"]).contains("bogus"));
     k.fails(&["get", "cm", "extra"]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn services_get_cluster_ips_and_node_ports_that_no_two_share() {
+    support::init_logging();
+    let cluster =
+        Cluster::start(3, &["--service-cluster-ip-range", "10.99.0.0/24", "--service-node-port-range", "31000-31099"])
+            .await;
+    let leader = cluster.wait_for_leader().await;
+    let work = cluster.dir().join("services");
+    std::fs::create_dir_all(&work).expect("work dir");
+    // Two clients on two different members.
+    let k = Kubectl::new(&work, &cluster.members[leader].api.clone());
+    let other = Kubectl::new(&work, &cluster.members[(leader + 1) % 3].api.clone());
+    eventually(Duration::from_secs(20), "the default namespace", || async {
+        k.run(&["get", "namespace", "default"]).status.success().then_some(())
+    })
+    .await;
+
+    k.ok(&["create", "service", "nodeport", "web", "--tcp=80:8080"]);
+    let web = k.json(&["get", "service", "web"]);
+    let ip = web["spec"]["clusterIP"].as_str().unwrap_or("").to_string();
+    assert!(ip.starts_with("10.99.0.") && ip != "10.99.0.1", "an address of the range, not the first: {web}");
+    assert_eq!(web["spec"]["clusterIPs"], serde_json::json!([ip]), "{web}");
+    let node_port = web["spec"]["ports"][0]["nodePort"].as_i64().unwrap_or(0);
+    assert!((31000..=31099).contains(&node_port), "{web}");
+    let table = k.ok(&["get", "service", "web"]);
+    assert!(table.contains(&ip) && table.contains(&format!("80:{node_port}/TCP")), "{table}");
+
+    // Re-applying a manifest without the allocated fields keeps them.
+    let manifest = k.write(
+        "web.yaml",
+        "apiVersion: v1\nkind: Service\nmetadata: {name: web}\nspec:\n  type: NodePort\n  selector: {app: web}\n  ports: [{port: 80, targetPort: 8080}]\n",
+    );
+    k.ok(&["apply", "-f", &manifest]);
+    k.ok(&["apply", "-f", &manifest]);
+    let again = k.json(&["get", "service", "web"]);
+    assert_eq!(
+        (again["spec"]["clusterIP"].as_str(), again["spec"]["ports"][0]["nodePort"].as_i64()),
+        (Some(ip.as_str()), Some(node_port)),
+        "{again}"
+    );
+
+    // A given address or port is held by one Service at a time, whichever member is asked.
+    k.ok(&["create", "service", "clusterip", "dns", "--clusterip=10.99.0.10", "--tcp=53:53"]);
+    let taken = other.fails(&["create", "service", "clusterip", "dns2", "--clusterip=10.99.0.10", "--tcp=53:53"]);
+    assert!(taken.contains("provided IP is already allocated"), "{taken}");
+    let outside = other.fails(&["create", "service", "clusterip", "far", "--clusterip=10.1.2.3", "--tcp=53:53"]);
+    assert!(outside.contains("not in the valid range"), "{outside}");
+    let port_taken =
+        other.fails(&["create", "service", "nodeport", "web2", "--tcp=80:8080", &format!("--node-port={node_port}")]);
+    assert!(port_taken.contains("provided port is already allocated"), "{port_taken}");
+    k.fails(&["get", "service", "dns2"]);
+    k.fails(&["get", "service", "web2"]);
+    // The address cannot change; deleting the Service gives it back.
+    let moved = k.fails(&[
+        "patch",
+        "service",
+        "dns",
+        "-p",
+        r#"{"spec":{"clusterIP":"10.99.0.11","clusterIPs":["10.99.0.11"]}}"#,
+    ]);
+    assert!(moved.contains("may not change once set"), "{moved}");
+    k.ok(&["delete", "service", "dns"]);
+    other.ok(&["create", "service", "clusterip", "dns2", "--clusterip=10.99.0.10", "--tcp=53:53"]);
+    // Back to ClusterIP: the node port is given back and another Service can take it.
+    k.ok(&["patch", "service", "web", "-p", r#"{"spec":{"type":"ClusterIP"}}"#]);
+    assert_eq!(k.ok(&["get", "service", "web", "-o", "jsonpath={.spec.ports[0].nodePort}"]), "");
+    other.ok(&["create", "service", "nodeport", "web2", "--tcp=80:8080", &format!("--node-port={node_port}")]);
+    // Headless and ExternalName Services hold nothing.
+    k.ok(&["create", "service", "clusterip", "headless", "--clusterip=None"]);
+    assert_eq!(k.ok(&["get", "service", "headless", "-o", "jsonpath={.spec.clusterIP}"]), "None");
+    k.ok(&["create", "service", "externalname", "outside", "--external-name=example.com"]);
+    assert_eq!(k.ok(&["get", "service", "outside", "-o", "jsonpath={.spec.clusterIP}"]), "");
+}

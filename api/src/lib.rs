@@ -31,6 +31,7 @@ pub mod scale;
 pub mod schema;
 pub mod selector;
 pub mod server;
+pub mod service_alloc;
 pub mod storage;
 pub mod table;
 pub mod tokens;

@@ -15,6 +15,7 @@ use crate::object;
 use crate::patch::{self, PatchType};
 use crate::registry::{Registry, ResourceType, Shape};
 use crate::selector::{FieldSelector, LabelSelector};
+use crate::service_alloc::{Allocation, ServiceRanges};
 use crate::storage::{ChangeKind, Consistency, Precondition, SharedStorage, Stored, WriteOp, WriteOutcome, prefix_end};
 
 /// How long a watch idles before a bookmark tells the client how far it is.
@@ -35,7 +36,17 @@ pub struct Api {
     pub tunnels: crate::podstream::Tunnels,
     /// Decoded node metrics records (`crate::metrics`).
     pub metrics: crate::metrics::Cache,
+    /// Where Services' cluster IPs and node ports come from (`crate::service_alloc`).
+    pub service_ranges: ServiceRanges,
 }
+
+fn is_service(rt: &ResourceType) -> bool {
+    rt.group.is_empty() && rt.kind == "Service"
+}
+
+/// Attempts at a Service creation whose randomly picked address or port another creation
+/// took first.
+const ALLOCATION_RETRIES: usize = 8;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum FieldValidation {
@@ -446,7 +457,24 @@ impl Api {
             tokens: crate::tokens::Tokens::default(),
             tunnels: crate::podstream::Tunnels::default(),
             metrics: crate::metrics::Cache::default(),
+            service_ranges: ServiceRanges::default(),
         }
+    }
+
+    pub fn with_service_ranges(mut self, ranges: ServiceRanges) -> Api {
+        self.service_ranges = ranges;
+        self
+    }
+
+    /// Cluster IPs and node ports for a Service being written (`current`: the stored one on
+    /// an update), picking around what this member knows is held.
+    async fn allocate_service(&self, service: &mut Value, current: Option<&Value>) -> Result<Vec<Allocation>> {
+        let mut held = std::collections::HashSet::new();
+        for prefix in [crate::service_alloc::IP_PREFIX, crate::service_alloc::PORT_PREFIX] {
+            let page = self.storage.list(prefix, &prefix_end(prefix), 0, 0, Consistency::Local).await?;
+            held.extend(page.items.into_iter().map(|item| item.key));
+        }
+        crate::service_alloc::allocate(&self.service_ranges, service, current, &|key: &str| held.contains(key))
     }
 
     fn not_found(rt: &ResourceType, name: &str) -> ApiError {
@@ -795,29 +823,47 @@ impl Api {
         if rt.read_only {
             return Err(ApiError::MethodNotAllowed { method: "create".into(), what: rt.qualified() });
         }
-        let (object, warnings) = self.prepare_create(rt, namespace, object, options, &[]).await?;
-        if options.dry_run {
-            return Ok((object, warnings));
-        }
-        let name = object::name(&object).to_string();
-        let key = rt.key(namespace, &name);
-        let mut ops = vec![WriteOp::Put { key, value: encode(rt, &object)?, precondition: Precondition::Absent }];
-        ops.extend(self.companions(rt, &object)?);
-        loop {
-            match self.storage.write(ops.clone()).await? {
-                WriteOutcome::Applied { revision } => {
-                    let mut object = object;
-                    object::meta_mut(&mut object).insert("resourceVersion".into(), json!(revision.to_string()));
-                    return Ok((object, warnings));
+        let (prepared, warnings) = self.prepare_create(rt, namespace, object, options, &[]).await?;
+        for _ in 0..ALLOCATION_RETRIES {
+            let mut object = prepared.clone();
+            let allocations = if is_service(rt) { self.allocate_service(&mut object, None).await? } else { Vec::new() };
+            if options.dry_run {
+                return Ok((object, warnings));
+            }
+            let name = object::name(&object).to_string();
+            let key = rt.key(namespace, &name);
+            let mut ops = vec![WriteOp::Put { key, value: encode(rt, &object)?, precondition: Precondition::Absent }];
+            ops.extend(allocations.iter().map(|a| a.op.clone()));
+            let companions_from = ops.len();
+            ops.extend(self.companions(rt, &object)?);
+            loop {
+                match self.storage.write(ops.clone()).await? {
+                    WriteOutcome::Applied { revision } => {
+                        object::meta_mut(&mut object).insert("resourceVersion".into(), json!(revision.to_string()));
+                        return Ok((object, warnings));
+                    }
+                    WriteOutcome::Refused { index: 0, .. } => {
+                        return Err(ApiError::AlreadyExists { resource: rt.qualified(), name });
+                    }
+                    WriteOutcome::Refused { index, .. } if index < companions_from => {
+                        let allocation = &allocations[index - 1];
+                        if !allocation.chosen {
+                            return Err(crate::service_alloc::already_allocated(&object, allocation));
+                        }
+                        // Another Service took the random pick first: pick again.
+                        break;
+                    }
+                    // A companion already exists (left from an earlier namespace of that name):
+                    // keep it and write the object alone.
+                    WriteOutcome::Refused { .. } => ops.truncate(companions_from),
                 }
-                WriteOutcome::Refused { index: 0, .. } => {
-                    return Err(ApiError::AlreadyExists { resource: rt.qualified(), name });
-                }
-                // A companion already exists (left from an earlier namespace of that name): keep
-                // it and write the object alone.
-                WriteOutcome::Refused { .. } => ops.truncate(1),
             }
         }
+        Err(ApiError::Conflict {
+            resource: rt.qualified(),
+            name: object::name(&prepared).to_string(),
+            message: "the cluster IPs and node ports picked kept being taken by other Services; try again".into(),
+        })
     }
 
     /// Everything a create does short of writing: server-set metadata, admission, validation.
@@ -1034,23 +1080,38 @@ impl Api {
         object: Value,
         options: &WriteOptions,
     ) -> Result<(Value, Vec<String>)> {
-        let (object, warnings) =
+        let (mut object, warnings) =
             self.prepare_replace(rt, namespace, name, subresource, current, object, options).await?;
+        let finishing = object::is_terminating(&object) && object::finalizers(&object).is_empty();
+        let allocations = if is_service(rt) && !finishing {
+            self.allocate_service(&mut object, Some(current)).await?
+        } else {
+            Vec::new()
+        };
         if same_ignoring_version(current, &object) {
             return Ok((current.clone(), warnings));
         }
         if options.dry_run {
             return Ok((object, warnings));
         }
-        let op = Self::replace_op(rt, namespace, name, &object, revision)?;
-        match self.storage.write(vec![op]).await? {
+        let mut ops = vec![Self::replace_op(rt, namespace, name, &object, revision)?];
+        if is_service(rt) && matches!(ops[0], WriteOp::Delete { .. }) {
+            ops.extend(crate::service_alloc::release(current));
+        } else {
+            ops.extend(allocations.iter().map(|a| a.op.clone()));
+        }
+        match self.storage.write(ops).await? {
             WriteOutcome::Applied { revision } => {
-                let mut object = object;
                 object::meta_mut(&mut object).insert("resourceVersion".into(), json!(revision.to_string()));
                 Ok((object, warnings))
             }
-            WriteOutcome::Refused { current: None, .. } => Err(Self::not_found(rt, name)),
-            WriteOutcome::Refused { .. } => Err(Self::conflict(rt, name)),
+            WriteOutcome::Refused { current: None, index: 0 } => Err(Self::not_found(rt, name)),
+            WriteOutcome::Refused { index, .. } => {
+                match index.checked_sub(1).and_then(|i| allocations.get(i)).filter(|a| !a.chosen) {
+                    Some(allocation) => Err(crate::service_alloc::already_allocated(&object, allocation)),
+                    None => Err(Self::conflict(rt, name)),
+                }
+            }
         }
     }
 
@@ -1253,7 +1314,12 @@ impl Api {
             if options.dry_run {
                 return Ok((marked, !needs_mark));
             }
-            match self.storage.write(vec![op]).await? {
+            let mut ops = vec![op];
+            if is_service(rt) && !needs_mark {
+                // What the Service held goes back in the same write.
+                ops.extend(crate::service_alloc::release(&current));
+            }
+            match self.storage.write(ops).await? {
                 WriteOutcome::Applied { revision } => {
                     object::meta_mut(&mut marked).insert("resourceVersion".into(), json!(revision.to_string()));
                     return Ok((marked, !needs_mark));
@@ -1491,12 +1557,15 @@ impl Api {
                 }
                 match self.storage.get(&key, Consistency::Linearizable).await? {
                     (None, _) => {
-                        let (created, _) = self.prepare_create(&rt, ns, object.clone(), options, &batch).await?;
+                        let (mut created, _) = self.prepare_create(&rt, ns, object.clone(), options, &batch).await?;
+                        let allocations =
+                            if is_service(&rt) { self.allocate_service(&mut created, None).await? } else { Vec::new() };
                         ops.push(WriteOp::Put {
                             key: key.clone(),
                             value: encode(&rt, &created)?,
                             precondition: Precondition::Absent,
                         });
+                        ops.extend(allocations.into_iter().map(|a| a.op));
                         for companion in self.companions(&rt, &created)? {
                             if !objects.iter().any(|o| {
                                 self.type_of(o).is_ok_and(|t| {
@@ -1515,12 +1584,18 @@ impl Api {
                             Shape::Custom { .. } => patch::merge_patch(&current, object),
                         }
                         .map_err(|e| ApiError::invalid(&rt.kind, &rt.group, &name, vec![FieldCause::invalid("", e)]))?;
-                        let (updated, _) =
+                        let (mut updated, _) =
                             self.prepare_replace(&rt, ns, &name, None, &current, merged, options).await?;
+                        let allocations = if is_service(&rt) {
+                            self.allocate_service(&mut updated, Some(&current)).await?
+                        } else {
+                            Vec::new()
+                        };
                         if same_ignoring_version(&current, &updated) {
                             results.push((current, false));
                         } else {
                             ops.push(Self::replace_op(&rt, ns, &name, &updated, stored.mod_revision)?);
+                            ops.extend(allocations.into_iter().map(|a| a.op));
                             results.push((updated, true));
                         }
                     }

@@ -47,6 +47,8 @@ pub enum Precondition {
     Revision(i64),
     /// The key must exist.
     Exists,
+    /// Whatever the key holds (a delete of something that may already be gone).
+    Any,
 }
 
 #[derive(Debug, Clone)]
@@ -171,6 +173,7 @@ fn compare(key: &str, precondition: &Precondition) -> Option<pb::Compare> {
         Precondition::Absent => (CompareResult::Equal, CompareTarget::Create, TargetUnion::CreateRevision(0)),
         Precondition::Exists => (CompareResult::Greater, CompareTarget::Create, TargetUnion::CreateRevision(0)),
         Precondition::Revision(rev) => (CompareResult::Equal, CompareTarget::Mod, TargetUnion::ModRevision(*rev)),
+        Precondition::Any => return None,
     };
     Some(pb::Compare {
         result: result as i32,
@@ -270,7 +273,7 @@ impl Storage for Store {
                     (WriteOp::Put { precondition, .. } | WriteOp::Delete { precondition, .. }, current) => {
                         match (precondition, current) {
                             (Precondition::Absent, None) => true,
-                            (Precondition::Exists, Some(_)) => true,
+                            (Precondition::Exists, Some(_)) | (Precondition::Any, _) => true,
                             (Precondition::Revision(rev), Some(kv)) => kv.mod_revision == *rev,
                             _ => false,
                         }

@@ -419,8 +419,12 @@ fn cells(kind: &str, o: &Value) -> Vec<Value> {
                 .map(|a| a.iter().map(|i| s(i.get("ip"))).collect::<Vec<_>>().join(","))
                 .filter(|x| !x.is_empty());
             let svc_type = o.pointer("/spec/type").and_then(Value::as_str).unwrap_or("ClusterIP");
-            let external =
-                external.unwrap_or_else(|| if svc_type == "LoadBalancer" { "<pending>" } else { "<none>" }.into());
+            let external = external.unwrap_or_else(|| match svc_type {
+                "LoadBalancer" => "<pending>".into(),
+                // kubectl shows where an ExternalName Service points.
+                "ExternalName" => or_none(s(o.pointer("/spec/externalName"))),
+                _ => "<none>".into(),
+            });
             vec![
                 json!(svc_type),
                 json!(or_none(s(o.pointer("/spec/clusterIP")))),

@@ -806,6 +806,7 @@ mod tests {
                 let holds = match precondition {
                     Precondition::Absent => current.is_none(),
                     Precondition::Exists => current.is_some(),
+                    Precondition::Any => true,
                     Precondition::Revision(r) => current.as_ref().is_some_and(|c| c.mod_revision == *r),
                 };
                 if !holds {

@@ -30,6 +30,13 @@ pub struct ServerArgs {
     /// (`batch/v1=false`, `api/all=false,api/v1=true`).
     #[arg(long, default_value = "")]
     runtime_config: String,
+    /// Where Services' cluster IPs come from (kube-apiserver's flag; an IPv4 CIDR). Every
+    /// member of a cluster must be given the same range.
+    #[arg(long, default_value = "10.96.0.0/12")]
+    service_cluster_ip_range: String,
+    /// Where NodePort Services' node ports come from (kube-apiserver's flag).
+    #[arg(long, default_value = "30000-32767")]
+    service_node_port_range: String,
     /// Run the scheduler and the controllers on this member while it leads (`false`: an API
     /// and store only, e.g. for an external scheduler or to measure the API alone).
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
@@ -149,6 +156,9 @@ pub async fn run_until(args: ServerArgs, shutdown: impl std::future::Future<Outp
     let api_listener = bind(&args.listen_api, "Kubernetes API clients").await?;
     let runtime_config =
         keel_api::registry::RuntimeConfig::parse(&args.runtime_config).map_err(|e| anyhow::anyhow!(e))?;
+    let service_ranges =
+        keel_api::service_alloc::ServiceRanges::parse(&args.service_cluster_ip_range, &args.service_node_port_range)
+            .map_err(|e| anyhow::anyhow!("--service-cluster-ip-range / --service-node-port-range: {e}"))?;
     let config = StoreConfig {
         name: args.name.clone(),
         data_dir: args.data_dir.clone(),
@@ -186,7 +196,9 @@ pub async fn run_until(args: ServerArgs, shutdown: impl std::future::Future<Outp
         api_audiences: args.api_audiences.clone(),
         jwks_uri: args.service_account_jwks_uri.clone(),
     };
-    let api = std::sync::Arc::new(keel_api::rest::Api::new(storage, registry).with_token_settings(tokens));
+    let api = std::sync::Arc::new(
+        keel_api::rest::Api::new(storage, registry).with_token_settings(tokens).with_service_ranges(service_ranges),
+    );
     let (api_stop_tx, api_stop_rx) = tokio::sync::oneshot::channel::<()>();
     // Node agents' streams share the API port: a worker dials the address kubectl uses.
     let api_address = args.advertise_api.clone().unwrap_or_else(|| args.listen_api.clone());
