@@ -164,6 +164,7 @@ fn columns(kind: &str) -> Vec<Column> {
             col("Capacity", "string", 0, "The capacity of the claim."),
             col("Access Modes", "string", 0, "The access modes."),
             col("StorageClass", "string", 0, "The storage class."),
+            col("VolumeAttributesClass", "string", 0, "The volume attributes class."),
             AGE,
         ],
         "Event" => vec![
@@ -180,7 +181,74 @@ fn columns(kind: &str) -> Vec<Column> {
             col("Allowed Disruptions", "integer", 0, "Calculated number of pods that may be disrupted at this time."),
             AGE,
         ],
-        "CustomResourceDefinition" => vec![NAME, col("Created At", "date", 0, "Creation time.")],
+        "CustomResourceDefinition" | "Role" | "ClusterRole" | "LimitRange" => {
+            vec![NAME, col("Created At", "date", 0, "Creation time.")]
+        }
+        "PersistentVolume" => vec![
+            NAME,
+            col("Capacity", "string", 0, "The capacity of the volume."),
+            col("Access Modes", "string", 0, "The access modes of the volume."),
+            col("Reclaim Policy", "string", 0, "What happens to the volume when its claim is released."),
+            col("Status", "string", 0, "The phase of the volume."),
+            col("Claim", "string", 0, "The claim bound to the volume."),
+            col("StorageClass", "string", 0, "The storage class of the volume."),
+            col("VolumeAttributesClass", "string", 0, "The volume attributes class of the volume."),
+            col("Reason", "string", 0, "Why the volume is in its phase."),
+            AGE,
+            col("VolumeMode", "string", 1, "Filesystem or Block."),
+        ],
+        "StorageClass" => vec![
+            NAME,
+            col("Provisioner", "string", 0, "The provisioner of the storage class."),
+            col("ReclaimPolicy", "string", 0, "The reclaim policy of volumes it provisions."),
+            col("VolumeBindingMode", "string", 0, "When volumes are bound and provisioned."),
+            col("AllowVolumeExpansion", "string", 0, "Whether claims may grow."),
+            AGE,
+        ],
+        "Ingress" => vec![
+            NAME,
+            col("Class", "string", 0, "The ingress class."),
+            col("Hosts", "string", 0, "The hosts the rules match."),
+            col("Address", "string", 0, "Where the ingress is reachable."),
+            col("Ports", "string", 0, "The ports it serves."),
+            AGE,
+        ],
+        "IngressClass" => vec![
+            NAME,
+            col("Controller", "string", 0, "The controller that implements the class."),
+            col("Parameters", "string", 0, "The class's parameters object."),
+            AGE,
+        ],
+        "NetworkPolicy" => vec![NAME, col("Pod-Selector", "string", 0, "The pods the policy selects."), AGE],
+        "RoleBinding" | "ClusterRoleBinding" => vec![
+            NAME,
+            col("Role", "string", 0, "The role bound."),
+            AGE,
+            col("Users", "string", 1, "The users bound."),
+            col("Groups", "string", 1, "The groups bound."),
+            col("ServiceAccounts", "string", 1, "The service accounts bound."),
+        ],
+        "Lease" => vec![NAME, col("Holder", "string", 0, "The holder of the lease."), AGE],
+        "PriorityClass" => vec![
+            NAME,
+            col("Value", "integer", 0, "The priority of pods of the class."),
+            col("Global-Default", "boolean", 0, "Whether pods without a class get this one."),
+            AGE,
+            col("PreemptionPolicy", "string", 0, "Whether pods of the class preempt others."),
+        ],
+        "ResourceQuota" => vec![
+            NAME,
+            AGE,
+            col("Request", "string", 0, "Used and hard amounts of what is not a limit."),
+            col("Limit", "string", 0, "Used and hard amounts of limits."),
+        ],
+        "EndpointSlice" => vec![
+            NAME,
+            col("AddressType", "string", 0, "The address type of the slice."),
+            col("Ports", "string", 0, "The ports of the slice."),
+            col("Endpoints", "string", 0, "The addresses of the slice."),
+            AGE,
+        ],
         "HorizontalPodAutoscaler" => vec![
             NAME,
             col("Reference", "string", 0, "The target resource to scale."),
@@ -478,8 +546,9 @@ fn cells(kind: &str, o: &Value) -> Vec<Value> {
             json!(s(o.pointer("/status/phase"))),
             json!(s(o.pointer("/spec/volumeName"))),
             json!(s(o.pointer("/status/capacity/storage"))),
-            json!(o.pointer("/status/accessModes").map(|m| s(Some(m))).unwrap_or_default()),
+            json!(access_modes(o.pointer("/status/accessModes"))),
             json!(or_none(s(o.pointer("/spec/storageClassName")))),
+            json!(or_unset(s(o.pointer("/spec/volumeAttributesClassName")))),
             age_cell(),
         ],
         "PodDisruptionBudget" => {
@@ -496,7 +565,122 @@ fn cells(kind: &str, o: &Value) -> Vec<Value> {
                 age_cell(),
             ]
         }
-        "CustomResourceDefinition" => vec![json!(meta_str(o, "creationTimestamp"))],
+        "CustomResourceDefinition" | "Role" | "ClusterRole" | "LimitRange" => {
+            vec![json!(meta_str(o, "creationTimestamp"))]
+        }
+        "PersistentVolume" => {
+            let claim = match (s(o.pointer("/spec/claimRef/namespace")), s(o.pointer("/spec/claimRef/name"))) {
+                (_, name) if name.is_empty() => String::new(),
+                (ns, name) => format!("{ns}/{name}"),
+            };
+            vec![
+                json!(s(o.pointer("/spec/capacity/storage"))),
+                json!(access_modes(o.pointer("/spec/accessModes"))),
+                json!(s(o.pointer("/spec/persistentVolumeReclaimPolicy"))),
+                json!(s(o.pointer("/status/phase"))),
+                json!(claim),
+                json!(s(o.pointer("/spec/storageClassName"))),
+                json!(or_unset(s(o.pointer("/spec/volumeAttributesClassName")))),
+                json!(s(o.pointer("/status/reason"))),
+                age_cell(),
+                json!(s(o.pointer("/spec/volumeMode"))),
+            ]
+        }
+        "StorageClass" => {
+            vec![
+                json!(s(o.get("provisioner"))),
+                json!(or_default(s(o.get("reclaimPolicy")), "Delete")),
+                json!(or_default(s(o.get("volumeBindingMode")), "Immediate")),
+                json!(o.get("allowVolumeExpansion").and_then(Value::as_bool).unwrap_or(false).to_string()),
+                age_cell(),
+            ]
+        }
+        "Ingress" => {
+            let rules = o.pointer("/spec/rules").and_then(Value::as_array).cloned().unwrap_or_default();
+            let hosts: Vec<String> = rules.iter().map(|r| s(r.get("host"))).filter(|h| !h.is_empty()).collect();
+            let address: Vec<String> = o
+                .pointer("/status/loadBalancer/ingress")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+                .map(|i| if i.get("ip").is_some() { s(i.get("ip")) } else { s(i.get("hostname")) })
+                .collect();
+            let tls = o.pointer("/spec/tls").and_then(Value::as_array).is_some_and(|t| !t.is_empty());
+            vec![
+                json!(or_none(s(o.pointer("/spec/ingressClassName")))),
+                json!(if hosts.is_empty() { "*".to_string() } else { hosts.join(",") }),
+                json!(address.join(",")),
+                json!(if tls { "80, 443" } else { "80" }),
+                age_cell(),
+            ]
+        }
+        "IngressClass" => {
+            let parameters = match (s(o.pointer("/spec/parameters/kind")), s(o.pointer("/spec/parameters/name"))) {
+                (_, name) if name.is_empty() => "<none>".to_string(),
+                (kind, name) => match s(o.pointer("/spec/parameters/apiGroup")) {
+                    group if group.is_empty() => format!("{kind}/{name}"),
+                    group => format!("{kind}.{group}/{name}"),
+                },
+            };
+            vec![json!(s(o.pointer("/spec/controller"))), json!(parameters), age_cell()]
+        }
+        "NetworkPolicy" => vec![json!(label_selector_text(o.pointer("/spec/podSelector"))), age_cell()],
+        "RoleBinding" | "ClusterRoleBinding" => {
+            let subjects = o.get("subjects").and_then(Value::as_array).cloned().unwrap_or_default();
+            let of_kind = |kind: &str| {
+                subjects
+                    .iter()
+                    .filter(|x| x.get("kind").and_then(Value::as_str) == Some(kind))
+                    .map(|x| match (kind, s(x.get("namespace"))) {
+                        ("ServiceAccount", ns) => format!("{ns}/{}", s(x.get("name"))),
+                        _ => s(x.get("name")),
+                    })
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            };
+            vec![
+                json!(format!("{}/{}", s(o.pointer("/roleRef/kind")), s(o.pointer("/roleRef/name")))),
+                age_cell(),
+                json!(of_kind("User")),
+                json!(of_kind("Group")),
+                json!(of_kind("ServiceAccount")),
+            ]
+        }
+        "Lease" => vec![json!(s(o.pointer("/spec/holderIdentity"))), age_cell()],
+        "PriorityClass" => vec![
+            json!(o.get("value").and_then(Value::as_i64).unwrap_or(0)),
+            json!(o.get("globalDefault").and_then(Value::as_bool).unwrap_or(false)),
+            age_cell(),
+            json!(or_default(s(o.get("preemptionPolicy")), "PreemptLowerPriority")),
+        ],
+        "ResourceQuota" => {
+            let (requests, limits) = quota_usage(o);
+            vec![age_cell(), json!(requests), json!(limits)]
+        }
+        "EndpointSlice" => {
+            let ports: Vec<String> = o
+                .get("ports")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+                .filter_map(|p| p.get("port").and_then(Value::as_i64))
+                .map(|p| p.to_string())
+                .collect();
+            let addresses: Vec<String> = o
+                .get("endpoints")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+                .flat_map(|e| e.get("addresses").and_then(Value::as_array).cloned().unwrap_or_default())
+                .map(|a| s(Some(&a)))
+                .collect();
+            vec![
+                json!(s(o.get("addressType"))),
+                json!(if ports.is_empty() { "<unset>".to_string() } else { ports.join(",") }),
+                json!(if addresses.is_empty() { "<unset>".to_string() } else { shortened(&addresses, 3) }),
+                age_cell(),
+            ]
+        }
         "HorizontalPodAutoscaler" => {
             // Printed from the v2 form whichever version was asked for, as kube prints its
             // internal version.
@@ -521,6 +705,80 @@ fn cells(kind: &str, o: &Value) -> Vec<Value> {
         }
         _ => vec![age_cell()],
     }
+}
+
+fn or_unset(value: String) -> String {
+    if value.is_empty() { "<unset>".into() } else { value }
+}
+
+fn or_default(value: String, default: &str) -> String {
+    if value.is_empty() { default.into() } else { value }
+}
+
+/// Access modes as kubectl abbreviates them (`RWO,ROX`).
+fn access_modes(modes: Option<&Value>) -> String {
+    modes
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_str)
+        .map(|m| match m {
+            "ReadWriteOnce" => "RWO",
+            "ReadOnlyMany" => "ROX",
+            "ReadWriteMany" => "RWX",
+            "ReadWriteOncePod" => "RWOP",
+            other => other,
+        })
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// A LabelSelector as kube prints it (`app=web,tier in (a,b)`), `<none>` when it selects
+/// everything.
+fn label_selector_text(selector: Option<&Value>) -> String {
+    let Some(selector) = selector else { return "<none>".into() };
+    let mut parts: Vec<String> = selector
+        .get("matchLabels")
+        .and_then(Value::as_object)
+        .into_iter()
+        .flatten()
+        .map(|(k, v)| format!("{k}={}", s(Some(v))))
+        .collect();
+    for expression in selector.get("matchExpressions").and_then(Value::as_array).into_iter().flatten() {
+        let key = s(expression.get("key"));
+        let values: Vec<String> =
+            expression.get("values").and_then(Value::as_array).into_iter().flatten().map(|v| s(Some(v))).collect();
+        parts.push(match expression.get("operator").and_then(Value::as_str).unwrap_or("") {
+            "In" => format!("{key} in ({})", values.join(",")),
+            "NotIn" => format!("{key} notin ({})", values.join(",")),
+            "Exists" => key,
+            "DoesNotExist" => format!("!{key}"),
+            other => format!("{key} {other}"),
+        });
+    }
+    if parts.is_empty() { "<none>".into() } else { parts.join(",") }
+}
+
+/// The first `max` items and how many more, as kube's endpoint columns print them.
+fn shortened(items: &[String], max: usize) -> String {
+    if items.len() <= max {
+        return items.join(",");
+    }
+    format!("{} + {} more...", items[..max].join(","), items.len() - max)
+}
+
+/// A ResourceQuota's REQUEST and LIMIT columns: `used/hard` per resource, limits apart.
+fn quota_usage(quota: &Value) -> (String, String) {
+    let hard = quota.pointer("/status/hard").and_then(Value::as_object).cloned().unwrap_or_default();
+    let used = quota.pointer("/status/used").and_then(Value::as_object).cloned().unwrap_or_default();
+    let mut requests = Vec::new();
+    let mut limits = Vec::new();
+    for (resource, amount) in &hard {
+        let now = used.get(resource).map_or_else(|| "0".to_string(), |u| s(Some(u)));
+        let text = format!("{resource}: {now}/{}", s(Some(amount)));
+        if resource.starts_with("limits.") { limits.push(text) } else { requests.push(text) }
+    }
+    (requests.join(", "), limits.join(", "))
 }
 
 /// kubectl's TARGETS column (kube's `formatHPAMetrics`): `cpu: 42%/80%`, current over
@@ -667,7 +925,7 @@ fn row(rt: &ResourceType, object: &Value, include_object: &str) -> Value {
     } else if rt.kind == "Event" {
         event_row(object)
     } else {
-        let mut cells = vec![json!(crate::object::name(object))];
+        let mut cells = vec![json!(name_cell(rt, object))];
         cells.extend(cells_for(rt, object));
         cells
     };
@@ -681,6 +939,17 @@ fn row(rt: &ResourceType, object: &Value, include_object: &str) -> Value {
         }),
     };
     json!({"cells": cells, "object": embedded})
+}
+
+/// The NAME cell; kube marks the default StorageClass in it (`standard (default)`).
+fn name_cell(rt: &ResourceType, object: &Value) -> String {
+    let name = crate::object::name(object);
+    let annotations = object.pointer("/metadata/annotations");
+    let is_default = rt.kind == "StorageClass"
+        && ["storageclass.kubernetes.io/is-default-class", "storageclass.beta.kubernetes.io/is-default-class"]
+            .iter()
+            .any(|k| annotations.and_then(|a| a.get(*k)).and_then(Value::as_str) == Some("true"));
+    if is_default { format!("{name} (default)") } else { name.to_string() }
 }
 
 fn cells_for(rt: &ResourceType, object: &Value) -> Vec<Value> {
@@ -773,5 +1042,58 @@ mod tests {
             "a v1 object prints its annotations' metrics"
         );
         assert_eq!((cells[2].clone(), cells[3].clone(), cells[4].clone()), (json!("1"), json!(5), json!(2)));
+    }
+
+    #[test]
+    fn storage_rbac_and_quota_rows_read_like_kubectl() {
+        let find = |kind: &str| builtins().into_iter().find(|t| t.kind == kind).unwrap();
+        let cells = |kind: &str, o: Value| {
+            let rt = find(kind);
+            row(&rt, &o, "None")["cells"].as_array().unwrap().iter().map(|c| s(Some(c))).collect::<Vec<_>>()
+        };
+        let pv = cells(
+            "PersistentVolume",
+            json!({"metadata": {"name": "pv1"},
+            "spec": {"capacity": {"storage": "1Gi"}, "accessModes": ["ReadWriteOnce", "ReadOnlyMany"], "persistentVolumeReclaimPolicy": "Delete",
+                "claimRef": {"namespace": "shop", "name": "data"}, "storageClassName": "local-path", "volumeMode": "Filesystem"},
+            "status": {"phase": "Bound"}}),
+        );
+        assert_eq!(pv[..8], ["pv1", "1Gi", "RWO,ROX", "Delete", "Bound", "shop/data", "local-path", "<unset>"]);
+        let sc = cells(
+            "StorageClass",
+            json!({"metadata": {"name": "local-path", "annotations": {"storageclass.kubernetes.io/is-default-class": "true"}},
+            "provisioner": "rancher.io/local-path", "volumeBindingMode": "WaitForFirstConsumer"}),
+        );
+        assert_eq!(
+            sc[..5],
+            ["local-path (default)", "rancher.io/local-path", "Delete", "WaitForFirstConsumer", "false"]
+        );
+        let binding = cells(
+            "RoleBinding",
+            json!({"metadata": {"name": "b"}, "roleRef": {"kind": "ClusterRole", "name": "view"},
+            "subjects": [{"kind": "User", "name": "ann"}, {"kind": "ServiceAccount", "name": "ci", "namespace": "tools"}]}),
+        );
+        assert_eq!(
+            (binding[1].as_str(), binding[3].as_str(), binding[5].as_str()),
+            ("ClusterRole/view", "ann", "tools/ci")
+        );
+        let quota = cells(
+            "ResourceQuota",
+            json!({"metadata": {"name": "q"}, "status": {
+            "hard": {"pods": "10", "requests.cpu": "2", "limits.memory": "4Gi"}, "used": {"pods": "3", "requests.cpu": "500m"}}}),
+        );
+        assert_eq!(quota[2..], ["pods: 3/10, requests.cpu: 500m/2", "limits.memory: 0/4Gi"]);
+        let policy = cells(
+            "NetworkPolicy",
+            json!({"metadata": {"name": "n"}, "spec": {"podSelector": {"matchLabels": {"app": "web"},
+            "matchExpressions": [{"key": "tier", "operator": "In", "values": ["a", "b"]}]}}}),
+        );
+        assert_eq!(policy[1], "app=web,tier in (a,b)");
+        let slice = cells(
+            "EndpointSlice",
+            json!({"metadata": {"name": "s"}, "addressType": "IPv4", "ports": [{"port": 80}],
+            "endpoints": [{"addresses": ["10.0.0.1"]}, {"addresses": ["10.0.0.2"]}, {"addresses": ["10.0.0.3"]}, {"addresses": ["10.0.0.4"]}]}),
+        );
+        assert_eq!(slice[1..4], ["IPv4", "80", "10.0.0.1,10.0.0.2,10.0.0.3 + 1 more..."]);
     }
 }
