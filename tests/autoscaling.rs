@@ -174,6 +174,18 @@ async fn kubectl_top_and_the_autoscaler_follow_pod_usage() {
     assert_eq!(v2["metadata"]["annotations"]["team"], "shop", "{v2}");
     assert_eq!(v2["spec"]["behavior"]["scaleDown"]["policies"][0]["periodSeconds"], 600, "{v2}");
     assert_eq!(v2["spec"]["behavior"]["scaleUp"]["selectPolicy"], "Max", "defaults fill the rest: {v2}");
+    // A v1 client replacing the object without the round-trip annotations keeps the stored
+    // status (conditions and current metrics) and, having said nothing of it, the behavior
+    // goes, as in kube.
+    let mut plain_v1 = k.json(&["get", "horizontalpodautoscalers.v1.autoscaling", "web"]);
+    plain_v1["metadata"]["annotations"] = serde_json::json!({"team": "shop"});
+    k.write("plain-v1.json", &plain_v1.to_string());
+    k.ok(&["replace", "-f", &work.join("plain-v1.json").display().to_string()]);
+    let v2 = k.json(&["get", "hpa", "web"]);
+    assert!(v2["status"]["conditions"].as_array().is_some_and(|c| !c.is_empty()), "{v2}");
+    assert!(v2["status"]["currentMetrics"].as_array().is_some_and(|c| !c.is_empty()), "{v2}");
+    assert!(v2["spec"].get("behavior").is_none(), "{v2}");
+    k.ok(&["patch", "hpa", "web", "--type", "merge", "-p", behavior]);
     eventually(Duration::from_secs(60), "five pods reported by kubectl top", || async {
         let out = k.run(&["top", "pod", "-l", "app=web"]);
         (rows(&String::from_utf8_lossy(&out.stdout)).len() == 5).then_some(())

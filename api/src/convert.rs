@@ -446,7 +446,10 @@ pub fn hpa_v1_to_v2(mut v1: Value) -> Value {
         .and_then(Value::as_array)
         .map(|m| m.iter().map(metric_spec_v1_to_v2).collect())
         .unwrap_or_default();
-    if let Some(percent) = spec.get("targetCPUUtilizationPercentage").filter(|p| !p.is_null()) {
+    // kube: the v1 cpu target is appended after the other metrics; with no metric at all,
+    // cpu at 80% (v1's default, given here as kube gives it).
+    let percent = spec.get("targetCPUUtilizationPercentage").filter(|p| !p.is_null()).cloned();
+    if let Some(percent) = percent.or_else(|| metrics.is_empty().then(|| json!(80))) {
         metrics.push(json!({
             "type": "Resource",
             "resource": {"name": "cpu", "target": {"type": "Utilization", "averageUtilization": percent}},

@@ -67,6 +67,7 @@ pub fn types_of(crd: &Value) -> Vec<ResourceType> {
         .find(|v| v.get("storage").and_then(Value::as_bool) == Some(true))
         .and_then(|v| v.get("name").and_then(Value::as_str))
         .map(|name| format!("{group}/{name}"));
+    let several_versions = versions.is_some_and(|v| v.len() > 1);
     for version in versions.into_iter().flatten() {
         if version.get("served").and_then(Value::as_bool) != Some(true) {
             continue;
@@ -105,10 +106,12 @@ pub fn types_of(crd: &Value) -> Vec<ResourceType> {
             create_only: false,
             read_only: false,
             // kube's `None` strategy: every version is the storage version's object under
-            // its own apiVersion.
-            conversion: storage_version.as_ref().and_then(|stored| {
+            // its own apiVersion. With several versions the storage version converts too:
+            // objects written under an earlier storage version keep their apiVersion in the
+            // store.
+            conversion: storage_version.as_ref().filter(|_| several_versions).map(|stored| {
                 let served = format!("{group}/{}", version.get("name").and_then(Value::as_str).unwrap_or(""));
-                (served != *stored).then(|| crate::convert::Conversion::ApiVersion { served, stored: stored.clone() })
+                crate::convert::Conversion::ApiVersion { served, stored: stored.clone() }
             }),
         });
     }

@@ -30,17 +30,35 @@ fn image_pull_policy(image: &str) -> &'static str {
     }
 }
 
+/// Sets `key` of the object at `pointer` (made an object if missing) unless present. Keys
+/// are taken whole: resource names such as `nvidia.com/gpu` hold a `/`.
+fn set_key_if_absent(object: &mut Value, pointer: &str, key: &str, value: Value) {
+    set_if_absent(object, pointer, json!({}));
+    if let Some(map) = object.pointer_mut(pointer).and_then(Value::as_object_mut) {
+        map.entry(key.to_string()).or_insert(value);
+    }
+}
+
+/// kube's `SetDefaults_Pod`: a resource limited but not requested is requested at its limit.
+/// Pods only: a template's pods get it when they are created.
+fn requests_from_limits(spec: &mut Value) {
+    for field in ["containers", "initContainers"] {
+        for container in spec.get_mut(field).and_then(Value::as_array_mut).into_iter().flatten() {
+            let Some(limits) = container.pointer("/resources/limits").and_then(Value::as_object).cloned() else {
+                continue;
+            };
+            for (resource, amount) in limits {
+                set_key_if_absent(container, "/resources/requests", &resource, amount);
+            }
+        }
+    }
+}
+
 fn default_container(container: &mut Value) {
     if let Some(image) = container.get("image").and_then(Value::as_str).map(str::to_string) {
         set_if_absent(container, "/imagePullPolicy", json!(image_pull_policy(&image)));
     }
     set_if_absent(container, "/terminationMessagePath", json!("/dev/termination-log"));
-    // kube: a resource limited but not requested is requested at its limit.
-    if let Some(limits) = container.pointer("/resources/limits").and_then(Value::as_object).cloned() {
-        for (resource, amount) in limits {
-            set_if_absent(container, &format!("/resources/requests/{resource}"), amount);
-        }
-    }
     set_if_absent(container, "/terminationMessagePolicy", json!("File"));
     if let Some(ports) = container.get_mut("ports").and_then(Value::as_array_mut) {
         for port in ports {
@@ -83,6 +101,7 @@ pub fn apply(kind: &str, group: &str, object: &mut Value) {
         ("", "Pod") => {
             if let Some(spec) = object.get_mut("spec") {
                 pod_spec(spec);
+                requests_from_limits(spec);
                 set_if_absent(spec, "/enableServiceLinks", json!(true));
                 set_if_absent(spec, "/priority", json!(0));
             }
@@ -193,7 +212,7 @@ fn limit_range(object: &mut Value) {
         for (from, to) in [("max", "default"), ("default", "defaultRequest"), ("min", "defaultRequest")] {
             let Some(source) = item.get(from).and_then(Value::as_object).cloned() else { continue };
             for (resource, amount) in source {
-                set_if_absent(item, &format!("/{to}/{resource}"), amount);
+                set_key_if_absent(item, &format!("/{to}"), &resource, amount);
             }
         }
     }
@@ -204,8 +223,8 @@ fn limit_range(object: &mut Value) {
 /// `behavior` given in part completed with the default rules.
 fn autoscaler(object: &mut Value) {
     set_if_absent(object, "/spec/minReplicas", json!(1));
+    // v1's cpu default is conversion's to give (only when v2 would have no metric at all).
     if object.get("apiVersion").and_then(Value::as_str) == Some("autoscaling/v1") {
-        set_if_absent(object, "/spec/targetCPUUtilizationPercentage", json!(80));
         return;
     }
     if object.pointer("/spec/metrics").and_then(Value::as_array).is_none_or(|m| m.is_empty()) {
@@ -268,7 +287,7 @@ mod tests {
     fn autoscaler_defaults_follow_the_version() {
         let mut v1 = json!({"apiVersion": "autoscaling/v1", "spec": {"maxReplicas": 3}});
         apply("HorizontalPodAutoscaler", "autoscaling", &mut v1);
-        assert_eq!(v1["spec"], json!({"maxReplicas": 3, "minReplicas": 1, "targetCPUUtilizationPercentage": 80}));
+        assert_eq!(v1["spec"], json!({"maxReplicas": 3, "minReplicas": 1}));
 
         let mut v2 = json!({"apiVersion": "autoscaling/v2", "spec": {"maxReplicas": 3, "behavior": {"scaleDown": {"policies": [{"type": "Pods", "value": 1, "periodSeconds": 60}]}}}});
         apply("HorizontalPodAutoscaler", "autoscaling", &mut v2);
@@ -303,8 +322,17 @@ mod tests {
         );
         assert!(range["spec"]["limits"][1].get("default").is_none(), "Pod items get no defaults");
 
-        let mut pod = json!({"spec": {"containers": [{"name": "a", "image": "x", "resources": {"limits": {"cpu": "1"}, "requests": {"memory": "1Gi"}}}]}});
+        let mut pod = json!({"spec": {"containers": [{"name": "a", "image": "x", "resources": {"limits": {"cpu": "1", "nvidia.com/gpu": "2"}, "requests": {"memory": "1Gi"}}}]}});
         apply("Pod", "", &mut pod);
-        assert_eq!(pod["spec"]["containers"][0]["resources"]["requests"], json!({"cpu": "1", "memory": "1Gi"}));
+        assert_eq!(
+            pod["spec"]["containers"][0]["resources"]["requests"],
+            json!({"cpu": "1", "memory": "1Gi", "nvidia.com/gpu": "2"})
+        );
+        let mut deployment = json!({"spec": {"template": {"spec": {"containers": [{"name": "a", "image": "x", "resources": {"limits": {"cpu": "1"}}}]}}}});
+        apply("Deployment", "apps", &mut deployment);
+        assert!(
+            deployment.pointer("/spec/template/spec/containers/0/resources/requests").is_none(),
+            "templates are left as written"
+        );
     }
 }

@@ -207,11 +207,20 @@ fn uses_cross_namespace_affinity(spec: &Value) -> bool {
 /// kube's `IsResourceQuotaScopeValidForResource`, for the standard resources it judges.
 fn scope_allows(scope: &str, resource: &str) -> bool {
     const COMPUTE: &[&str] = &["cpu", "memory", "requests.cpu", "requests.memory", "limits.cpu", "limits.memory"];
+    // kube's standard quota resources; extended ones (`requests.nvidia.com/gpu`) are not
+    // judged.
     let standard = legacy_count(resource).is_some()
         || COMPUTE.contains(&resource)
-        || resource.starts_with("requests.")
-        || resource.starts_with("limits.")
-        || matches!(resource, "ephemeral-storage" | "services.nodeports" | "services.loadbalancers");
+        || matches!(
+            resource,
+            "ephemeral-storage"
+                | "requests.ephemeral-storage"
+                | "limits.ephemeral-storage"
+                | "requests.storage"
+                | "services.nodeports"
+                | "services.loadbalancers"
+        )
+        || ["hugepages-", "requests.hugepages-", "limits.hugepages-"].iter().any(|p| resource.starts_with(p));
     if !standard {
         return true;
     }
@@ -307,7 +316,7 @@ pub async fn usage(
     // stored object is counted once.
     let mut seen_prefixes = std::collections::HashSet::new();
     for rt in types {
-        if !rt.namespaced || rt.conversion.is_some() || !seen_prefixes.insert(rt.storage_prefix.as_str()) {
+        if !rt.namespaced || !seen_prefixes.insert(rt.storage_prefix.as_str()) {
             continue;
         }
         let probe = contribution(rt, &serde_json::json!({}));
@@ -457,6 +466,10 @@ mod tests {
         assert!(
             causes(json!({"hard": {"count/deployments.apps": "1"}, "scopes": ["BestEffort"]})).is_empty(),
             "not a standard resource"
+        );
+        assert!(
+            causes(json!({"hard": {"requests.nvidia.com/gpu": "1"}, "scopes": ["NotTerminating"]})).is_empty(),
+            "extended"
         );
         let selector = |op: &str, values: Value| json!({"hard": {"pods": "1"}, "scopeSelector": {"matchExpressions": [{"scopeName": "PriorityClass", "operator": op, "values": values}]}});
         assert!(causes(selector("In", json!(["high"]))).is_empty());

@@ -420,6 +420,21 @@ fn request_over_limit_causes(pod: &Value) -> Vec<FieldCause> {
     causes
 }
 
+/// `namespace/name` of an object.
+fn objects_key(object: &Value) -> String {
+    format!("{}/{}", object::namespace(object), object::name(object))
+}
+
+/// `namespace/name` of the Service an allocation write records as its holder.
+fn allocation_owner(op: &WriteOp) -> String {
+    match op {
+        WriteOp::Put { value, .. } => serde_json::from_slice::<Value>(value)
+            .map(|v| format!("{}/{}", v["namespace"].as_str().unwrap_or(""), v["name"].as_str().unwrap_or("")))
+            .unwrap_or_default(),
+        WriteOp::Delete { .. } => String::new(),
+    }
+}
+
 /// Whether anything outside `metadata` and `status` differs: what bumps `generation`.
 fn spec_changed(old: &Value, new: &Value) -> bool {
     let strip = |v: &Value| {
@@ -467,14 +482,54 @@ impl Api {
     }
 
     /// Cluster IPs and node ports for a Service being written (`current`: the stored one on
-    /// an update), picking around what this member knows is held.
-    async fn allocate_service(&self, service: &mut Value, current: Option<&Value>) -> Result<Vec<Allocation>> {
+    /// an update), picking around what this member knows is held and what `also_taken`
+    /// (the rest of an atomic batch) takes. Give-backs are turned into deletes that hold
+    /// only while the key is still this Service's.
+    async fn allocate_service(
+        &self,
+        service: &mut Value,
+        current: Option<&Value>,
+        also_taken: &std::collections::HashSet<String>,
+    ) -> Result<Vec<Allocation>> {
         let mut held = std::collections::HashSet::new();
         for prefix in [crate::service_alloc::IP_PREFIX, crate::service_alloc::PORT_PREFIX] {
             let page = self.storage.list(prefix, &prefix_end(prefix), 0, 0, Consistency::Local).await?;
             held.extend(page.items.into_iter().map(|item| item.key));
         }
-        crate::service_alloc::allocate(&self.service_ranges, service, current, &|key: &str| held.contains(key))
+        let allocations = crate::service_alloc::allocate(&self.service_ranges, service, current, &|key: &str| {
+            held.contains(key) || also_taken.contains(key)
+        })?;
+        let mut guarded = Vec::with_capacity(allocations.len());
+        for mut allocation in allocations {
+            if let WriteOp::Delete { key, .. } = &allocation.op {
+                match self.guarded_release(key, current.unwrap_or(service)).await? {
+                    Some(op) => allocation.op = op,
+                    None => continue,
+                }
+            }
+            guarded.push(allocation);
+        }
+        Ok(guarded)
+    }
+
+    /// A delete of allocation `key` that holds only if `service` still holds it (another
+    /// Service's key, or one already gone, is left alone).
+    async fn guarded_release(&self, key: &str, service: &Value) -> Result<Option<WriteOp>> {
+        let (found, _) = self.storage.get(key, Consistency::Linearizable).await?;
+        Ok(found
+            .filter(|f| crate::service_alloc::held_by(&f.value, service))
+            .map(|f| WriteOp::Delete { key: key.to_string(), precondition: Precondition::Revision(f.mod_revision) }))
+    }
+
+    /// The guarded deletes of everything a Service being deleted holds.
+    async fn release_service(&self, service: &Value) -> Result<Vec<WriteOp>> {
+        let mut ops = Vec::new();
+        for op in crate::service_alloc::release(service) {
+            if let Some(op) = self.guarded_release(op.key(), service).await? {
+                ops.push(op);
+            }
+        }
+        Ok(ops)
     }
 
     fn not_found(rt: &ResourceType, name: &str) -> ApiError {
@@ -826,7 +881,11 @@ impl Api {
         let (prepared, warnings) = self.prepare_create(rt, namespace, object, options, &[]).await?;
         for _ in 0..ALLOCATION_RETRIES {
             let mut object = prepared.clone();
-            let allocations = if is_service(rt) { self.allocate_service(&mut object, None).await? } else { Vec::new() };
+            let allocations = if is_service(rt) {
+                self.allocate_service(&mut object, None, &Default::default()).await?
+            } else {
+                Vec::new()
+            };
             if options.dry_run {
                 return Ok((object, warnings));
             }
@@ -1082,9 +1141,23 @@ impl Api {
     ) -> Result<(Value, Vec<String>)> {
         let (mut object, warnings) =
             self.prepare_replace(rt, namespace, name, subresource, current, object, options).await?;
+        if subresource.is_none() && rt.has_status && rt.conversion.is_some() {
+            // A version that carries part of its status in annotations (autoscaling/v1) would
+            // otherwise rebuild the stored status from whatever annotations the client sent.
+            let mut stored_form = rt.stored(object);
+            match rt.stored(current.clone()).get("status") {
+                Some(status) => stored_form["status"] = status.clone(),
+                None => {
+                    if let Some(map) = stored_form.as_object_mut() {
+                        map.remove("status");
+                    }
+                }
+            }
+            object = rt.served(stored_form);
+        }
         let finishing = object::is_terminating(&object) && object::finalizers(&object).is_empty();
         let allocations = if is_service(rt) && !finishing {
-            self.allocate_service(&mut object, Some(current)).await?
+            self.allocate_service(&mut object, Some(current), &Default::default()).await?
         } else {
             Vec::new()
         };
@@ -1096,7 +1169,7 @@ impl Api {
         }
         let mut ops = vec![Self::replace_op(rt, namespace, name, &object, revision)?];
         if is_service(rt) && matches!(ops[0], WriteOp::Delete { .. }) {
-            ops.extend(crate::service_alloc::release(current));
+            ops.extend(self.release_service(current).await?);
         } else {
             ops.extend(allocations.iter().map(|a| a.op.clone()));
         }
@@ -1317,7 +1390,7 @@ impl Api {
             let mut ops = vec![op];
             if is_service(rt) && !needs_mark {
                 // What the Service held goes back in the same write.
-                ops.extend(crate::service_alloc::release(&current));
+                ops.extend(self.release_service(&current).await?);
             }
             match self.storage.write(ops).await? {
                 WriteOutcome::Applied { revision } => {
@@ -1528,6 +1601,10 @@ impl Api {
         for _ in 0..PATCH_RETRIES {
             let mut ops: Vec<WriteOp> = Vec::new();
             let mut results: Vec<(Value, bool)> = Vec::new();
+            // Allocations of the batch's Services by their index in `ops`, and the keys they
+            // take, so two Services of one batch never pick one address.
+            let mut allocated: std::collections::HashMap<usize, Allocation> = std::collections::HashMap::new();
+            let mut batch_keys: std::collections::HashSet<String> = std::collections::HashSet::new();
             for object in &objects {
                 let rt = self.type_of(object)?;
                 let namespace = if rt.namespaced {
@@ -1558,14 +1635,21 @@ impl Api {
                 match self.storage.get(&key, Consistency::Linearizable).await? {
                     (None, _) => {
                         let (mut created, _) = self.prepare_create(&rt, ns, object.clone(), options, &batch).await?;
-                        let allocations =
-                            if is_service(&rt) { self.allocate_service(&mut created, None).await? } else { Vec::new() };
+                        let allocations = if is_service(&rt) {
+                            self.allocate_service(&mut created, None, &batch_keys).await?
+                        } else {
+                            Vec::new()
+                        };
                         ops.push(WriteOp::Put {
                             key: key.clone(),
                             value: encode(&rt, &created)?,
                             precondition: Precondition::Absent,
                         });
-                        ops.extend(allocations.into_iter().map(|a| a.op));
+                        for allocation in allocations {
+                            batch_keys.insert(allocation.op.key().to_string());
+                            ops.push(allocation.op.clone());
+                            allocated.insert(ops.len() - 1, allocation);
+                        }
                         for companion in self.companions(&rt, &created)? {
                             if !objects.iter().any(|o| {
                                 self.type_of(o).is_ok_and(|t| {
@@ -1586,16 +1670,26 @@ impl Api {
                         .map_err(|e| ApiError::invalid(&rt.kind, &rt.group, &name, vec![FieldCause::invalid("", e)]))?;
                         let (mut updated, _) =
                             self.prepare_replace(&rt, ns, &name, None, &current, merged, options).await?;
-                        let allocations = if is_service(&rt) {
-                            self.allocate_service(&mut updated, Some(&current)).await?
+                        let finishing = object::is_terminating(&updated) && object::finalizers(&updated).is_empty();
+                        let allocations = if is_service(&rt) && !finishing {
+                            self.allocate_service(&mut updated, Some(&current), &batch_keys).await?
                         } else {
                             Vec::new()
                         };
                         if same_ignoring_version(&current, &updated) {
                             results.push((current, false));
                         } else {
-                            ops.push(Self::replace_op(&rt, ns, &name, &updated, stored.mod_revision)?);
-                            ops.extend(allocations.into_iter().map(|a| a.op));
+                            let op = Self::replace_op(&rt, ns, &name, &updated, stored.mod_revision)?;
+                            let deleting = matches!(op, WriteOp::Delete { .. });
+                            ops.push(op);
+                            if is_service(&rt) && deleting {
+                                ops.extend(self.release_service(&current).await?);
+                            }
+                            for allocation in allocations {
+                                batch_keys.insert(allocation.op.key().to_string());
+                                ops.push(allocation.op.clone());
+                                allocated.insert(ops.len() - 1, allocation);
+                            }
                             results.push((updated, true));
                         }
                     }
@@ -1617,6 +1711,15 @@ impl Api {
                         })
                         .collect();
                     return Ok((objects, revision));
+                }
+                // An address or port the request itself named is held by another Service.
+                WriteOutcome::Refused { index, .. } if allocated.get(&index).is_some_and(|a| !a.chosen) => {
+                    let allocation = &allocated[&index];
+                    let named = results.iter().map(|(o, _)| o).find(|o| {
+                        o.get("kind").and_then(Value::as_str) == Some("Service")
+                            && objects_key(o) == allocation_owner(&allocation.op)
+                    });
+                    return Err(crate::service_alloc::already_allocated(named.unwrap_or(&Value::Null), allocation));
                 }
                 // Something changed between reading and writing: read again and retry.
                 WriteOutcome::Refused { .. } => continue,

@@ -92,6 +92,10 @@ fn port_key(port: i64) -> String {
     format!("{PORT_PREFIX}{port}")
 }
 
+/// A node port given to one entry of `spec.ports`: (node port, picked at random, index in
+/// `spec.ports`, the port it serves, its protocol).
+type NodePortEntry = (i64, bool, usize, Option<Value>, Option<Value>);
+
 fn service_type(service: &Value) -> &str {
     service.pointer("/spec/type").and_then(Value::as_str).unwrap_or("ClusterIP")
 }
@@ -248,13 +252,14 @@ pub fn allocate(
         allocations.push(released(ip_key(old)));
     }
 
-    // Node ports: kept by port number and protocol across an update, new ones picked.
+    // Node ports: kept by port number and protocol across an update, new ones picked; one
+    // port number served over two protocols shares its node port (kube).
     let old_ports = current.map(held_ports).unwrap_or_default();
     let wants = wants_node_ports(service);
     let current_ports =
         current.and_then(|c| c.pointer("/spec/ports")).and_then(Value::as_array).cloned().unwrap_or_default();
-    let mut new_ports: Vec<(i64, bool, usize)> = Vec::new();
     let name = crate::object::name(service).to_string();
+    let mut new_ports: Vec<NodePortEntry> = Vec::new();
     if let Some(ports) = service.pointer_mut("/spec/ports").and_then(Value::as_array_mut) {
         for (i, port) in ports.iter_mut().enumerate() {
             if !wants {
@@ -263,10 +268,13 @@ pub fn allocate(
                 }
                 continue;
             }
+            let (number_of_port, protocol) = (port.get("port").cloned(), port.get("protocol").cloned());
             let given = port.get("nodePort").and_then(Value::as_i64).filter(|p| *p > 0);
-            let same = |p: &Value| p.get("port") == port.get("port") && p.get("protocol") == port.get("protocol");
-            let kept =
-                given.or_else(|| current_ports.iter().find(|p| same(p)).and_then(|p| p.get("nodePort")?.as_i64()));
+            let same = |p: &Value| p.get("port") == number_of_port.as_ref() && p.get("protocol") == protocol.as_ref();
+            let sibling = new_ports.iter().find(|(.., port, _)| *port == number_of_port).map(|(n, ..)| *n);
+            let kept = given
+                .or_else(|| current_ports.iter().find(|p| same(p)).and_then(|p| p.get("nodePort")?.as_i64()))
+                .or(sibling);
             let (number, chosen) = match kept {
                 Some(n) => {
                     if !old_ports.contains(&n) && !u16::try_from(n).is_ok_and(|n| ranges.node_ports.contains(&n)) {
@@ -289,17 +297,31 @@ pub fn allocate(
                 None => {
                     let picked = (0..32)
                         .map(|_| i64::from(ranges.random_port()))
-                        .find(|p| !taken(&port_key(*p)) && !new_ports.iter().any(|(n, _, _)| n == p));
+                        .find(|p| !taken(&port_key(*p)) && !new_ports.iter().any(|(n, ..)| n == p));
                     (picked.ok_or_else(|| ApiError::internal("the service node port range is full"))?, true)
                 }
             };
+            if new_ports.iter().any(|(n, .., p)| *n == number && *p == protocol) {
+                return Err(ApiError::invalid(
+                    "Service",
+                    "",
+                    &name,
+                    vec![FieldCause {
+                        reason: "FieldValueDuplicate",
+                        field: format!("spec.ports[{i}].nodePort"),
+                        message: format!("Duplicate value: {number}"),
+                    }],
+                ));
+            }
             port["nodePort"] = json!(number);
-            new_ports.push((number, chosen, i));
+            new_ports.push((number, chosen, i, number_of_port, protocol));
         }
     }
     let holder = owner(service);
-    for (number, chosen, index) in &new_ports {
-        if !old_ports.contains(number) {
+    let mut written: Vec<i64> = Vec::new();
+    for (number, chosen, index, ..) in &new_ports {
+        if !old_ports.contains(number) && !written.contains(number) {
+            written.push(*number);
             allocations.push(Allocation {
                 op: WriteOp::Put { key: port_key(*number), value: holder.clone(), precondition: Precondition::Absent },
                 chosen: *chosen,
@@ -307,10 +329,22 @@ pub fn allocate(
             });
         }
     }
-    for number in old_ports.iter().filter(|n| !new_ports.iter().any(|(m, _, _)| m == *n)) {
-        allocations.push(released(port_key(*number)));
+    let mut given_back: Vec<i64> = Vec::new();
+    for number in old_ports.iter().filter(|n| !new_ports.iter().any(|(m, ..)| m == *n)) {
+        if !given_back.contains(number) {
+            given_back.push(*number);
+            allocations.push(released(port_key(*number)));
+        }
     }
     Ok(allocations)
+}
+
+/// Whether an allocation key's value names `service` as its holder.
+pub fn held_by(value: &[u8], service: &Value) -> bool {
+    serde_json::from_slice::<Value>(value).is_ok_and(|v| {
+        v.get("namespace").and_then(Value::as_str) == Some(crate::object::namespace(service))
+            && v.get("name").and_then(Value::as_str) == Some(crate::object::name(service))
+    })
 }
 
 /// The writes that give back everything a deleted Service held.
@@ -318,7 +352,12 @@ pub fn release(service: &Value) -> Vec<WriteOp> {
     held_ip(service)
         .map(ip_key)
         .into_iter()
-        .chain(held_ports(service).into_iter().map(port_key))
+        .chain({
+            let mut ports = held_ports(service);
+            ports.sort_unstable();
+            ports.dedup();
+            ports.into_iter().map(port_key)
+        })
         .map(|key| WriteOp::Delete { key, precondition: Precondition::Any })
         .collect()
 }
@@ -424,5 +463,26 @@ mod tests {
         let mut moved = service(json!({"clusterIP": "10.96.9.9"}));
         let error = allocate(&ranges, &mut moved, Some(&current), &nothing_taken).unwrap_err().to_string();
         assert!(error.contains("may not change once set"), "{error}");
+    }
+
+    #[test]
+    fn one_port_number_over_two_protocols_shares_its_node_port() {
+        let ranges = ServiceRanges::default();
+        let mut dns = service(
+            json!({"type": "NodePort", "ports": [{"port": 53, "protocol": "UDP"}, {"port": 53, "protocol": "TCP"}]}),
+        );
+        let allocations = allocate(&ranges, &mut dns, None, &nothing_taken).unwrap();
+        let ports = held_ports(&dns);
+        assert_eq!(ports[0], ports[1]);
+        assert_eq!(allocations.len(), 2, "one address and one node port key");
+        assert_eq!(release(&dns).len(), 2);
+        let mut twice = service(json!({"type": "NodePort", "ports": [
+            {"port": 80, "protocol": "TCP", "nodePort": 30080}, {"port": 81, "protocol": "TCP", "nodePort": 30080}]}));
+        let error = allocate(&ranges, &mut twice, None, &nothing_taken).unwrap_err().to_string();
+        assert!(error.contains("Duplicate value: 30080"), "{error}");
+        assert!(held_by(&owner(&dns), &dns));
+        let mut other = dns.clone();
+        other["metadata"]["name"] = json!("other");
+        assert!(!held_by(&owner(&dns), &other));
     }
 }
