@@ -116,6 +116,22 @@ async fn kubectl_drives_a_follower_while_the_leader_dies() {
     k.write("cm.yaml", "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: settings, labels: {tier: back}}\ndata: {a: \"1\", c: \"3\"}\n");
     k.ok(&["apply", "--server-side", "-f", &cm]);
     assert_eq!(k.ok(&["get", "cm", "settings", "-o", "jsonpath={.data}"]), r#"{"a":"1","c":"3"}"#);
+    // A field another manager then changes is theirs: applying it again conflicts, unless
+    // forced, which takes it back.
+    k.ok(&["patch", "cm", "settings", "--field-manager=ops-hand", "-p", r#"{"data":{"a":"9"}}"#]);
+    let managers = k.ok(&[
+        "get",
+        "cm",
+        "settings",
+        "--show-managed-fields",
+        "-o",
+        "jsonpath={.metadata.managedFields[*].manager}",
+    ]);
+    assert_eq!(managers, "kubectl ops-hand", "{managers}");
+    let conflict = k.fails(&["apply", "--server-side", "-f", &cm]);
+    assert!(conflict.contains("conflict with \"ops-hand\"") && conflict.contains(".data.a"), "{conflict}");
+    k.ok(&["apply", "--server-side", "--force-conflicts", "-f", &cm]);
+    assert_eq!(k.ok(&["get", "cm", "settings", "-o", "jsonpath={.data.a}"]), "1");
 
     // Generators send protobuf bodies.
     k.ok(&["create", "configmap", "plain", "--from-literal=x=1"]);

@@ -1,8 +1,14 @@
 //! Server-side apply: the applied configuration is merged into the live object (creating it
 //! if absent), each field manager's applied fields are recorded in `managedFields`
 //! (`FieldsV1`), and fields a manager applied before but no longer applies are removed.
-//! Conflicts are detected between apply managers: a field another manager applied with a
-//! different value is refused (409) unless `force=true`, which takes it over.
+//! Conflicts are detected with every other manager: a field another manager applied or
+//! updated with a different value is refused (409) unless `force=true`, which takes it over.
+//!
+//! Updates (PUT, PATCH, kubectl edit, scale) of an object that carries `managedFields` are
+//! tracked as kube tracks them: the fields they change move to the updating manager's
+//! `Update` entry, so a later apply that would change them again conflicts. Objects that
+//! were never applied carry no `managedFields` in keel (kube gives every object an entry
+//! for its creator), which spares the bookkeeping on every controller write.
 
 use std::collections::BTreeSet;
 
@@ -166,6 +172,60 @@ fn managed_entry(manager: &str, api_version: &str, fields: Value) -> Value {
     })
 }
 
+fn managed_fields(object: &Value) -> Vec<Value> {
+    object::meta(object).and_then(|m| m.get("managedFields")).and_then(Value::as_array).cloned().unwrap_or_default()
+}
+
+fn owned_paths(entry: &Value) -> BTreeSet<FieldPath> {
+    let mut out = BTreeSet::new();
+    from_fields_v1(entry.get("fieldsV1").unwrap_or(&Value::Null), &mut Vec::new(), &mut out);
+    out
+}
+
+/// kube's Update operation bookkeeping for a write by `manager` that replaces `current`
+/// with `object` (both as served in `api_version`). Leaves `object` alone when the writer
+/// set `managedFields` itself (server-side apply does) or `current` carries none.
+pub fn track_update(current: &Value, object: &mut Value, manager: &str, api_version: &str, kind: &str) {
+    let before = managed_fields(current);
+    if before.is_empty() {
+        return;
+    }
+    match object::meta(object).and_then(|m| m.get("managedFields")) {
+        Some(given) if *given != json!(before) && !given.is_null() => return,
+        _ => {}
+    }
+    let is_status = |p: &FieldPath| p.first().is_some_and(|f| f == "f:status");
+    let (mut old_paths, mut new_paths) = (BTreeSet::new(), BTreeSet::new());
+    field_paths(current, &mut Vec::new(), kind, &mut old_paths);
+    field_paths(object, &mut Vec::new(), kind, &mut new_paths);
+    let changed: BTreeSet<FieldPath> = old_paths
+        .union(&new_paths)
+        .filter(|p| !is_status(p) && lookup(current, p) != lookup(object, p))
+        .cloned()
+        .collect();
+    let mut managed = before;
+    if !changed.is_empty() {
+        let mine = |e: &Value| {
+            e.get("manager").and_then(Value::as_str) == Some(manager)
+                && e.get("operation").and_then(Value::as_str) == Some("Update")
+        };
+        let mut taken: BTreeSet<FieldPath> = managed.iter().find(|e| mine(e)).map(owned_paths).unwrap_or_default();
+        taken.extend(changed.iter().filter(|p| new_paths.contains(*p)).cloned());
+        taken.retain(|p| new_paths.contains(p));
+        for entry in managed.iter_mut().filter(|e| !mine(e)) {
+            let kept: BTreeSet<FieldPath> = owned_paths(entry).into_iter().filter(|p| !changed.contains(p)).collect();
+            entry["fieldsV1"] = to_fields_v1(&kept);
+        }
+        managed.retain(|e| !mine(e) && e.get("fieldsV1").and_then(Value::as_object).is_some_and(|f| !f.is_empty()));
+        if !taken.is_empty() {
+            let mut entry = managed_entry(manager, api_version, to_fields_v1(&taken));
+            entry["operation"] = json!("Update");
+            managed.push(entry);
+        }
+    }
+    object::meta_mut(object).insert("managedFields".into(), json!(managed));
+}
+
 pub async fn apply(
     api: &Api,
     rt: &ResourceType,
@@ -221,7 +281,8 @@ pub async fn apply(
         let mut conflicts = Vec::new();
         for entry in &managed {
             let other = entry.get("manager").and_then(Value::as_str).unwrap_or("");
-            if other == manager || entry.get("operation").and_then(Value::as_str) != Some("Apply") {
+            let operation = entry.get("operation").and_then(Value::as_str).unwrap_or("");
+            if other == manager && operation == "Apply" {
                 continue;
             }
             let mut owned = BTreeSet::new();
@@ -282,6 +343,8 @@ pub async fn apply(
                     owned.into_iter().filter(|p| !conflicts.iter().any(|(_, c)| c == p)).collect();
                 entry["fieldsV1"] = to_fields_v1(&kept);
             }
+            // A manager left with nothing is dropped, as kube drops it.
+            managed.retain(|e| e.get("fieldsV1").and_then(Value::as_object).is_some_and(|f| !f.is_empty()));
         }
         managed.retain(|e| {
             !(e.get("manager").and_then(Value::as_str) == Some(manager.as_str())
@@ -327,5 +390,31 @@ mod tests {
         let mut copy = applied.clone();
         remove_path(&mut copy, &image);
         assert!(copy.pointer("/spec/template/spec/containers/0/image").is_none());
+    }
+
+    #[test]
+    fn updates_take_the_fields_they_change_from_appliers() {
+        let applied = json!({"spec": {"replicas": 2, "template": {"image": "a"}}});
+        let mut paths = BTreeSet::new();
+        field_paths(&applied, &mut Vec::new(), "Widget", &mut paths);
+        let mut current = applied.clone();
+        current["metadata"] =
+            json!({"name": "w", "managedFields": [managed_entry("deployer", "v1", to_fields_v1(&paths))]});
+        let mut edited = current.clone();
+        edited["spec"]["replicas"] = json!(5);
+        track_update(&current, &mut edited, "kubectl-edit", "v1", "Widget");
+        let managed = managed_fields(&edited);
+        assert_eq!(managed.len(), 2, "{managed:?}");
+        let replicas = vec!["f:spec".to_string(), "f:replicas".to_string()];
+        assert!(!owned_paths(&managed[0]).contains(&replicas), "the applier lost .spec.replicas");
+        assert_eq!(managed[1]["manager"], "kubectl-edit");
+        assert_eq!(managed[1]["operation"], "Update");
+        assert_eq!(owned_paths(&managed[1]), BTreeSet::from([replicas]));
+        // An object nobody applied is left without managedFields.
+        let plain = json!({"metadata": {"name": "p"}, "spec": {"replicas": 1}});
+        let mut changed = plain.clone();
+        changed["spec"]["replicas"] = json!(3);
+        track_update(&plain, &mut changed, "kubectl-edit", "v1", "Widget");
+        assert!(object::meta(&changed).and_then(|m| m.get("managedFields")).is_none());
     }
 }

@@ -1141,6 +1141,10 @@ impl Api {
     ) -> Result<(Value, Vec<String>)> {
         let (mut object, warnings) =
             self.prepare_replace(rt, namespace, name, subresource, current, object, options).await?;
+        if subresource.is_none() {
+            let manager = options.field_manager.as_deref().filter(|m| !m.is_empty()).unwrap_or("unknown");
+            crate::apply::track_update(current, &mut object, manager, &rt.api_version(), &rt.kind);
+        }
         if subresource.is_none() && rt.has_status && rt.conversion.is_some() {
             // A version that carries part of its status in annotations (autoscaling/v1) would
             // otherwise rebuild the stored status from whatever annotations the client sent.
