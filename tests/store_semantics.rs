@@ -140,6 +140,20 @@ async fn ranges_honour_limits_sorting_filters_and_past_revisions() {
     let first = put(s, "k/b", "2").await.expect("put");
     put(s, "k/a", "3").await.expect("put");
     put(s, "k/c", "1").await.expect("put");
+    // A key deleted at the end of the range: counted by no page, and no reason for `more`.
+    put(s, "k/d", "4").await.expect("put");
+    s.txn(pb::TxnRequest {
+        compare: vec![],
+        success: vec![pb::RequestOp {
+            request: Some(pb::request_op::Request::RequestDeleteRange(pb::DeleteRangeRequest {
+                key: b"k/d".to_vec(),
+                ..Default::default()
+            })),
+        }],
+        failure: vec![],
+    })
+    .await
+    .expect("delete k/d");
     let before_delete = put(s, "other", "x").await.expect("put");
 
     let prefix = |extra: fn(&mut pb::RangeRequest)| {
@@ -154,6 +168,10 @@ async fn ranges_honour_limits_sorting_filters_and_past_revisions() {
     let limited = range(s, prefix(|r| r.limit = 2)).await.expect("range");
     assert_eq!(keys(&limited), ["k/a", "k/b"]);
     assert_eq!((limited.count, limited.more), (3, true));
+    let exactly = range(s, prefix(|r| r.limit = 3)).await.expect("range");
+    assert_eq!((keys(&exactly).len(), exactly.count, exactly.more), (3, 3, false));
+    let one = range(s, prefix(|r| r.limit = 1)).await.expect("range");
+    assert_eq!((keys(&one), one.count, one.more), (vec!["k/a".to_string()], 3, true));
 
     let by_value = range(
         s,
@@ -185,6 +203,20 @@ async fn ranges_honour_limits_sorting_filters_and_past_revisions() {
     .await
     .expect("range");
     assert_eq!(keys(&newer), ["k/a", "k/c"]);
+    // With a revision filter, `more` says whether a key past the limit passes it.
+    let only_b = range(
+        s,
+        pb::RangeRequest {
+            key: b"k/".to_vec(),
+            range_end: b"k0".to_vec(),
+            max_mod_revision: first,
+            limit: 1,
+            ..Default::default()
+        },
+    )
+    .await
+    .expect("range");
+    assert_eq!((keys(&only_b), only_b.count, only_b.more), (vec!["k/b".to_string()], 3, false));
 
     let deleted = s
         .txn(pb::TxnRequest {

@@ -184,10 +184,40 @@ impl<'a> View<'a> {
     }
 
     /// An etcd range read at `revision` (already checked readable).
+    ///
+    /// Once the limit is reached (or for `count_only`) the rest of the range is only counted:
+    /// each key's record is checked for liveness without decoding or copying its value, so
+    /// paging through a large prefix (kubectl's 500 at a time) costs a key walk per page,
+    /// not a copy of every value after the page.
     pub fn range(&self, req: &pb::RangeRequest, revision: i64) -> Result<pb::RangeResponse> {
         let range = KeyRange::new(&req.key, &req.range_end);
         let mut builder = RangeBuilder::new(req);
-        self.scan(&range, revision, |key, mod_rev, version| Ok(builder.push_version(key, mod_rev, version)))?;
+        if range.is_empty() {
+            return Ok(builder.finish());
+        }
+        let mut it = self.iter(CF_KV, range.encoded_upper_bound())?;
+        it.seek(user_key_prefix(range.start()));
+        while let Some(raw_key) = it.key() {
+            let (user_key, rev) = decode_version_key(raw_key)?;
+            if rev > revision {
+                it.next();
+                continue;
+            }
+            let prefix = raw_key[..raw_key.len() - 8].to_vec();
+            let raw = it.value().unwrap_or_default();
+            if builder.only_counting() {
+                if Version::is_live_record(raw, &user_key)? {
+                    builder.count_one_more();
+                }
+            } else {
+                let version = Version::decode(raw, &user_key)?;
+                if version.is_live() {
+                    let _ = builder.push_version(&user_key, rev, version);
+                }
+            }
+            skip_older_versions(&mut it, &prefix);
+        }
+        it.status()?;
         Ok(builder.finish())
     }
 
@@ -322,12 +352,30 @@ impl<'r> RangeBuilder<'r> {
         RangeBuilder { req, sort_target, sort_order, limit, natural_order, kvs: Vec::new(), count: 0, more: false }
     }
 
+    /// Whether every further key is only counted: the response is full (in key order) or
+    /// only the count was asked for.
+    fn only_counting(&self) -> bool {
+        let filtered = self.req.min_mod_revision > 0
+            || self.req.max_mod_revision > 0
+            || self.req.min_create_revision > 0
+            || self.req.max_create_revision > 0;
+        self.req.count_only || (self.natural_order && !filtered && self.kvs.len() >= self.limit)
+    }
+
+    /// Counts a live key past the limit (see `only_counting`).
+    fn count_one_more(&mut self) {
+        self.count += 1;
+        if !self.req.count_only {
+            self.more = true;
+        }
+    }
+
     pub fn push_version(&mut self, key: &[u8], mod_revision: i64, version: Version) -> ControlFlow<()> {
         self.count += 1;
         if self.req.count_only {
             return ControlFlow::Continue(());
         }
-        match version.to_key_value(key, mod_revision) {
+        match version.into_key_value(key, mod_revision) {
             Some(kv) => self.push_kv(kv),
             None => ControlFlow::Continue(()),
         }
