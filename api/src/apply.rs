@@ -214,7 +214,11 @@ pub fn track_update(current: &Value, object: &mut Value, manager: &str, api_vers
         taken.retain(|p| new_paths.contains(p));
         for entry in managed.iter_mut().filter(|e| !mine(e)) {
             let kept: BTreeSet<FieldPath> = owned_paths(entry).into_iter().filter(|p| !changed.contains(p)).collect();
-            entry["fieldsV1"] = to_fields_v1(&kept);
+            // An entry that is not an object (custom resources' metadata is not checked)
+            // is dropped below rather than indexed into.
+            if let Some(map) = entry.as_object_mut() {
+                map.insert("fieldsV1".into(), to_fields_v1(&kept));
+            }
         }
         managed.retain(|e| !mine(e) && e.get("fieldsV1").and_then(Value::as_object).is_some_and(|f| !f.is_empty()));
         if !taken.is_empty() {
@@ -329,8 +333,18 @@ pub async fn apply(
             Shape::Custom { .. } => patch::merge_patch(&current, &applied),
         }
         .map_err(|e| ApiError::invalid(&rt.kind, &rt.group, name, vec![FieldCause::invalid("", e)]))?;
+        // What other managers own stays, as kube's prune keeps items others own.
+        let others_owned: BTreeSet<FieldPath> = managed
+            .iter()
+            .filter(|e| {
+                !(e.get("manager").and_then(Value::as_str) == Some(manager.as_str())
+                    && e.get("operation").and_then(Value::as_str) == Some("Apply"))
+            })
+            .flat_map(owned_paths)
+            .collect();
         for gone in previous.difference(&new_paths) {
-            if !new_paths.iter().any(|p| p.starts_with(gone)) {
+            let kept_by_others = others_owned.iter().any(|p| p.starts_with(gone));
+            if !kept_by_others && !new_paths.iter().any(|p| p.starts_with(gone)) {
                 remove_path(&mut merged, gone);
             }
         }
@@ -341,7 +355,9 @@ pub async fn apply(
                 from_fields_v1(entry.get("fieldsV1").unwrap_or(&Value::Null), &mut Vec::new(), &mut owned);
                 let kept: BTreeSet<FieldPath> =
                     owned.into_iter().filter(|p| !conflicts.iter().any(|(_, c)| c == p)).collect();
-                entry["fieldsV1"] = to_fields_v1(&kept);
+                if let Some(map) = entry.as_object_mut() {
+                    map.insert("fieldsV1".into(), to_fields_v1(&kept));
+                }
             }
             // A manager left with nothing is dropped, as kube drops it.
             managed.retain(|e| e.get("fieldsV1").and_then(Value::as_object).is_some_and(|f| !f.is_empty()));
@@ -350,9 +366,19 @@ pub async fn apply(
             !(e.get("manager").and_then(Value::as_str) == Some(manager.as_str())
                 && e.get("operation").and_then(Value::as_str) == Some("Apply"))
         });
+        // Fields gone from the object leave every manager (SMD's `Removed`).
+        for entry in managed.iter_mut() {
+            let present: BTreeSet<FieldPath> =
+                owned_paths(entry).into_iter().filter(|p| lookup(&merged, p).is_some()).collect();
+            if let Some(map) = entry.as_object_mut() {
+                map.insert("fieldsV1".into(), to_fields_v1(&present));
+            }
+        }
+        managed.retain(|e| e.get("fieldsV1").and_then(Value::as_object).is_some_and(|f| !f.is_empty()));
         managed.push(managed_entry(&manager, &rt.api_version(), to_fields_v1(&new_paths)));
         object::meta_mut(&mut merged).insert("managedFields".into(), json!(managed));
-        match api.update(rt, namespace, name, None, merged, options).await {
+        let applying = WriteOptions { applying: true, ..options.clone() };
+        match api.update(rt, namespace, name, None, merged, &applying).await {
             Ok((object, warnings)) => return Ok((object, warnings, false)),
             Err(ApiError::Conflict { message, .. }) if message.contains("has been modified") => continue,
             Err(e) => return Err(e),
@@ -416,5 +442,23 @@ mod tests {
         changed["spec"]["replicas"] = json!(3);
         track_update(&plain, &mut changed, "kubectl-edit", "v1", "Widget");
         assert!(object::meta(&changed).and_then(|m| m.get("managedFields")).is_none());
+    }
+
+    #[test]
+    fn a_malformed_entry_is_dropped_not_indexed_into() {
+        let mut current = json!({"metadata": {"name": "w", "managedFields": ["x", managed_entry("a", "v1", json!({"f:spec": {"f:size": {}}}))]}, "spec": {"size": 1}});
+        // (`a` owned only .spec.size, which `editor` takes.)
+        let mut changed = current.clone();
+        changed["spec"]["size"] = json!(2);
+        track_update(&current, &mut changed, "editor", "v1", "Widget");
+        let managers: Vec<String> =
+            managed_fields(&changed).iter().filter_map(|e| e["manager"].as_str().map(String::from)).collect();
+        assert_eq!(managers, ["editor"], "the string entry and the emptied applier go");
+        // Without managedFields nothing is tracked.
+        current["metadata"]["managedFields"] = json!([]);
+        let mut untouched = current.clone();
+        untouched["spec"]["size"] = json!(3);
+        track_update(&current, &mut untouched, "editor", "v1", "Widget");
+        assert_eq!(untouched["metadata"]["managedFields"], json!([]));
     }
 }

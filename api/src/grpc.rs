@@ -92,6 +92,7 @@ impl ObjectService {
             field_validation: FieldValidation::Strict,
             field_manager: (!field_manager.is_empty()).then(|| field_manager.to_string()),
             force,
+            applying: false,
         }
     }
 }

@@ -75,6 +75,9 @@ pub struct WriteOptions {
     pub field_validation: FieldValidation,
     pub field_manager: Option<String>,
     pub force: bool,
+    /// Set by server-side apply, which writes `managedFields` itself: the write is not also
+    /// tracked as an update.
+    pub applying: bool,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -1141,7 +1144,7 @@ impl Api {
     ) -> Result<(Value, Vec<String>)> {
         let (mut object, warnings) =
             self.prepare_replace(rt, namespace, name, subresource, current, object, options).await?;
-        if subresource.is_none() {
+        if subresource.is_none() && !options.applying {
             let manager = options.field_manager.as_deref().filter(|m| !m.is_empty()).unwrap_or("unknown");
             crate::apply::track_update(current, &mut object, manager, &rt.api_version(), &rt.kind);
         }

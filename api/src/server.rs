@@ -340,6 +340,7 @@ fn write_options(query: &Query) -> Result<WriteOptions> {
         field_validation: FieldValidation::parse(query.get("fieldValidation"))?,
         field_manager: query.get("fieldManager").map(String::from),
         force: query.flag("force"),
+        applying: false,
     })
 }
 
