@@ -156,8 +156,14 @@ async fn kubectl_top_and_the_autoscaler_follow_pod_usage() {
     assert_eq!(v2["apiVersion"], "autoscaling/v2", "{v2}");
     assert_eq!(v2["spec"]["metrics"][0]["resource"]["target"]["averageUtilization"], 50, "{v2}");
     assert_eq!(v2["status"]["desiredReplicas"], 5, "{v2}");
-    let table = k.ok(&["get", "hpa", "web"]);
-    let row = rows(&table).into_iter().next().unwrap_or_default();
+    // REPLICAS is the status's currentReplicas, which follows the Deployment's pods a sync
+    // period behind the scale-up.
+    let (table, row) = eventually(Duration::from_secs(30), "the table's REPLICAS at 5", || async {
+        let table = k.ok(&["get", "hpa", "web"]);
+        let row = rows(&table).into_iter().next()?;
+        (row.get(6).map(String::as_str) == Some("5")).then_some((table, row))
+    })
+    .await;
     assert_eq!(row.get(1).map(String::as_str), Some("Deployment/web"), "{table}");
     assert!(row.get(3).is_some_and(|t| t.ends_with("%/50%")), "TARGETS as `cpu: N%/50%`: {table}");
     assert_eq!(row.get(4..7), Some(&["1", "5", "5"].map(String::from)[..]), "MINPODS MAXPODS REPLICAS: {table}");
