@@ -263,19 +263,25 @@ fn metric_spec_v1_to_v2(metric: &Value) -> Value {
     Value::Object(out)
 }
 
-fn metric_status_v2_to_v1(status: &Value) -> Value {
-    let kind = status.get("type").and_then(Value::as_str).unwrap_or("");
-    let empty = json!({});
-    let mut out = Map::new();
-    out.insert("type".into(), json!(kind));
-    let field = match kind {
+/// The field of a MetricSpec or MetricStatus that holds the source of metric type `kind`
+/// (the same in every autoscaling version).
+pub fn metric_source_field(kind: &str) -> Option<&'static str> {
+    Some(match kind {
         "Resource" => "resource",
         "ContainerResource" => "containerResource",
         "Pods" => "pods",
         "Object" => "object",
         "External" => "external",
-        _ => return Value::Object(out),
-    };
+        _ => return None,
+    })
+}
+
+fn metric_status_v2_to_v1(status: &Value) -> Value {
+    let kind = status.get("type").and_then(Value::as_str).unwrap_or("");
+    let empty = json!({});
+    let mut out = Map::new();
+    out.insert("type".into(), json!(kind));
+    let Some(field) = metric_source_field(kind) else { return Value::Object(out) };
     let source = status.get(field).unwrap_or(&empty);
     let current = source.get("current").unwrap_or(&empty);
     let metric = source.get("metric").unwrap_or(&empty);
@@ -317,14 +323,7 @@ fn metric_status_v1_to_v2(status: &Value) -> Value {
     let empty = json!({});
     let mut out = Map::new();
     out.insert("type".into(), json!(kind));
-    let field = match kind {
-        "Resource" => "resource",
-        "ContainerResource" => "containerResource",
-        "Pods" => "pods",
-        "Object" => "object",
-        "External" => "external",
-        _ => return Value::Object(out),
-    };
+    let Some(field) = metric_source_field(kind) else { return Value::Object(out) };
     let source = status.get(field).unwrap_or(&empty);
     let mut current = Map::new();
     let mut metric = Map::new();

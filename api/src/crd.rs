@@ -43,7 +43,7 @@ fn pointer_of(json_path: &str) -> String {
     format!("/{}", json_path.trim_start_matches('.').replace('.', "/"))
 }
 
-fn strings(value: Option<&Value>) -> Vec<String> {
+pub(crate) fn strings(value: Option<&Value>) -> Vec<String> {
     value
         .and_then(Value::as_array)
         .map(|a| a.iter().filter_map(|s| s.as_str().map(String::from)).collect())

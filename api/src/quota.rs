@@ -14,6 +14,7 @@ use k8s_openapi::api::core::v1::Pod;
 use keel_scheduler_framework::quantity;
 use serde_json::{Value, json};
 
+use crate::crd::strings;
 use crate::error::{ApiError, Result};
 use crate::registry::ResourceType;
 use crate::storage::{Consistency, SharedStorage, prefix_end};
@@ -111,13 +112,6 @@ pub struct Scopes {
 
 const SCOPES: &[&str] =
     &["Terminating", "NotTerminating", "BestEffort", "NotBestEffort", "PriorityClass", "CrossNamespacePodAffinity"];
-
-fn strings(value: Option<&Value>) -> Vec<String> {
-    value
-        .and_then(Value::as_array)
-        .map(|a| a.iter().filter_map(|v| v.as_str().map(String::from)).collect())
-        .unwrap_or_default()
-}
 
 impl Scopes {
     pub fn of(quota: &Value) -> Scopes {

@@ -794,16 +794,9 @@ fn hpa_targets(hpa: &Value) -> String {
     let mut list = Vec::new();
     for (i, spec) in specs.iter().enumerate() {
         let kind = spec.get("type").and_then(Value::as_str).unwrap_or("");
-        let field = match kind {
-            "Resource" => "resource",
-            "ContainerResource" => "containerResource",
-            "Pods" => "pods",
-            "Object" => "object",
-            "External" => "external",
-            _ => {
-                list.push("<unknown type>".to_string());
-                continue;
-            }
+        let Some(field) = crate::convert::metric_source_field(kind) else {
+            list.push("<unknown type>".to_string());
+            continue;
         };
         let source = &spec[field];
         // kube pairs status and spec by position; conversion from v1 moves the cpu metric to

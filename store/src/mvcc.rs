@@ -160,6 +160,18 @@ impl<'a> View<'a> {
     where
         F: FnMut(&[u8], i64, Version) -> Result<ControlFlow<()>>,
     {
+        self.scan_records(range, revision, |user_key, rev, record| {
+            let version = Version::decode(record, user_key)?;
+            if version.is_live() { visit(user_key, rev, version) } else { Ok(ControlFlow::Continue(())) }
+        })
+    }
+
+    /// Visits every key's newest record at or below `revision` in `range` (tombstones too),
+    /// still encoded, in key order: callers that only count need not decode values.
+    fn scan_records<F>(&self, range: &KeyRange, revision: i64, mut visit: F) -> Result<()>
+    where
+        F: FnMut(&[u8], i64, &[u8]) -> Result<ControlFlow<()>>,
+    {
         if range.is_empty() {
             return Ok(());
         }
@@ -171,10 +183,8 @@ impl<'a> View<'a> {
                 it.next();
                 continue;
             }
-            let prefix_len = raw_key.len() - 8;
-            let prefix = raw_key[..prefix_len].to_vec();
-            let version = Version::decode(it.value().unwrap_or_default(), &user_key)?;
-            if version.is_live() && visit(&user_key, rev, version)?.is_break() {
+            let prefix = raw_key[..raw_key.len() - 8].to_vec();
+            if visit(&user_key, rev, it.value().unwrap_or_default())?.is_break() {
                 return Ok(());
             }
             skip_older_versions(&mut it, &prefix);
@@ -192,32 +202,19 @@ impl<'a> View<'a> {
     pub fn range(&self, req: &pb::RangeRequest, revision: i64) -> Result<pb::RangeResponse> {
         let range = KeyRange::new(&req.key, &req.range_end);
         let mut builder = RangeBuilder::new(req);
-        if range.is_empty() {
-            return Ok(builder.finish());
-        }
-        let mut it = self.iter(CF_KV, range.encoded_upper_bound())?;
-        it.seek(user_key_prefix(range.start()));
-        while let Some(raw_key) = it.key() {
-            let (user_key, rev) = decode_version_key(raw_key)?;
-            if rev > revision {
-                it.next();
-                continue;
-            }
-            let prefix = raw_key[..raw_key.len() - 8].to_vec();
-            let raw = it.value().unwrap_or_default();
+        self.scan_records(&range, revision, |user_key, rev, record| {
             if builder.only_counting() {
-                if Version::is_live_record(raw, &user_key)? {
+                if Version::is_live_record(record, user_key)? {
                     builder.count_one_more();
                 }
             } else {
-                let version = Version::decode(raw, &user_key)?;
+                let version = Version::decode(record, user_key)?;
                 if version.is_live() {
-                    let _ = builder.push_version(&user_key, rev, version);
+                    let _ = builder.push_version(user_key, rev, version);
                 }
             }
-            skip_older_versions(&mut it, &prefix);
-        }
-        it.status()?;
+            Ok(ControlFlow::Continue(()))
+        })?;
         Ok(builder.finish())
     }
 
