@@ -293,20 +293,27 @@ impl StateMachine {
         Ok(())
     }
 
+    /// Takes a checkpoint of the live database while entries go on being applied. The flush a
+    /// checkpoint needs (of whole memtables, tens of MiB under load) used to hold every apply,
+    /// and so every write, for a second or more. No pause is needed for consistency: a flush
+    /// of all column families is atomic (`atomic_flush`), and the applied log id and membership
+    /// are written in the same batch as the data they cover, so the checkpoint's own, read back
+    /// from it, describe exactly what it holds.
     fn build_snapshot_now(shared: &SmShared) -> Result<Snapshot> {
         let db = shared.db();
-        let view = View::live(&db);
-        let meta = SnapshotMeta { last_log_id: view.applied()?, last_membership: view.membership()? };
-        drop(view);
-        if let Some((current, dir)) = shared.snapshots.current()?
-            && current.last_log_id == meta.last_log_id
-        {
-            return Ok(Snapshot { meta: current, snapshot: dir });
-        }
-        let staged = shared.snapshots.staging_path(&SnapshotStore::name_for(&meta));
+        let staged = shared.snapshots.staging_path("building");
         Checkpoint::new(&db)
             .and_then(|c| c.create_checkpoint(&staged))
             .map_err(|e| StoreError::storage("create snapshot checkpoint", e))?;
+        drop(db);
+        let meta = checkpoint_meta(&staged)?;
+        if let Some((current, dir)) = shared.snapshots.current()?
+            && current.last_log_id >= meta.last_log_id
+        {
+            // Nothing applied since the last snapshot, or a newer one was installed meanwhile.
+            let _ = fs::remove_dir_all(&staged);
+            return Ok(Snapshot { meta: current, snapshot: dir });
+        }
         let dir = shared.snapshots.commit(&staged, &meta)?;
         shared.drop_unused_generations();
         Ok(Snapshot { meta, snapshot: dir })
@@ -471,17 +478,27 @@ where
         .map_err(io_err)
 }
 
-/// Hands openraft a snapshot that was already taken (or why it could not be).
+/// Takes the snapshot in openraft's builder task, beside the applies (see
+/// [`StateMachine::build_snapshot_now`]).
 pub struct SnapshotBuilder {
-    snapshot: std::result::Result<Snapshot, String>,
+    shared: Arc<SmShared>,
 }
 
 impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
     type SnapshotData = SnapshotDir;
 
     async fn build_snapshot(&mut self) -> std::result::Result<Snapshot, io::Error> {
-        self.snapshot.clone().map_err(io::Error::other)
+        let shared = self.shared.clone();
+        blocking(move || StateMachine::build_snapshot_now(&shared)).await
     }
+}
+
+/// The applied log id and membership a checkpoint holds, read from it.
+fn checkpoint_meta(path: &Path) -> Result<SnapshotMeta> {
+    let db = DB::open_cf_for_read_only(&Options::default(), path, ALL_CFS, false)
+        .map_err(|e| StoreError::storage("open the snapshot checkpoint", e))?;
+    let view = View::live(&db);
+    Ok(SnapshotMeta { last_log_id: view.applied()?, last_membership: view.membership()? })
 }
 
 impl RaftStateMachine<TypeConfig> for StateMachine {
@@ -524,11 +541,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     }
 
     async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
-        // The checkpoint is taken here, between two applies, so it matches the applied log id
-        // read with it exactly.
-        let shared = self.shared.clone();
-        let snapshot = blocking(move || StateMachine::build_snapshot_now(&shared)).await.map_err(|e| e.to_string());
-        SnapshotBuilder { snapshot }
+        SnapshotBuilder { shared: self.shared.clone() }
     }
 
     async fn install_snapshot(
