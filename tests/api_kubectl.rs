@@ -110,6 +110,20 @@ async fn kubectl_drives_a_follower_while_the_leader_dies() {
     assert_eq!(spec, "3 app green");
     assert!(k.ok(&["apply", "-f", &manifest]).contains("unchanged"));
 
+    // A `kind: List` is validated by kubectl itself, against the protobuf OpenAPI v2 document:
+    // good items apply, an unknown field in one stops the whole file before anything is sent.
+    let list = "apiVersion: v1\nkind: List\nitems:\n- {apiVersion: v1, kind: ConfigMap, metadata: {name: listed-a}, data: {x: \"1\"}}\n- {apiVersion: v1, kind: ConfigMap, metadata: {name: listed-b}, data: {x: \"2\"}}\n";
+    let list_path = k.write("list.yaml", list);
+    let applied = k.ok(&["apply", "-f", &list_path]);
+    assert!(
+        applied.contains("configmap/listed-a created") && applied.contains("configmap/listed-b created"),
+        "{applied}"
+    );
+    k.write("list.yaml", &list.replace("listed-b}, data:", "listed-c}, dta:"));
+    let refused = k.fails(&["apply", "-f", &list_path]);
+    assert!(refused.contains(r#"unknown field "dta""#), "{refused}");
+    k.fails(&["get", "cm", "listed-c"]);
+
     // Server-side apply, twice, the second dropping a key this manager owned.
     let cm = k.write("cm.yaml", "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: settings, labels: {tier: back}}\ndata: {a: \"1\", b: \"2\"}\n");
     k.ok(&["apply", "--server-side", "-f", &cm]);
@@ -155,9 +169,54 @@ async fn kubectl_drives_a_follower_while_the_leader_dies() {
     assert_eq!(k.ok(&["get", "cm", "--field-selector", "metadata.name=plain", "-o", "name"]).trim(), "configmap/plain");
     assert!(k.fails(&["get", "pods", "--field-selector", "spec.bogus=1"]).contains("field label not supported"));
 
+    // The `kubernetes` Service holds the range's first address, and its endpoints are the
+    // members' API addresses.
+    assert_eq!(
+        k.ok(&[
+            "get",
+            "svc",
+            "kubernetes",
+            "-o",
+            "jsonpath={.spec.clusterIP} {.spec.ports[0].port} {.metadata.labels.component}"
+        ]),
+        "10.96.0.1 443 apiserver"
+    );
+    let endpoint_ips = || {
+        let mut ips: Vec<String> = k
+            .ok(&["get", "endpoints", "kubernetes", "-o", "jsonpath={.subsets[*].addresses[*].ip}"])
+            .split_whitespace()
+            .map(String::from)
+            .collect();
+        ips.sort();
+        ips
+    };
+    let member_ip = |i: usize| cluster.members[i].api.rsplit_once(':').expect("ip:port").0.to_string();
+    let mut all_ips: Vec<String> = (0..3).map(member_ip).collect();
+    all_ips.sort();
+    eventually(Duration::from_secs(20), "every member among the kubernetes endpoints", || async {
+        (endpoint_ips() == all_ips).then_some(())
+    })
+    .await;
+    let slices = k.ok(&[
+        "get",
+        "endpointslices",
+        "-l",
+        "kubernetes.io/service-name=kubernetes",
+        "-o",
+        "jsonpath={.items[*].endpoints[*].addresses[0]}",
+    ]);
+    assert_eq!(slices.split_whitespace().count(), 3, "{slices}");
+
     // The leader dies; the follower keeps serving once a new leader is elected.
+    let dead_ip = member_ip(leader);
     cluster.members[leader].kill();
     cluster.wait_for_leader().await;
+    // The new leader drops the dead member from the endpoints.
+    let survivors: Vec<String> = all_ips.iter().filter(|ip| **ip != dead_ip).cloned().collect();
+    eventually(Duration::from_secs(30), "the dead member out of the kubernetes endpoints", || async {
+        (endpoint_ips() == survivors).then_some(())
+    })
+    .await;
 
     // A watch sees a change made after it started.
     let mut watch = k

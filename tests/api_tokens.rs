@@ -28,10 +28,9 @@ fn decode_jwt(token: &str) -> (Value, Value) {
     (part(parts[0]), part(parts[1]))
 }
 
-/// POSTs a TokenReview with `kubectl create -f` and returns its status. `--validate=false`:
-/// kubectl looks for server-side field validation on a PATCH operation of the kind, which a
-/// review kind has none of (in kube's OpenAPI too), then falls back to the protobuf OpenAPI v2
-/// document, which keel does not serve (README, "What does not work yet", as for `kind: List`).
+/// POSTs a TokenReview with `kubectl create -f` and returns its status. kubectl validates it
+/// itself, against the protobuf OpenAPI v2 document: a review kind has no PATCH operation for
+/// it to learn that the server validates fields.
 fn review(k: &Kubectl, token: &str, audiences: &[&str]) -> Value {
     let manifest = json!({
         "apiVersion": "authentication.k8s.io/v1",
@@ -39,7 +38,7 @@ fn review(k: &Kubectl, token: &str, audiences: &[&str]) -> Value {
         "spec": {"token": token, "audiences": audiences},
     });
     let path = k.write("review.json", &manifest.to_string());
-    let out = k.ok(&["create", "-f", &path, "-o", "json", "--validate=false"]);
+    let out = k.ok(&["create", "-f", &path, "-o", "json"]);
     let answered: Value = serde_json::from_str(&out).expect("TokenReview JSON");
     assert_eq!(answered["kind"], "TokenReview", "{answered}");
     answered["status"].clone()

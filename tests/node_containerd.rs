@@ -557,8 +557,7 @@ spec:
         &serde_json::json!({"apiVersion": "authentication.k8s.io/v1", "kind": "TokenReview", "spec": {"token": token}})
             .to_string(),
     );
-    // --validate=false: kubectl would fall back to the protobuf OpenAPI v2 (tests/api_tokens.rs).
-    let reviewed = k.json(&["create", "-f", &review, "--validate=false"]);
+    let reviewed = k.json(&["create", "-f", &review]);
     assert_eq!(reviewed["status"]["authenticated"], true, "{reviewed}");
     assert_eq!(reviewed["status"]["user"]["username"], "system:serviceaccount:default:default", "{reviewed}");
     assert_eq!(reviewed["status"]["user"]["extra"]["authentication.kubernetes.io/pod-name"][0], "api-client");

@@ -226,8 +226,67 @@ pub fn track_update(current: &Value, object: &mut Value, manager: &str, api_vers
             entry["operation"] = json!("Update");
             managed.push(entry);
         }
+        cap_update_managers(&mut managed);
     }
     object::meta_mut(object).insert("managedFields".into(), json!(managed));
+}
+
+/// kube keeps at most this many `Update` entries (`DefaultMaxUpdateManagers`).
+const MAX_UPDATE_MANAGERS: usize = 10;
+/// The entry the oldest updates of one apiVersion are merged into beyond that.
+const ANCIENT_CHANGES: &str = "ancient-changes";
+
+/// kube's `capUpdateManagers`: while there are more than ten `Update` entries, the oldest are
+/// merged, per apiVersion, into an `ancient-changes` entry owning the union of their fields
+/// and carrying the time of the newest one merged.
+fn cap_update_managers(managed: &mut Vec<Value>) {
+    let text = |e: &Value, key: &str| e.get(key).and_then(Value::as_str).unwrap_or("").to_string();
+    let is_update = |e: &Value| text(e, "operation") == "Update";
+    let mut count = managed.iter().filter(|e| is_update(e)).count();
+    if count <= MAX_UPDATE_MANAGERS {
+        return;
+    }
+    let mut oldest_first: Vec<usize> = (0..managed.len()).filter(|i| is_update(&managed[*i])).collect();
+    // Times are RFC 3339 in UTC with whole seconds, so they order as strings; an entry with
+    // none is the oldest.
+    oldest_first.sort_by_key(|i| (text(&managed[*i], "time"), text(&managed[*i], "manager")));
+    // An earlier cap's bucket takes more of its version.
+    let mut bucket_of: std::collections::HashMap<String, usize> = oldest_first
+        .iter()
+        .filter(|i| text(&managed[**i], "manager") == ANCIENT_CHANGES)
+        .map(|i| (text(&managed[*i], "apiVersion"), *i))
+        .collect();
+    let mut merged = BTreeSet::new();
+    for i in oldest_first {
+        if count <= MAX_UPDATE_MANAGERS {
+            break;
+        }
+        if text(&managed[i], "manager") == ANCIENT_CHANGES {
+            continue;
+        }
+        let version = text(&managed[i], "apiVersion");
+        match bucket_of.get(&version) {
+            Some(&bucket) => {
+                let mut fields = owned_paths(&managed[bucket]);
+                fields.extend(owned_paths(&managed[i]));
+                let time = managed[i].get("time").cloned().unwrap_or(Value::Null);
+                let entry = &mut managed[bucket];
+                entry["manager"] = json!(ANCIENT_CHANGES);
+                entry["fieldsV1"] = to_fields_v1(&fields);
+                entry["time"] = time;
+                merged.insert(i);
+                count -= 1;
+            }
+            None => {
+                bucket_of.insert(version, i);
+            }
+        }
+    }
+    let mut index = 0;
+    managed.retain(|_| {
+        index += 1;
+        !merged.contains(&(index - 1))
+    });
 }
 
 pub async fn apply(
@@ -442,6 +501,32 @@ mod tests {
         changed["spec"]["replicas"] = json!(3);
         track_update(&plain, &mut changed, "kubectl-edit", "v1", "Widget");
         assert!(object::meta(&changed).and_then(|m| m.get("managedFields")).is_none());
+    }
+
+    #[test]
+    fn more_than_ten_updaters_merge_the_oldest_into_ancient_changes() {
+        let mut object = json!({"metadata": {"name": "w", "managedFields": [
+            managed_entry("applier", "v1", json!({"f:spec": {"f:keep": {}}}))
+        ]}, "spec": {"keep": 1}});
+        for n in 0..12 {
+            let mut changed = object.clone();
+            changed["spec"][format!("f{n:02}")] = json!(n);
+            track_update(&object, &mut changed, &format!("editor-{n:02}"), "v1", "Widget");
+            // Each update a second later than the one before, as a clock would have it.
+            let entries = changed["metadata"]["managedFields"].as_array_mut().unwrap();
+            let last = entries.iter_mut().find(|e| e["manager"] == format!("editor-{n:02}")).unwrap();
+            last["time"] = json!(format!("2020-01-01T00:00:{n:02}Z"));
+            object = changed;
+        }
+        let managed = managed_fields(&object);
+        let updates: Vec<&Value> = managed.iter().filter(|e| e["operation"] == "Update").collect();
+        assert_eq!(updates.len(), 10, "{managed:#?}");
+        let ancient = updates.iter().find(|e| e["manager"] == ANCIENT_CHANGES).expect("a bucket");
+        let owned: Vec<String> = owned_paths(ancient).into_iter().filter_map(|p| p.get(1).cloned()).collect();
+        assert_eq!(owned, ["f:f00", "f:f01", "f:f02"], "the three oldest, merged");
+        assert_eq!(ancient["time"], "2020-01-01T00:00:02Z");
+        assert!(managed.iter().any(|e| e["manager"] == "applier"), "Apply entries are not capped");
+        assert!(!managed.iter().any(|e| e["manager"] == "editor-00" || e["manager"] == "editor-02"));
     }
 
     #[test]

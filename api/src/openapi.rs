@@ -113,6 +113,19 @@ fn schemas(types: &[&ResourceType], settings: SchemaSettings) -> Map<String, Val
             }
         }
     }
+    // k8s-openapi gives every kind a `metadata` of its own, so its schemas list it as
+    // required; kube's documents never do (a TokenReview is sent without one), and kubectl's
+    // client-side validation would refuse such objects.
+    for definition in definitions.values_mut() {
+        if let Some(required) = definition.get_mut("required").and_then(Value::as_array_mut) {
+            required.retain(|field| field != "metadata");
+            if required.is_empty()
+                && let Some(object) = definition.as_object_mut()
+            {
+                object.remove("required");
+            }
+        }
+    }
     definitions.extend(custom);
     annotate_merge_lists(&mut definitions);
     definitions
@@ -253,13 +266,91 @@ pub fn v2(registry: &Registry) -> Value {
         s.definitions_path = "/definitions".into();
         s.meta_schema = None;
     });
-    let definitions = schemas(&types, settings);
+    let mut definitions = schemas(&types, settings);
+    let names: std::collections::HashSet<String> = definitions.keys().cloned().collect();
+    for definition in definitions.values_mut() {
+        plain_refs(definition);
+        parseable_by_kubectl(definition, &names);
+    }
     json!({
         "swagger": "2.0",
         "info": {"title": "Kubernetes", "version": "v1.32.0"},
         "paths": {},
         "definitions": definitions,
     })
+}
+
+/// Writes a reference with a description of its own (`{"allOf": [{"$ref": …}], "description":
+/// …}`, the only way JSON Schema keeps both) as Swagger 2.0 documents it, `$ref` beside the
+/// description, which is how kube's v2 document has it and what kube-openapi's model parser (in
+/// kubectl) follows; under `allOf` it would take the field for an arbitrary value.
+fn plain_refs(schema: &mut Value) {
+    let Some(object) = schema.as_object_mut() else {
+        if let Some(items) = schema.as_array_mut() {
+            items.iter_mut().for_each(plain_refs);
+        }
+        return;
+    };
+    let single_ref = match object.get("allOf").and_then(Value::as_array).map(Vec::as_slice) {
+        Some([only]) if only.as_object().is_some_and(|o| o.len() == 1) => only.get("$ref").cloned(),
+        _ => None,
+    };
+    if let Some(reference) = single_ref
+        && !object.contains_key("type")
+        && !object.contains_key("properties")
+    {
+        object.remove("allOf");
+        object.insert("$ref".into(), reference);
+    }
+    object.values_mut().for_each(plain_refs);
+}
+
+/// Loosens what kube-openapi's model parser (kubectl's, for this document) would refuse — and
+/// one refusal fails the whole document, so validation of everything with it. Custom
+/// resources' schemas may hold any of it: a list of types, an array without one item schema, a
+/// reference outside the definitions or beside a type. Such a schema is left untyped (any value
+/// passes), as kube publishes what Swagger 2.0 cannot say.
+fn parseable_by_kubectl(schema: &mut Value, definitions: &std::collections::HashSet<String>) {
+    let Some(object) = schema.as_object_mut() else { return };
+    if let Some(reference) = object.get("$ref").and_then(Value::as_str) {
+        let known = reference.strip_prefix("#/definitions/").is_some_and(|name| definitions.contains(name));
+        if !known || object.contains_key("type") || object.contains_key("properties") {
+            object.remove("$ref");
+            object.remove("type");
+            object.remove("properties");
+        }
+        return;
+    }
+    let typed: Option<String> = match object.get("type") {
+        Some(Value::String(t)) => Some(t.clone()),
+        Some(_) => {
+            object.remove("type");
+            None
+        }
+        None => None,
+    };
+    match typed.as_deref() {
+        None | Some("object") => {
+            if let Some(properties) = object.get_mut("properties").and_then(Value::as_object_mut) {
+                for property in properties.values_mut() {
+                    parseable_by_kubectl(property, definitions);
+                }
+            } else if let Some(sub @ Value::Object(_)) = object.get_mut("additionalProperties") {
+                parseable_by_kubectl(sub, definitions);
+            }
+        }
+        Some("array") => match object.get_mut("items") {
+            Some(item @ Value::Object(_)) => parseable_by_kubectl(item, definitions),
+            _ => {
+                object.remove("type");
+                object.remove("items");
+            }
+        },
+        Some("string" | "number" | "integer" | "boolean") => {}
+        Some(_) => {
+            object.remove("type");
+        }
+    }
 }
 
 #[cfg(test)]
@@ -286,5 +377,86 @@ mod tests {
         let containers = &doc["components"]["schemas"]["io.k8s.api.core.v1.PodSpec"]["properties"]["containers"];
         assert_eq!(containers["x-kubernetes-patch-merge-key"], "name");
         assert!(v2(&registry)["definitions"]["io.k8s.api.core.v1.Pod"].is_object());
+    }
+
+    /// What kube-openapi's model parser (kubectl's, for the protobuf v2 document) refuses:
+    /// any of it fails the whole document, and kubectl's validation with it.
+    fn parser_refusals(definitions: &Map<String, Value>, schema: &Value, path: &str, out: &mut Vec<String>) {
+        let types: Vec<&str> = match schema.get("type") {
+            Some(Value::String(t)) => vec![t.as_str()],
+            Some(Value::Array(ts)) => ts.iter().filter_map(Value::as_str).collect(),
+            _ => vec![],
+        };
+        if let Some(reference) = schema.get("$ref").and_then(Value::as_str) {
+            let known = reference.strip_prefix("#/definitions/").is_some_and(|name| definitions.contains_key(name));
+            if !known || !types.is_empty() || schema.get("properties").is_some() {
+                out.push(format!("{path}: reference {reference}"));
+            }
+            return;
+        }
+        if schema.get("allOf").and_then(Value::as_array).is_some_and(|all| all.len() == 1) {
+            out.push(format!("{path}: a lone allOf reads as an arbitrary value"));
+        }
+        match types.as_slice() {
+            [] | ["object"] => {
+                if let Some(properties) = schema.get("properties").and_then(Value::as_object) {
+                    for (name, property) in properties {
+                        parser_refusals(definitions, property, &format!("{path}.{name}"), out);
+                    }
+                } else if let Some(sub @ Value::Object(_)) = schema.get("additionalProperties") {
+                    parser_refusals(definitions, sub, &format!("{path}[*]"), out);
+                }
+            }
+            ["array"] => match schema.get("items") {
+                Some(item @ Value::Object(_)) => parser_refusals(definitions, item, &format!("{path}[]"), out),
+                _ => out.push(format!("{path}: an array needs exactly one item schema")),
+            },
+            ["string" | "number" | "integer" | "boolean"] => {}
+            other => out.push(format!("{path}: type {other:?}")),
+        }
+    }
+
+    #[test]
+    fn custom_schemas_kubectl_cannot_parse_are_loosened() {
+        let names: std::collections::HashSet<String> = ["known".to_string()].into();
+        let mut schema = json!({"type": "object", "properties": {
+            "either": {"type": ["string", "integer"]},
+            "tuple": {"type": "array", "items": [{"type": "string"}]},
+            "bare": {"type": "array"},
+            "elsewhere": {"$ref": "#/components/schemas/x"},
+            "typed": {"$ref": "#/definitions/known", "type": "object"},
+            "fine": {"$ref": "#/definitions/known", "description": "kept"},
+            "odd": {"type": "null"},
+            "nested": {"type": "array", "items": {"type": "object", "additionalProperties": {"type": ["a", "b"]}}},
+        }});
+        parseable_by_kubectl(&mut schema, &names);
+        let definitions: Map<String, Value> =
+            [("known".to_string(), json!({"type": "object"})), ("custom".to_string(), schema.clone())]
+                .into_iter()
+                .collect();
+        let mut refusals = Vec::new();
+        parser_refusals(&definitions, &schema, "custom", &mut refusals);
+        assert!(refusals.is_empty(), "{refusals:#?}");
+        assert_eq!(schema["properties"]["fine"]["$ref"], "#/definitions/known");
+        assert_eq!(schema["properties"]["either"], json!({}));
+        assert_eq!(schema["properties"]["tuple"], json!({}));
+        assert_eq!(schema["properties"]["nested"]["items"]["additionalProperties"], json!({}));
+    }
+
+    #[test]
+    fn v2_definitions_parse_as_kubectl_parses_them() {
+        let registry = Registry::new(RuntimeConfig::default());
+        let document = v2(&registry);
+        let definitions = document["definitions"].as_object().unwrap();
+        let mut refusals = Vec::new();
+        for (name, schema) in definitions {
+            parser_refusals(definitions, schema, name, &mut refusals);
+        }
+        assert!(refusals.is_empty(), "{refusals:#?}");
+        let metadata = &definitions["io.k8s.api.core.v1.ConfigMap"]["properties"]["metadata"];
+        assert_eq!(metadata["$ref"], "#/definitions/io.k8s.apimachinery.pkg.apis.meta.v1.ObjectMeta", "{metadata}");
+        assert!(metadata["description"].is_string());
+        let review = &definitions["io.k8s.api.authentication.v1.TokenReview"];
+        assert_eq!(review["required"], json!(["spec"]), "no kind requires its metadata, as in kube");
     }
 }

@@ -20,7 +20,7 @@ use crate::patch::PatchType;
 use crate::registry::ResourceType;
 use crate::rest::{Api, DeleteOptions, FieldValidation, ListOptions, WatchOptions, WriteOptions};
 use crate::selector::{FieldSelector, LabelSelector};
-use crate::{discovery, openapi, table};
+use crate::{discovery, openapi, openapi_proto, table};
 
 /// kube-apiserver's limit on request bodies.
 pub const MAX_BODY_BYTES: usize = 3 * 1024 * 1024;
@@ -285,7 +285,14 @@ async fn route(api: Arc<Api>, request: Request) -> Result<Response> {
         }
         [".well-known", "openid-configuration"] if get => return crate::tokens::discovery_response(&api, false).await,
         ["openid", "v1", "jwks"] if get => return crate::tokens::discovery_response(&api, true).await,
-        ["openapi", "v2"] if get => return Ok(ok_json(openapi::v2(&api.registry))),
+        ["openapi", "v2"] if get => {
+            let document = openapi::v2(&api.registry);
+            if openapi_proto::wanted(&accept) {
+                let body = openapi_proto::encode(&document);
+                return Ok(([(header::CONTENT_TYPE, openapi_proto::MEDIA_TYPE)], body).into_response());
+            }
+            return Ok(ok_json(document));
+        }
         ["openapi", "v3"] if get => return Ok(ok_json(openapi::v3_root(&api.registry))),
         ["openapi", "v3", rest @ ..] if get => {
             return openapi::v3_group_version(&api.registry, &rest.join("/")).map(ok_json).ok_or(ApiError::NoRoute);
@@ -325,6 +332,30 @@ fn list_options(query: &Query, rt: &ResourceType) -> Result<ListOptions> {
         resource_version: query.get("resourceVersion").map(String::from),
         resource_version_match: query.get("resourceVersionMatch").filter(|m| !m.is_empty()).map(String::from),
     })
+}
+
+/// The field manager of a write that names none: what precedes the first `/` of the client's
+/// User-Agent, printable characters only, at most 128 bytes (kube's `prefixFromUserAgent`).
+fn manager_from_user_agent(headers: &HeaderMap) -> Option<String> {
+    let agent = headers.get(header::USER_AGENT).and_then(|v| v.to_str().ok())?;
+    let mut manager = String::new();
+    for c in agent.split('/').next().unwrap_or("").chars().filter(|c| !c.is_control()) {
+        if manager.len() + c.len_utf8() > 128 {
+            break;
+        }
+        manager.push(c);
+    }
+    (!manager.is_empty()).then_some(manager)
+}
+
+/// Options of a write; a write that names no field manager is recorded under its client's
+/// User-Agent, except an apply, which must name one.
+fn write_options_for(query: &Query, headers: &HeaderMap, applying: bool) -> Result<WriteOptions> {
+    let mut options = write_options(query)?;
+    if options.field_manager.as_deref().is_none_or(str::is_empty) && !applying {
+        options.field_manager = manager_from_user_agent(headers);
+    }
+    Ok(options)
 }
 
 fn write_options(query: &Query) -> Result<WriteOptions> {
@@ -454,7 +485,8 @@ async fn resource(
         }
         (Method::POST, None) => {
             let (object, _) = parse_body(&headers, &body, false)?;
-            let (created, warnings) = api.create(&rt, ns, object, &write_options(&query)?).await?;
+            let options = write_options_for(&query, &headers, false)?;
+            let (created, warnings) = api.create(&rt, ns, object, &options).await?;
             Ok(respond(StatusCode::CREATED, format, &created, &warnings))
         }
         (Method::POST, Some(name)) if sub == Some("binding") => {
@@ -481,14 +513,15 @@ async fn resource(
         }
         (Method::PUT, Some(name)) => {
             let (object, _) = parse_body(&headers, &body, false)?;
-            let (updated, warnings) = api.update(&rt, ns, name, sub, object, &write_options(&query)?).await?;
+            let options = write_options_for(&query, &headers, false)?;
+            let (updated, warnings) = api.update(&rt, ns, name, sub, object, &options).await?;
             Ok(respond(StatusCode::OK, format, &updated, &warnings))
         }
         (Method::PATCH, Some(name)) => {
             let (patch, patch_type) = parse_body(&headers, &body, true)?;
             let patch_type = patch_type.ok_or_else(|| ApiError::internal("patch without a type"))?;
-            let (patched, warnings, created) =
-                api.patch(&rt, ns, name, sub, patch_type, patch, &write_options(&query)?).await?;
+            let options = write_options_for(&query, &headers, matches!(patch_type, PatchType::Apply))?;
+            let (patched, warnings, created) = api.patch(&rt, ns, name, sub, patch_type, patch, &options).await?;
             let code = if created { StatusCode::CREATED } else { StatusCode::OK };
             Ok(respond(code, format, &patched, &warnings))
         }
@@ -572,4 +605,29 @@ async fn watch(api: Arc<Api>, target: Target, query: &Query, negotiated: Negotia
     response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
     response.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache, private"));
     Ok(response)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn writes_without_a_field_manager_are_named_after_the_user_agent() {
+        let headers = |agent: &str| {
+            let mut h = HeaderMap::new();
+            h.insert(header::USER_AGENT, agent.parse().unwrap());
+            h
+        };
+        let named = |agent: &str| manager_from_user_agent(&headers(agent));
+        assert_eq!(named("kubectl/v1.32.4 (linux/amd64) kubernetes/4cb5f07").as_deref(), Some("kubectl"));
+        assert_eq!(named("curl/8.5.0").as_deref(), Some("curl"));
+        assert_eq!(named(&"x".repeat(300)).map(|m| m.len()), Some(128));
+        assert_eq!(named("/leading-slash"), None);
+        assert_eq!(manager_from_user_agent(&HeaderMap::new()), None);
+        let query = Query(Vec::new());
+        let options = write_options_for(&query, &headers("curl/8"), false).unwrap();
+        assert_eq!(options.field_manager.as_deref(), Some("curl"));
+        let applying = write_options_for(&query, &headers("curl/8"), true).unwrap();
+        assert_eq!(applying.field_manager, None, "an apply must name its manager");
+    }
 }

@@ -74,6 +74,11 @@ impl ServiceRanges {
         self.contains(ip) && offset >= 2 && offset < self.size() - 1
     }
 
+    /// The address kept back for the `kubernetes` Service.
+    pub fn first_host(&self) -> Ipv4Addr {
+        Ipv4Addr::from(self.network + 1)
+    }
+
     fn random_ip(&self) -> Ipv4Addr {
         let span = self.size() - 3;
         Ipv4Addr::from(self.network + 2 + rand::random_range(0..span))
@@ -213,7 +218,10 @@ pub fn allocate(
                 let parsed: Ipv4Addr = ip.parse().map_err(|_| {
                     invalid(service, "spec.clusterIPs[0]", format!("Invalid value: {ip:?}: must be a valid IP address"))
                 })?;
-                if !ranges.assignable(parsed) {
+                let kept_for_this_one = parsed == ranges.first_host()
+                    && crate::object::namespace(service) == "default"
+                    && crate::object::name(service) == crate::kubernetes_service::NAME;
+                if !ranges.assignable(parsed) && !kept_for_this_one {
                     return Err(invalid(
                         service,
                         "spec.clusterIPs",
@@ -391,6 +399,18 @@ mod tests {
         {
             assert!(ServiceRanges::parse(cidr, ports).is_err(), "{cidr} {ports}");
         }
+    }
+
+    #[test]
+    fn the_first_host_goes_only_to_the_kubernetes_service() {
+        let ranges = ServiceRanges::default();
+        let mut other = service(json!({"clusterIP": "10.96.0.1", "ports": [{"port": 443}]}));
+        assert!(allocate(&ranges, &mut other, None, &nothing_taken).is_err());
+        let mut own = json!({"metadata": {"name": "kubernetes", "namespace": "default"},
+            "spec": {"clusterIP": "10.96.0.1", "ports": [{"port": 443}]}});
+        let allocations = allocate(&ranges, &mut own, None, &nothing_taken).unwrap();
+        assert_eq!(allocations.len(), 1);
+        assert_eq!(ranges.first_host(), Ipv4Addr::new(10, 96, 0, 1));
     }
 
     #[test]

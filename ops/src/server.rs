@@ -164,7 +164,8 @@ pub async fn run_until(args: ServerArgs, shutdown: impl std::future::Future<Outp
         data_dir: args.data_dir.clone(),
         peer_addr,
         client_addr,
-        api_addr: args.listen_api.clone(),
+        // What other members and the `kubernetes` Service's endpoints use to reach this API.
+        api_addr: args.advertise_api.clone().unwrap_or_else(|| args.listen_api.clone()),
         bootstrap,
         tuning: Tuning {
             heartbeat: Duration::from_millis(args.heartbeat_interval),
@@ -212,6 +213,11 @@ pub async fn run_until(args: ServerArgs, shutdown: impl std::future::Future<Outp
     let bootstrap = tokio::spawn(ensure_system_namespaces(api.clone()));
     let signing_key = tokio::spawn(keel_api::tokens::ensure_signing_key(api.clone()));
     let leader_store = store.clone();
+    let endpoints_store = store.clone();
+    // A member that has not answered the leader's heartbeats for this long leaves the
+    // `kubernetes` endpoints (kube drops an API server whose 15 s lease ran out; Raft knows
+    // sooner).
+    let member_liveness = Duration::from_millis(3 * args.election_timeout).max(Duration::from_secs(3));
     // The scheduler and the controller manager run on the Raft leader only.
     let loops_api = api.clone();
     let control_loops = args.control_loops;
@@ -226,10 +232,19 @@ pub async fn run_until(args: ServerArgs, shutdown: impl std::future::Future<Outp
     let controllers = tokio::spawn(keel_runtime::leader::run_while_leader(
         Duration::from_millis(250),
         move || {
+            // Every API server keeps the `kubernetes` Service in kube; here the leader does,
+            // with or without the other control loops.
+            let endpoints_store = endpoints_store.clone();
+            let mut loops: Vec<(&'static str, keel_runtime::leader::Loop)> = vec![(
+                "kubernetes-service",
+                Box::pin(keel_api::kubernetes_service::run(loops_api.clone(), move || {
+                    endpoints_store.live_api_addresses(member_liveness)
+                })),
+            )];
             if !control_loops {
-                return Vec::new();
+                return loops;
             }
-            let mut loops = keel_controllers::loops_with(loops_api.clone(), controller_settings.clone());
+            loops.extend(keel_controllers::loops_with(loops_api.clone(), controller_settings.clone()));
             loops.extend(keel_scheduler::loops(loops_api.clone()));
             loops
         },

@@ -650,6 +650,29 @@ impl Store {
         Ok(result.revision)
     }
 
+    /// The Kubernetes API addresses of the members this leader has had a heartbeat answer from
+    /// within `within`, its own included; empty on a member that does not lead. What the
+    /// `kubernetes` Service lists, as kube lists the API servers whose leases are fresh.
+    pub fn live_api_addresses(&self, within: Duration) -> Vec<String> {
+        let metrics = self.inner.raft.metrics().borrow_watched().clone();
+        if metrics.state != ServerState::Leader {
+            return Vec::new();
+        }
+        let acked = metrics.heartbeat.unwrap_or_default();
+        members_of(&metrics.membership_config)
+            .into_iter()
+            .filter(|m| {
+                m.id == self.inner.id
+                    || acked
+                        .get(&m.id)
+                        .and_then(|at| at.as_ref())
+                        .is_some_and(|at| openraft::Instant::elapsed(&**at) < within)
+            })
+            .map(|m| m.member.api_addr)
+            .filter(|address| !address.is_empty())
+            .collect()
+    }
+
     pub fn members(&self) -> Vec<MemberInfo> {
         members_of(&self.inner.raft.metrics().borrow_watched().membership_config)
     }
