@@ -11,10 +11,23 @@ struct Column {
     kind: &'static str,
     priority: u8,
     description: &'static str,
+    /// Only where kube sets one on a column other than NAME (which always has `name`).
+    format: &'static str,
 }
 
 const fn col(name: &'static str, kind: &'static str, priority: u8, description: &'static str) -> Column {
-    Column { name, kind, priority, description }
+    Column { name, kind, priority, description, format: "" }
+}
+
+/// A column kube gives the `name` format besides NAME (VolumeAttachment's ATTACHER).
+const fn name_format(column: Column) -> Column {
+    Column {
+        name: column.name,
+        kind: column.kind,
+        priority: column.priority,
+        description: column.description,
+        format: "name",
+    }
 }
 
 const NAME: Column = col("Name", "string", 0, "Name must be unique within a namespace.");
@@ -24,6 +37,73 @@ const AGE: Column = col(
     0,
     "CreationTimestamp is a timestamp representing the server time when this object was created.",
 );
+
+// The storage.k8s.io/v1 field docs (k8s.io/api 1.32) kube describes these columns with.
+const CSI_ATTACH_REQUIRED: &str = "attachRequired indicates this CSI volume driver requires an attach operation \
+    (because it implements the CSI ControllerPublishVolume() method), and that the Kubernetes attach detach \
+    controller should call the attach volume interface which checks the volumeattachment status and waits until the \
+    volume is attached before proceeding to mounting. The CSI external-attacher coordinates with CSI volume driver \
+    and updates the volumeattachment status when the attach operation is complete. If the CSIDriverRegistry feature \
+    gate is enabled and the value is specified to false, the attach operation will be skipped. Otherwise the attach \
+    operation will be called.\n\nThis field is immutable.";
+const CSI_POD_INFO_ON_MOUNT: &str = "podInfoOnMount indicates this CSI volume driver requires \
+    additional pod information (like podName, podUID, etc.) during mount operations, if set to \
+    true. If set to false, pod information will not be passed on mount. Default is false.\n\nThe \
+    CSI driver specifies podInfoOnMount as part of driver deployment. If true, Kubelet will pass \
+    pod information as VolumeContext in the CSI NodePublishVolume() calls. The CSI driver is \
+    responsible for parsing and validating the information passed in as VolumeContext.\n\nThe \
+    following VolumeContext will be passed if podInfoOnMount is set to true. This list might \
+    grow, but the prefix will be used. \"csi.storage.k8s.io/pod.name\": pod.Name \
+    \"csi.storage.k8s.io/pod.namespace\": pod.Namespace \"csi.storage.k8s.io/pod.uid\": \
+    string(pod.UID) \"csi.storage.k8s.io/ephemeral\": \"true\" if the volume is an ephemeral \
+    inline volume\n                                defined by a CSIVolumeSource, otherwise \
+    \"false\"\n\n\"csi.storage.k8s.io/ephemeral\" is a new feature in Kubernetes 1.16. It is \
+    only required for drivers which support both the \"Persistent\" and \"Ephemeral\" \
+    VolumeLifecycleMode. Other drivers can leave pod info disabled and/or ignore this field. As \
+    Kubernetes 1.15 doesn't support this field, drivers can only support one mode when deployed \
+    on such a cluster and the deployment determines which mode that is, for example via a \
+    command line parameter of the driver.\n\nThis field was immutable in Kubernetes < 1.29 and \
+    now is mutable.";
+const CSI_STORAGE_CAPACITY: &str = "storageCapacity indicates that the CSI volume driver wants pod scheduling to \
+    consider the storage capacity that the driver deployment will report by creating CSIStorageCapacity objects with \
+    capacity information, if set to true.\n\nThe check can be enabled immediately when deploying a driver. In that \
+    case, provisioning new volumes with late binding will pause until the driver deployment has published some \
+    suitable CSIStorageCapacity object.\n\nAlternatively, the driver can be deployed with the field unset or false \
+    and it can be flipped later when storage capacity information has been published.\n\nThis field was immutable in \
+    Kubernetes <= 1.22 and now is mutable.";
+const CSI_TOKEN_REQUESTS: &str = "tokenRequests indicates the CSI driver needs pods' service account tokens it is \
+    mounting volume for to do necessary authentication. Kubelet will pass the tokens in VolumeContext in the CSI \
+    NodePublishVolume calls. The CSI driver should parse and validate the following VolumeContext: \
+    \"csi.storage.k8s.io/serviceAccount.tokens\": {\n  \"<audience>\": {\n    \"token\": <token>,\n    \
+    \"expirationTimestamp\": <expiration timestamp in RFC3339>,\n  },\n  ...\n}\n\nNote: Audience in each \
+    TokenRequest should be different and at most one token is empty string. To receive a new token after expiry, \
+    RequiresRepublish can be used to trigger NodePublishVolume periodically.";
+const CSI_REQUIRES_REPUBLISH: &str = "requiresRepublish indicates the CSI driver wants `NodePublishVolume` being \
+    periodically called to reflect any possible change in the mounted volume. This field defaults to false.\n\nNote: \
+    After a successful initial NodePublishVolume call, subsequent calls to NodePublishVolume should only update the \
+    contents of the volume. New mount points will not be seen by a running container.";
+const CSI_MODES: &str = "volumeLifecycleModes defines what kind of volumes this CSI volume driver supports. The \
+    default if the list is empty is \"Persistent\", which is the usage defined by the CSI specification and \
+    implemented in Kubernetes via the usual PV/PVC mechanism.\n\nThe other mode is \"Ephemeral\". In this mode, \
+    volumes are defined inline inside the pod spec with CSIVolumeSource and their lifecycle is tied to the lifecycle \
+    of that pod. A driver has to be aware of this because it is only going to get a NodePublishVolume call for such \
+    a volume.\n\nFor more information about implementing this mode, see \
+    https://kubernetes-csi.github.io/docs/ephemeral-local-volumes.html A driver can support one or more of these \
+    modes and more modes may be added in the future.\n\nThis field is beta. This field is immutable.";
+const CAPACITY_STORAGE_CLASS: &str = "storageClassName represents the name of the StorageClass that the reported \
+    capacity applies to. It must meet the same requirements as the name of a StorageClass object (non-empty, DNS \
+    subdomain). If that object no longer exists, the CSIStorageCapacity object is obsolete and should be removed by \
+    its creator. This field is immutable.";
+const CAPACITY_CAPACITY: &str = "capacity is the value reported by the CSI driver in its GetCapacityResponse for a \
+    GetCapacityRequest with topology and parameters that match the previous fields.\n\nThe semantic is currently \
+    (CSI spec 1.2) defined as: The available capacity, in bytes, of the storage that can be used to provision \
+    volumes. If not set, that information is currently unavailable.";
+const ATTACHMENT_ATTACHER: &str = "attacher indicates the name of the volume driver that MUST handle this request. \
+    This is the name returned by GetPluginName().";
+const ATTACHMENT_PV: &str = "persistentVolumeName represents the name of the persistent volume to attach.";
+const ATTACHMENT_NODE: &str = "nodeName represents the node that the volume should be attached to.";
+const ATTACHMENT_ATTACHED: &str = "attached indicates the volume is successfully attached. This field must only be \
+    set by the entity completing the attach operation, i.e. the external-attacher.";
 
 fn columns(kind: &str) -> Vec<Column> {
     match kind {
@@ -258,6 +338,42 @@ fn columns(kind: &str) -> Vec<Column> {
             col("Replicas", "string", 0, "Current number of replicas of pods managed by this autoscaler."),
             AGE,
         ],
+        // kube's PodTemplate table has no AGE column.
+        "PodTemplate" => vec![
+            NAME,
+            col("Containers", "string", 0, "Names of each container in the template."),
+            col("Images", "string", 0, "Images referenced by each container in the template."),
+            col("Pod Labels", "string", 0, "The labels for the pod template."),
+        ],
+        "CSIDriver" => vec![
+            NAME,
+            col("AttachRequired", "boolean", 0, CSI_ATTACH_REQUIRED),
+            col("PodInfoOnMount", "boolean", 0, CSI_POD_INFO_ON_MOUNT),
+            col("StorageCapacity", "boolean", 0, CSI_STORAGE_CAPACITY),
+            col("TokenRequests", "string", 0, CSI_TOKEN_REQUESTS),
+            col("RequiresRepublish", "boolean", 0, CSI_REQUIRES_REPUBLISH),
+            col("Modes", "string", 0, CSI_MODES),
+            AGE,
+        ],
+        "CSINode" => vec![
+            NAME,
+            col("Drivers", "integer", 0, "Drivers indicates the number of CSI drivers registered on the node"),
+            AGE,
+        ],
+        // Nor has kube's CSIStorageCapacity table.
+        "CSIStorageCapacity" => vec![
+            NAME,
+            col("StorageClassName", "string", 0, CAPACITY_STORAGE_CLASS),
+            col("Capacity", "string", 0, CAPACITY_CAPACITY),
+        ],
+        "VolumeAttachment" => vec![
+            NAME,
+            name_format(col("Attacher", "string", 0, ATTACHMENT_ATTACHER)),
+            col("PV", "string", 0, ATTACHMENT_PV),
+            col("Node", "string", 0, ATTACHMENT_NODE),
+            col("Attached", "boolean", 0, ATTACHMENT_ATTACHED),
+            AGE,
+        ],
         _ => vec![NAME, AGE],
     }
 }
@@ -276,6 +392,14 @@ fn int(object: &Value, pointer: &str) -> i64 {
 
 fn or_none(value: String) -> String {
     if value.is_empty() { "<none>".into() } else { value }
+}
+
+/// A label map as kube's `labels.FormatLabels` prints it: `k=v` sorted, `<none>` when empty.
+fn format_labels(labels: Option<&Value>) -> String {
+    let mut pairs: Vec<String> =
+        labels.and_then(Value::as_object).into_iter().flatten().map(|(k, v)| format!("{k}={}", s(Some(v)))).collect();
+    pairs.sort();
+    or_none(pairs.join(","))
 }
 
 fn template_containers(object: &Value, pointer: &str) -> (String, String) {
@@ -703,6 +827,46 @@ fn cells(kind: &str, o: &Value) -> Vec<Value> {
                 age_cell(),
             ]
         }
+        "PodTemplate" => {
+            let (names, images) = template_containers(o, "/template/spec/containers");
+            vec![json!(names), json!(images), json!(format_labels(o.pointer("/template/metadata/labels")))]
+        }
+        "CSIDriver" => {
+            // kube's printer defaults: attach required unless said otherwise, the rest off.
+            let flag = |pointer: &str, default: bool| o.pointer(pointer).and_then(Value::as_bool).unwrap_or(default);
+            // An empty list is unset: kube's encoding (omitempty, protobuf) drops it.
+            let tokens = match o.pointer("/spec/tokenRequests").and_then(Value::as_array) {
+                Some(list) if !list.is_empty() => {
+                    list.iter().map(|t| s(t.get("audience"))).collect::<Vec<_>>().join(",")
+                }
+                _ => "<unset>".to_string(),
+            };
+            let modes: Vec<String> = o
+                .pointer("/spec/volumeLifecycleModes")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+                .map(|m| s(Some(m)))
+                .collect();
+            vec![
+                json!(flag("/spec/attachRequired", true)),
+                json!(flag("/spec/podInfoOnMount", false)),
+                json!(flag("/spec/storageCapacity", false)),
+                json!(tokens),
+                json!(flag("/spec/requiresRepublish", false)),
+                json!(or_none(modes.join(","))),
+                age_cell(),
+            ]
+        }
+        "CSINode" => vec![json!(o.pointer("/spec/drivers").and_then(Value::as_array).map_or(0, Vec::len)), age_cell()],
+        "CSIStorageCapacity" => vec![json!(s(o.get("storageClassName"))), json!(or_unset(s(o.get("capacity"))))],
+        "VolumeAttachment" => vec![
+            json!(s(o.pointer("/spec/attacher"))),
+            json!(s(o.pointer("/spec/source/persistentVolumeName"))),
+            json!(s(o.pointer("/spec/nodeName"))),
+            json!(o.pointer("/status/attached").and_then(Value::as_bool).unwrap_or(false)),
+            age_cell(),
+        ],
         _ => vec![age_cell()],
     }
 }
@@ -907,7 +1071,16 @@ fn column_definitions(rt: &ResourceType) -> Vec<Value> {
         out.push(definition("Age", "string", 0, AGE.description));
         return out;
     }
-    columns(&rt.kind).iter().map(|c| definition(c.name, c.kind, c.priority as u64, c.description)).collect()
+    columns(&rt.kind)
+        .iter()
+        .map(|c| {
+            let mut column = definition(c.name, c.kind, c.priority as u64, c.description);
+            if !c.format.is_empty() {
+                column["format"] = json!(c.format);
+            }
+            column
+        })
+        .collect()
 }
 
 fn row(rt: &ResourceType, object: &Value, include_object: &str) -> Value {
@@ -1088,5 +1261,141 @@ mod tests {
             "endpoints": [{"addresses": ["10.0.0.1"]}, {"addresses": ["10.0.0.2"]}, {"addresses": ["10.0.0.3"]}, {"addresses": ["10.0.0.4"]}]}),
         );
         assert_eq!(slice[1..4], ["IPv4", "80", "10.0.0.1,10.0.0.2,10.0.0.3 + 1 more..."]);
+    }
+
+    /// A one-row table of `object` as `kind`: its column names and the row's cells.
+    fn one_row(kind: &str, object: Value) -> (Vec<String>, Vec<Value>) {
+        let rt = builtins().into_iter().find(|t| t.kind == kind).unwrap();
+        let t = table(&rt, &[object], json!({}), "None");
+        let names: Vec<String> = t["columnDefinitions"].as_array().unwrap().iter().map(|c| s(c.get("name"))).collect();
+        (names, t["rows"][0]["cells"].as_array().unwrap().clone())
+    }
+
+    #[test]
+    fn pod_template_rows_read_like_kubectl() {
+        let (columns, cells) = one_row(
+            "PodTemplate",
+            json!({"metadata": {"name": "web"}, "template": {
+                "metadata": {"labels": {"app": "shop", "app.kubernetes.io/name": "web"}},
+                "spec": {"containers": [{"name": "a", "image": "nginx"}, {"name": "b", "image": "busybox"}]}}}),
+        );
+        assert_eq!(columns, ["Name", "Containers", "Images", "Pod Labels"]);
+        // Sorted as `k=v` strings, as Go sorts them: `.` comes before `=`.
+        assert_eq!(
+            cells,
+            [json!("web"), json!("a,b"), json!("nginx,busybox"), json!("app.kubernetes.io/name=web,app=shop")]
+        );
+        let (_, cells) = one_row("PodTemplate", json!({"metadata": {"name": "bare"}, "template": {"spec": {}}}));
+        assert_eq!(cells, [json!("bare"), json!(""), json!(""), json!("<none>")]);
+    }
+
+    #[test]
+    fn csi_driver_rows_read_like_kubectl() {
+        let (columns, cells) = one_row(
+            "CSIDriver",
+            json!({"metadata": {"name": "ebs.csi.aws.com"}, "spec": {
+                "attachRequired": false, "podInfoOnMount": true, "storageCapacity": true, "requiresRepublish": true,
+                "tokenRequests": [{"audience": "vault"}, {"audience": "sts.amazonaws.com", "expirationSeconds": 3600}],
+                "volumeLifecycleModes": ["Persistent", "Ephemeral"]}}),
+        );
+        assert_eq!(
+            columns,
+            [
+                "Name",
+                "AttachRequired",
+                "PodInfoOnMount",
+                "StorageCapacity",
+                "TokenRequests",
+                "RequiresRepublish",
+                "Modes",
+                "Age",
+            ]
+        );
+        assert_eq!(
+            cells,
+            [
+                json!("ebs.csi.aws.com"),
+                json!(false),
+                json!(true),
+                json!(true),
+                json!("vault,sts.amazonaws.com"),
+                json!(true),
+                json!("Persistent,Ephemeral"),
+                json!("<unknown>"),
+            ]
+        );
+        // Unset: attach is required, the rest off; an empty token list is no list.
+        let (_, cells) = one_row("CSIDriver", json!({"metadata": {"name": "d"}, "spec": {"tokenRequests": []}}));
+        assert_eq!(
+            cells,
+            [
+                json!("d"),
+                json!(true),
+                json!(false),
+                json!(false),
+                json!("<unset>"),
+                json!(false),
+                json!("<none>"),
+                json!("<unknown>"),
+            ]
+        );
+        let rt = builtins().into_iter().find(|t| t.kind == "CSIDriver").unwrap();
+        let definitions = column_definitions(&rt);
+        let attach = definitions[1]["description"].as_str().unwrap();
+        assert!(attach.ends_with("will be called.\n\nThis field is immutable."), "{attach}");
+        assert_eq!((&definitions[1]["type"], &definitions[4]["type"]), (&json!("boolean"), &json!("string")));
+    }
+
+    #[test]
+    fn csi_node_rows_read_like_kubectl() {
+        let (columns, cells) = one_row(
+            "CSINode",
+            json!({"metadata": {"name": "n1"}, "spec": {"drivers": [
+                {"name": "ebs.csi.aws.com", "nodeID": "i-1"}, {"name": "efs.csi.aws.com", "nodeID": "i-1"}]}}),
+        );
+        assert_eq!(columns, ["Name", "Drivers", "Age"]);
+        assert_eq!(cells, [json!("n1"), json!(2), json!("<unknown>")]);
+        let (_, cells) = one_row("CSINode", json!({"metadata": {"name": "n2"}, "spec": {}}));
+        assert_eq!(cells, [json!("n2"), json!(0), json!("<unknown>")]);
+    }
+
+    #[test]
+    fn csi_storage_capacity_rows_read_like_kubectl() {
+        let (columns, cells) = one_row(
+            "CSIStorageCapacity",
+            json!({"metadata": {"name": "c1"}, "storageClassName": "fast", "capacity": "10Gi"}),
+        );
+        // No AGE column, as in kube.
+        assert_eq!(columns, ["Name", "StorageClassName", "Capacity"]);
+        assert_eq!(cells, [json!("c1"), json!("fast"), json!("10Gi")]);
+        let (_, cells) = one_row("CSIStorageCapacity", json!({"metadata": {"name": "c2"}, "storageClassName": "fast"}));
+        assert_eq!(cells, [json!("c2"), json!("fast"), json!("<unset>")]);
+    }
+
+    #[test]
+    fn volume_attachment_rows_read_like_kubectl() {
+        let (columns, cells) = one_row(
+            "VolumeAttachment",
+            json!({"metadata": {"name": "csi-123"}, "spec": {"attacher": "ebs.csi.aws.com", "nodeName": "n1",
+                "source": {"persistentVolumeName": "pv-1"}}, "status": {"attached": true}}),
+        );
+        assert_eq!(columns, ["Name", "Attacher", "PV", "Node", "Attached", "Age"]);
+        assert_eq!(
+            cells,
+            [json!("csi-123"), json!("ebs.csi.aws.com"), json!("pv-1"), json!("n1"), json!(true), json!("<unknown>")]
+        );
+        // An inline volume has no PV; no status is not attached.
+        let (_, cells) = one_row(
+            "VolumeAttachment",
+            json!({"metadata": {"name": "csi-456"}, "spec": {"attacher": "ebs.csi.aws.com", "nodeName": "n1",
+                "source": {"inlineVolumeSpec": {"csi": {"driver": "ebs.csi.aws.com", "volumeHandle": "vol-1"}}}}}),
+        );
+        assert_eq!(
+            cells,
+            [json!("csi-456"), json!("ebs.csi.aws.com"), json!(""), json!("n1"), json!(false), json!("<unknown>")]
+        );
+        let rt = builtins().into_iter().find(|t| t.kind == "VolumeAttachment").unwrap();
+        let formats: Vec<String> = column_definitions(&rt).iter().map(|c| s(c.get("format"))).collect();
+        assert_eq!(formats, ["name", "name", "", "", "", ""]);
     }
 }
