@@ -22,6 +22,7 @@ RATE=${RATE:-1000}
 
 work=$(mktemp -d /tmp/keel-api-bench.XXXXXX)
 pids=()
+keel_pids=()
 cleanup() {
   for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
   wait 2>/dev/null || true
@@ -36,6 +37,7 @@ for i in 1 2 3; do
     --initial-cluster "$cluster" --runtime-threads 1 --log-level warn \
     --control-loops "${CONTROL_LOOPS:-false}" 2>"$work/a$i.log" &
   pids+=($!)
+  keel_pids+=($!)
 done
 servers=127.0.0.51:6443,127.0.0.52:6443,127.0.0.53:6443
 for _ in $(seq 100); do
@@ -43,12 +45,43 @@ for _ in $(seq 100); do
   sleep 0.2
 done
 
-rss() { for pid in "${pids[@]}"; do awk '/VmRSS/ {printf "%d MiB ", $2/1024}' "/proc/$pid/status"; done; echo; }
+rss() { for pid in "${keel_pids[@]}"; do awk '/VmRSS/ {printf "%d MiB ", $2/1024}' "/proc/$pid/status"; done; echo; }
+
+rate() { sed -n 's/.* = \([0-9]*\)\/s .*/\1/p'; }
 
 if [ -z "${SKIP_CREATES:-}" ]; then
   echo "== creates ($CLIENTS clients, $DURATION, spread over 3 members)"
-  "$KEEL" bench api --servers "$servers" create --kind configmap --clients "$CLIENTS" --duration "$DURATION"
-  "$KEEL" bench api --servers "$servers" create --kind pod --clients "$CLIENTS" --duration "$DURATION"
+  "$KEEL" bench api --servers "$servers" create --kind configmap --clients "$CLIENTS" --duration "$DURATION" | tee "$work/cm.out"
+  "$KEEL" bench api --servers "$servers" create --kind pod --clients "$CLIENTS" --duration "$DURATION" | tee "$work/pod.out"
+  # Issue 3's yardstick: the raw put rate of a three-member etcd on the same machine, in the
+  # same run (the store benchmark's workload: 256-byte values, as many clients). keel's
+  # members stay up, idle, meanwhile.
+  if [ -z "${SKIP_ETCD:-}" ] && command -v etcd >/dev/null; then
+    etcd_cluster="e1=http://127.0.0.61:2380,e2=http://127.0.0.62:2380,e3=http://127.0.0.63:2380"
+    etcd_pids=()
+    for i in 1 2 3; do
+      GOMAXPROCS=1 etcd --name "e$i" --data-dir "$work/e$i" \
+        --listen-peer-urls "http://127.0.0.6$i:2380" --initial-advertise-peer-urls "http://127.0.0.6$i:2380" \
+        --listen-client-urls "http://127.0.0.6$i:2379" --advertise-client-urls "http://127.0.0.6$i:2379" \
+        --initial-cluster "$etcd_cluster" --initial-cluster-state new --initial-cluster-token keel-api-bench \
+        --quota-backend-bytes 8589934592 --logger zap --log-level error 2>"$work/e$i.log" &
+      etcd_pids+=($!)
+      pids+=($!)
+    done
+    etcd_eps=127.0.0.61:2379,127.0.0.62:2379,127.0.0.63:2379
+    for _ in $(seq 1 100); do
+      ETCDCTL_API=3 etcdctl --endpoints "$etcd_eps" endpoint health >/dev/null 2>&1 && break
+      sleep 0.2
+    done
+    echo "== etcd 3.4, three members: raw puts ($CLIENTS clients, 256 B values, $DURATION)"
+    "$KEEL" bench store --endpoints "$etcd_eps" --value-size 256 --keys 10000 --clients "$CLIENTS" --mix put \
+      --duration "$DURATION" --warmup 2s --json >"$work/etcd.json"
+    etcd_rate=$(python3 -c "import json,sys; print(round(json.load(open(sys.argv[1]))['ops'][0]['ops_per_sec']))" "$work/etcd.json")
+    kill -TERM "${etcd_pids[@]}" 2>/dev/null || true
+    wait "${etcd_pids[@]}" 2>/dev/null || true
+    cm=$(rate <"$work/cm.out"); pod=$(rate <"$work/pod.out")
+    echo "etcd puts: $etcd_rate/s; ConfigMap creates / etcd puts: $(python3 -c "print(f'{$cm/$etcd_rate:.2f}x')"); Pod creates / etcd puts: $(python3 -c "print(f'{$pod/$etcd_rate:.2f}x')")"
+  fi
 fi
 for n in $LIST_SIZES; do
   echo "== LIST of $n pods"
