@@ -62,7 +62,7 @@ impl Chain {
                 Box::new(DefaultStorageClass { storage: storage.clone() }),
                 Box::new(Defaulting),
                 Box::new(crate::limitrange::LimitRanger { storage: storage.clone() }),
-                Box::new(ResourceQuota { storage, registry }),
+                Box::new(ResourceQuota { storage, registry, without_quotas: Default::default() }),
             ],
         }
     }
@@ -431,7 +431,13 @@ impl Plugin for Defaulting {
 pub struct ResourceQuota {
     storage: SharedStorage,
     registry: std::sync::Arc<crate::registry::Registry>,
+    /// Namespaces a quorum read found without quotas, and until when that answer is used.
+    without_quotas: parking_lot::Mutex<std::collections::HashMap<String, std::time::Instant>>,
 }
+
+/// How long a quorum read's "no quotas here" stands (kube's quota admission keeps its live
+/// lookup for the same 30 s).
+const NO_QUOTA_TTL: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// Attempts at charging a quota whose status keeps changing underneath.
 const QUOTA_RETRIES: usize = 16;
@@ -538,9 +544,30 @@ impl Plugin for ResourceQuota {
             let end = crate::storage::prefix_end(&prefix);
             let adds = crate::quota::contribution(a.resource, object);
             let is_pod = a.resource.group.is_empty() && a.resource.kind == "Pod";
-            for _ in 0..QUOTA_RETRIES {
-                // Linearizable: a charge another member just made must be seen.
-                let quotas = self.storage.list(&prefix, &end, 0, 0, Consistency::Linearizable).await?;
+            for attempt in 0..QUOTA_RETRIES {
+                // As kube's quota admission reads its informer: this member's replica first. A
+                // stale quota is harmless, its charge is a compare-and-swap that fails and is
+                // retried on a linearizable read.
+                let consistency = if attempt == 0 { Consistency::Local } else { Consistency::Linearizable };
+                let mut quotas = self.storage.list(&prefix, &end, 0, 0, consistency).await?;
+                if quotas.items.is_empty() && attempt == 0 {
+                    // None here yet: a quota another member just wrote may not have arrived, so
+                    // ask the leader, as kube does live, and keep a "none" for a while.
+                    if self.without_quotas.lock().get(namespace).is_some_and(|until| *until > std::time::Instant::now())
+                    {
+                        return Ok(());
+                    }
+                    quotas = self.storage.list(&prefix, &end, 0, 0, Consistency::Linearizable).await?;
+                    if quotas.items.is_empty() {
+                        let now = std::time::Instant::now();
+                        let mut without = self.without_quotas.lock();
+                        if without.len() >= 4096 {
+                            without.retain(|_, until| *until > now);
+                        }
+                        without.insert(namespace.to_string(), now + NO_QUOTA_TTL);
+                        return Ok(());
+                    }
+                }
                 let mut all_charged = true;
                 for item in &quotas.items {
                     if !self.charge(a, namespace, item, object, &adds, is_pod).await? {
