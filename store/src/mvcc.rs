@@ -200,9 +200,28 @@ impl<'a> View<'a> {
     /// paging through a large prefix (kubectl's 500 at a time) costs a key walk per page,
     /// not a copy of every value after the page.
     pub fn range(&self, req: &pb::RangeRequest, revision: i64) -> Result<pb::RangeResponse> {
+        self.range_within(req, revision, usize::MAX)?
+            .ok_or_else(|| StoreError::Internal("an unbounded range ran out of budget".into()))
+    }
+
+    /// [`View::range`], given up (`None`) as soon as it would visit more than `budget`
+    /// records (versions included).
+    pub fn range_within(
+        &self,
+        req: &pb::RangeRequest,
+        revision: i64,
+        budget: usize,
+    ) -> Result<Option<pb::RangeResponse>> {
         let range = KeyRange::new(&req.key, &req.range_end);
         let mut builder = RangeBuilder::new(req);
+        let mut visited = 0usize;
+        let mut over_budget = false;
         self.scan_records(&range, revision, |user_key, rev, record| {
+            visited += 1;
+            if visited > budget {
+                over_budget = true;
+                return Ok(ControlFlow::Break(()));
+            }
             if builder.only_counting() {
                 if Version::is_live_record(record, user_key)? {
                     builder.count_one_more();
@@ -215,7 +234,7 @@ impl<'a> View<'a> {
             }
             Ok(ControlFlow::Continue(()))
         })?;
-        Ok(builder.finish())
+        Ok((!over_budget).then(|| builder.finish()))
     }
 
     /// The events from `start` on (inclusive), limited to keys in `range`, in revision order.

@@ -47,6 +47,9 @@ pub enum Bootstrap {
     Join(Vec<String>),
 }
 
+/// Records a range may visit on the async worker before it is handed to the blocking pool.
+const INLINE_RANGE_RECORDS: usize = 256;
+
 /// Timing and retention knobs.
 #[derive(Debug, Clone)]
 pub struct Tuning {
@@ -542,9 +545,15 @@ impl Store {
             self.linearize().await?;
         }
         // A single key is a point lookup, cheaper than a hop to the blocking pool; a range
-        // may scan many keys and must not hold up the async workers.
+        // may scan many keys and must not hold up the async workers. Most ranges are small
+        // (admission reads a namespace's quotas or limit ranges on every create), and the hop
+        // costs two thread switches: a range is tried here first and handed to the pool only
+        // once it visits more than a few hundred records.
         if request.range_end.is_empty() {
             return crate::state_machine::range(&self.inner.sm, request);
+        }
+        if let Some(small) = crate::state_machine::range_within(&self.inner.sm, request, INLINE_RANGE_RECORDS)? {
+            return Ok(small);
         }
         let shared = self.inner.sm.clone();
         let request = request.clone();
