@@ -301,8 +301,25 @@ async fn watch(servers: &[String], watchers: usize, namespaces: usize, rate: u64
             let url = format!(
                 "http://{server}/api/v1/namespaces/{ns}/configmaps?watch=true&resourceVersion=0&allowWatchBookmarks=true"
             );
-            let request = Request::builder().uri(&url).body(Full::new(Bytes::new()))?;
-            let response = client.request(request).await?;
+            // Ten thousand connections opening at once on two cores: a refused or reset one is
+            // tried again rather than lost (the run would stop for one missing watcher).
+            let mut attempt = 0;
+            let response = loop {
+                let request = Request::builder().uri(&url).body(Full::new(Bytes::new()))?;
+                match client.request(request).await {
+                    Ok(response) if response.status().is_success() => break response,
+                    outcome if attempt < 5 => {
+                        attempt += 1;
+                        tracing::debug!(?outcome, attempt, "watch did not start; trying again");
+                        tokio::time::sleep(Duration::from_millis(200 * attempt)).await;
+                    }
+                    Ok(response) => anyhow::bail!("watch {url}: HTTP {}", response.status()),
+                    Err(e) => {
+                        eprintln!("watch {url}: {e}");
+                        return Err(e.into());
+                    }
+                }
+            };
             let _ = ready.send(()).await;
             let mut body = response.into_body();
             let mut buffer = Vec::new();
