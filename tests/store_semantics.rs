@@ -377,7 +377,7 @@ async fn history_is_compacted_automatically_by_count_and_by_age() {
 }
 
 /// Small ranges are served on the caller's task, larger ones in the blocking pool: both give
-/// the same answer, on either side of the switch (256 records, versions included).
+/// the same answer, on either side of the switch (256 records, versions included, or 1 MiB).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ranges_small_and_large_read_the_same() {
     let cluster = InProcCluster::start(1, fast_tuning()).await;
@@ -403,4 +403,12 @@ async fn ranges_small_and_large_read_the_same() {
     assert_eq!(small.kvs[0].version, 3);
     let page = range(s, pb::RangeRequest { limit: 10, ..whole("big/") }).await.expect("range");
     assert_eq!((page.kvs.len(), page.count, page.more), (10, 300, true));
+    // Few records but over a MiB of them: read in the pool too.
+    let wide_value = "w".repeat(600 * 1024);
+    for i in 0..3 {
+        put(s, &format!("wide/{i}"), &wide_value).await.expect("put");
+    }
+    let wide = range(s, whole("wide/")).await.expect("range");
+    assert_eq!(keys(&wide), ["wide/0", "wide/1", "wide/2"]);
+    assert!(wide.kvs.iter().all(|kv| kv.value.len() == 600 * 1024));
 }

@@ -200,25 +200,27 @@ impl<'a> View<'a> {
     /// paging through a large prefix (kubectl's 500 at a time) costs a key walk per page,
     /// not a copy of every value after the page.
     pub fn range(&self, req: &pb::RangeRequest, revision: i64) -> Result<pb::RangeResponse> {
-        self.range_within(req, revision, usize::MAX)?
+        self.range_within(req, revision, usize::MAX, usize::MAX)?
             .ok_or_else(|| StoreError::Internal("an unbounded range ran out of budget".into()))
     }
 
-    /// [`View::range`], given up (`None`) as soon as it would visit more than `budget`
-    /// records (versions included).
+    /// [`View::range`], given up (`None`) as soon as it would visit more than `max_records`
+    /// records (versions included) or `max_bytes` bytes of them.
     pub fn range_within(
         &self,
         req: &pb::RangeRequest,
         revision: i64,
-        budget: usize,
+        max_records: usize,
+        max_bytes: usize,
     ) -> Result<Option<pb::RangeResponse>> {
         let range = KeyRange::new(&req.key, &req.range_end);
         let mut builder = RangeBuilder::new(req);
-        let mut visited = 0usize;
+        let (mut records, mut bytes) = (0usize, 0usize);
         let mut over_budget = false;
         self.scan_records(&range, revision, |user_key, rev, record| {
-            visited += 1;
-            if visited > budget {
+            records += 1;
+            bytes += record.len();
+            if records > max_records || bytes > max_bytes {
                 over_budget = true;
                 return Ok(ControlFlow::Break(()));
             }

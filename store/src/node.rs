@@ -47,8 +47,10 @@ pub enum Bootstrap {
     Join(Vec<String>),
 }
 
-/// Records a range may visit on the async worker before it is handed to the blocking pool.
+/// Records, and bytes of them, a range may visit on the async worker before it is handed to
+/// the blocking pool.
 const INLINE_RANGE_RECORDS: usize = 256;
+const INLINE_RANGE_BYTES: usize = 1 << 20;
 
 /// Timing and retention knobs.
 #[derive(Debug, Clone)]
@@ -548,11 +550,13 @@ impl Store {
         // may scan many keys and must not hold up the async workers. Most ranges are small
         // (admission reads a namespace's quotas or limit ranges on every create), and the hop
         // costs two thread switches: a range is tried here first and handed to the pool only
-        // once it visits more than a few hundred records.
+        // once it visits more than a few hundred records or a MiB.
         if request.range_end.is_empty() {
             return crate::state_machine::range(&self.inner.sm, request);
         }
-        if let Some(small) = crate::state_machine::range_within(&self.inner.sm, request, INLINE_RANGE_RECORDS)? {
+        if let Some(small) =
+            crate::state_machine::range_within(&self.inner.sm, request, INLINE_RANGE_RECORDS, INLINE_RANGE_BYTES)?
+        {
             return Ok(small);
         }
         let shared = self.inner.sm.clone();

@@ -562,20 +562,22 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
 
 /// Answers an etcd range from a consistent view of the current database.
 pub fn range(shared: &SmShared, req: &pb::RangeRequest) -> Result<(pb::RangeResponse, i64)> {
-    range_within(shared, req, usize::MAX)?
+    range_within(shared, req, usize::MAX, usize::MAX)?
         .ok_or_else(|| StoreError::Internal("an unbounded range ran out of budget".into()))
 }
 
-/// [`range`], or `None` once it would visit more than `budget` records.
+/// [`range`], or `None` once it would visit more than `max_records` records or `max_bytes`
+/// bytes of them.
 pub fn range_within(
     shared: &SmShared,
     req: &pb::RangeRequest,
-    budget: usize,
+    max_records: usize,
+    max_bytes: usize,
 ) -> Result<Option<(pb::RangeResponse, i64)>> {
     let db = shared.db();
     let view = View::snapshot(&db);
     let current = view.revision()?;
     let revision = if req.revision > 0 { req.revision } else { current };
     view.check_readable(revision)?;
-    Ok(view.range_within(req, revision, budget)?.map(|response| (response, current)))
+    Ok(view.range_within(req, revision, max_records, max_bytes)?.map(|response| (response, current)))
 }
