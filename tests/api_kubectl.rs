@@ -197,15 +197,19 @@ async fn kubectl_drives_a_follower_while_the_leader_dies() {
         (endpoint_ips() == all_ips).then_some(())
     })
     .await;
-    let slices = k.ok(&[
-        "get",
-        "endpointslices",
-        "-l",
-        "kubernetes.io/service-name=kubernetes",
-        "-o",
-        "jsonpath={.items[*].endpoints[*].addresses[0]}",
-    ]);
-    assert_eq!(slices.split_whitespace().count(), 3, "{slices}");
+    // The slices are written after the Endpoints, in the same pass or the next.
+    eventually(Duration::from_secs(10), "a slice address for every member", || async {
+        let slices = k.ok(&[
+            "get",
+            "endpointslices",
+            "-l",
+            "kubernetes.io/service-name=kubernetes",
+            "-o",
+            "jsonpath={.items[*].endpoints[*].addresses[0]}",
+        ]);
+        (slices.split_whitespace().count() == 3).then_some(())
+    })
+    .await;
 
     // The leader dies; the follower keeps serving once a new leader is elected.
     let dead_ip = member_ip(leader);

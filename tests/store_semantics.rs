@@ -403,6 +403,13 @@ async fn ranges_small_and_large_read_the_same() {
     assert_eq!(small.kvs[0].version, 3);
     let page = range(s, pb::RangeRequest { limit: 10, ..whole("big/") }).await.expect("range");
     assert_eq!((page.kvs.len(), page.count, page.more), (10, 300, true));
+    // An old revision of a key rewritten many times: the newer versions stepped over count.
+    let first_hot = put(s, "hot/k", "v0").await.expect("put");
+    for i in 1..300 {
+        put(s, "hot/k", &format!("v{i}")).await.expect("put");
+    }
+    let old = range(s, pb::RangeRequest { revision: first_hot, ..whole("hot/") }).await.expect("range");
+    assert_eq!((old.kvs.len(), old.kvs[0].value.as_slice(), old.kvs[0].version), (1, &b"v0"[..], 1));
     // Few records but over a MiB of them: read in the pool too.
     let wide_value = "w".repeat(600 * 1024);
     for i in 0..3 {

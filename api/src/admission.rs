@@ -544,29 +544,28 @@ impl Plugin for ResourceQuota {
             let end = crate::storage::prefix_end(&prefix);
             let adds = crate::quota::contribution(a.resource, object);
             let is_pod = a.resource.group.is_empty() && a.resource.kind == "Pod";
-            for attempt in 0..QUOTA_RETRIES {
-                // As kube's quota admission reads its informer: this member's replica first. A
-                // stale quota is harmless, its charge is a compare-and-swap that fails and is
-                // retried on a linearizable read.
-                let consistency = if attempt == 0 { Consistency::Local } else { Consistency::Linearizable };
-                let mut quotas = self.storage.list(&prefix, &end, 0, 0, consistency).await?;
-                if quotas.items.is_empty() && attempt == 0 {
-                    // None here yet: a quota another member just wrote may not have arrived, so
-                    // ask the leader, as kube does live, and keep a "none" for a while.
-                    if self.without_quotas.lock().get(namespace).is_some_and(|until| *until > std::time::Instant::now())
-                    {
-                        return Ok(());
+            // Most namespaces have no quota. This member's replica says so without a round
+            // to the leader (kube looks at its informer the same way); "none" is then made
+            // sure of once by a linearizable read and believed for a while, as kube keeps its
+            // live lookup. Where quotas exist they are read linearizably and charged as ever,
+            // so a stale copy never refuses a create or charges a quota twice.
+            let replica = self.storage.list(&prefix, &end, 0, 0, Consistency::Local).await?;
+            if replica.items.is_empty()
+                && self.without_quotas.lock().get(namespace).is_some_and(|until| *until > std::time::Instant::now())
+            {
+                return Ok(());
+            }
+            for _ in 0..QUOTA_RETRIES {
+                // Linearizable: a charge another member just made must be seen.
+                let quotas = self.storage.list(&prefix, &end, 0, 0, Consistency::Linearizable).await?;
+                if quotas.items.is_empty() {
+                    let now = std::time::Instant::now();
+                    let mut without = self.without_quotas.lock();
+                    if without.len() >= 4096 {
+                        without.retain(|_, until| *until > now);
                     }
-                    quotas = self.storage.list(&prefix, &end, 0, 0, Consistency::Linearizable).await?;
-                    if quotas.items.is_empty() {
-                        let now = std::time::Instant::now();
-                        let mut without = self.without_quotas.lock();
-                        if without.len() >= 4096 {
-                            without.retain(|_, until| *until > now);
-                        }
-                        without.insert(namespace.to_string(), now + NO_QUOTA_TTL);
-                        return Ok(());
-                    }
+                    without.insert(namespace.to_string(), now + NO_QUOTA_TTL);
+                    return Ok(());
                 }
                 let mut all_charged = true;
                 for item in &quotas.items {

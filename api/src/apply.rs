@@ -272,6 +272,10 @@ fn cap_update_managers(managed: &mut Vec<Value>) {
                 let time = managed[i].get("time").cloned().unwrap_or(Value::Null);
                 let entry = &mut managed[bucket];
                 entry["manager"] = json!(ANCIENT_CHANGES);
+                // The bucket owns fields of whole objects, not of one subresource.
+                if let Some(map) = entry.as_object_mut() {
+                    map.remove("subresource");
+                }
                 entry["fieldsV1"] = to_fields_v1(&fields);
                 entry["time"] = time;
                 merged.insert(i);

@@ -53,6 +53,10 @@ fn endpoints_by_port(members: &[String]) -> BTreeMap<u16, Vec<Ipv4Addr>> {
     let mut by_port: BTreeMap<u16, Vec<Ipv4Addr>> = BTreeMap::new();
     for address in members {
         match address.parse::<SocketAddrV4>() {
+            // A member listening on every address (0.0.0.0) gives no address to reach it by.
+            Ok(a) if a.ip().is_unspecified() => {
+                tracing::debug!(address, "unspecified address; left out of the kubernetes endpoints")
+            }
             Ok(a) => by_port.entry(a.port()).or_default().push(*a.ip()),
             Err(_) => tracing::debug!(address, "not an IPv4 address:port; left out of the kubernetes endpoints"),
         }
@@ -206,8 +210,15 @@ mod tests {
 
     #[test]
     fn members_group_by_port_and_names_are_left_out() {
-        let members = ["127.0.0.12:6443", "127.0.0.11:6443", "127.0.0.11:6443", "api.example:6443", "127.0.0.13:7443"]
-            .map(String::from);
+        let members = [
+            "127.0.0.12:6443",
+            "127.0.0.11:6443",
+            "127.0.0.11:6443",
+            "api.example:6443",
+            "0.0.0.0:6443",
+            "127.0.0.13:7443",
+        ]
+        .map(String::from);
         let by_port = endpoints_by_port(&members);
         assert_eq!(by_port.len(), 2);
         assert_eq!(by_port[&6443], vec![Ipv4Addr::new(127, 0, 0, 11), Ipv4Addr::new(127, 0, 0, 12)]);

@@ -160,24 +160,32 @@ impl<'a> View<'a> {
     where
         F: FnMut(&[u8], i64, Version) -> Result<ControlFlow<()>>,
     {
-        self.scan_records(range, revision, |user_key, rev, record| {
+        self.scan_records(range, revision, usize::MAX, |user_key, rev, record| {
             let version = Version::decode(record, user_key)?;
             if version.is_live() { visit(user_key, rev, version) } else { Ok(ControlFlow::Continue(())) }
-        })
+        })?;
+        Ok(())
     }
 
     /// Visits every key's newest record at or below `revision` in `range` (tombstones too),
     /// still encoded, in key order: callers that only count need not decode values.
-    fn scan_records<F>(&self, range: &KeyRange, revision: i64, mut visit: F) -> Result<()>
+    /// Gives up (`Ok(false)`) after `max_steps` records, versions newer than `revision`
+    /// stepped over included.
+    fn scan_records<F>(&self, range: &KeyRange, revision: i64, max_steps: usize, mut visit: F) -> Result<bool>
     where
         F: FnMut(&[u8], i64, &[u8]) -> Result<ControlFlow<()>>,
     {
         if range.is_empty() {
-            return Ok(());
+            return Ok(true);
         }
         let mut it = self.iter(CF_KV, range.encoded_upper_bound())?;
         it.seek(user_key_prefix(range.start()));
+        let mut steps = 0usize;
         while let Some(raw_key) = it.key() {
+            steps += 1;
+            if steps > max_steps {
+                return Ok(false);
+            }
             let (user_key, rev) = decode_version_key(raw_key)?;
             if rev > revision {
                 it.next();
@@ -185,12 +193,12 @@ impl<'a> View<'a> {
             }
             let prefix = raw_key[..raw_key.len() - 8].to_vec();
             if visit(&user_key, rev, it.value().unwrap_or_default())?.is_break() {
-                return Ok(());
+                return Ok(true);
             }
             skip_older_versions(&mut it, &prefix);
         }
         it.status()?;
-        Ok(())
+        Ok(true)
     }
 
     /// An etcd range read at `revision` (already checked readable).
@@ -215,12 +223,11 @@ impl<'a> View<'a> {
     ) -> Result<Option<pb::RangeResponse>> {
         let range = KeyRange::new(&req.key, &req.range_end);
         let mut builder = RangeBuilder::new(req);
-        let (mut records, mut bytes) = (0usize, 0usize);
+        let mut bytes = 0usize;
         let mut over_budget = false;
-        self.scan_records(&range, revision, |user_key, rev, record| {
-            records += 1;
+        let finished = self.scan_records(&range, revision, max_records, |user_key, rev, record| {
             bytes += record.len();
-            if records > max_records || bytes > max_bytes {
+            if bytes > max_bytes {
                 over_budget = true;
                 return Ok(ControlFlow::Break(()));
             }
@@ -236,7 +243,7 @@ impl<'a> View<'a> {
             }
             Ok(ControlFlow::Continue(()))
         })?;
-        Ok((!over_budget).then(|| builder.finish()))
+        Ok((finished && !over_budget).then(|| builder.finish()))
     }
 
     /// The events from `start` on (inclusive), limited to keys in `range`, in revision order.
