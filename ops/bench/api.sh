@@ -14,7 +14,7 @@ set -euo pipefail
 KEEL=${KEEL:-target/release/keel}
 DURATION=${DURATION:-10s}
 CLIENTS=${CLIENTS:-64}
-LIST_SIZES=${LIST_SIZES:-"10000 100000"}
+LIST_SIZES=${LIST_SIZES-"10000 100000"}
 WATCHERS=${WATCHERS:-10000}
 NAMESPACES=${NAMESPACES:-1000}
 RATE=${RATE:-1000}
@@ -57,28 +57,17 @@ if [ -z "${SKIP_CREATES:-}" ]; then
   # same run (the store benchmark's workload: 256-byte values, as many clients). keel's
   # members stay up, idle, meanwhile.
   if [ -z "${SKIP_ETCD:-}" ] && command -v etcd >/dev/null; then
-    etcd_cluster="e1=http://127.0.0.61:2380,e2=http://127.0.0.62:2380,e3=http://127.0.0.63:2380"
-    etcd_pids=()
-    for i in 1 2 3; do
-      GOMAXPROCS=1 etcd --name "e$i" --data-dir "$work/e$i" \
-        --listen-peer-urls "http://127.0.0.6$i:2380" --initial-advertise-peer-urls "http://127.0.0.6$i:2380" \
-        --listen-client-urls "http://127.0.0.6$i:2379" --advertise-client-urls "http://127.0.0.6$i:2379" \
-        --initial-cluster "$etcd_cluster" --initial-cluster-state new --initial-cluster-token keel-api-bench \
-        --quota-backend-bytes 8589934592 --logger zap --log-level error 2>"$work/e$i.log" &
-      etcd_pids+=($!)
-      pids+=($!)
-    done
-    etcd_eps=127.0.0.61:2379,127.0.0.62:2379,127.0.0.63:2379
-    for _ in $(seq 1 100); do
-      ETCDCTL_API=3 etcdctl --endpoints "$etcd_eps" endpoint health >/dev/null 2>&1 && break
-      sleep 0.2
-    done
+    # shellcheck source=ops/bench/etcd-cluster.sh
+    . "$(dirname "$0")/etcd-cluster.sh"
+    start_etcd_cluster "$work" 127.0.0.6 keel-api-bench
+    etcd_eps=$ETCD_ENDPOINTS
+    wait_healthy "$etcd_eps" "$work"
     echo "== etcd 3.4, three members: raw puts ($CLIENTS clients, 256 B values, $DURATION)"
     "$KEEL" bench store --endpoints "$etcd_eps" --value-size 256 --keys 10000 --clients "$CLIENTS" --mix put \
       --duration "$DURATION" --warmup 2s --json >"$work/etcd.json"
     etcd_rate=$(python3 -c "import json,sys; print(round(json.load(open(sys.argv[1]))['ops'][0]['ops_per_sec']))" "$work/etcd.json")
-    kill -TERM "${etcd_pids[@]}" 2>/dev/null || true
-    wait "${etcd_pids[@]}" 2>/dev/null || true
+    kill -TERM "${ETCD_PIDS[@]}" 2>/dev/null || true
+    wait "${ETCD_PIDS[@]}" 2>/dev/null || true
     cm=$(rate <"$work/cm.out"); pod=$(rate <"$work/pod.out")
     echo "etcd puts: $etcd_rate/s; ConfigMap creates / etcd puts: $(python3 -c "print(f'{$cm/$etcd_rate:.2f}x')"); Pod creates / etcd puts: $(python3 -c "print(f'{$pod/$etcd_rate:.2f}x')")"
   fi

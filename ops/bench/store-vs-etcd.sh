@@ -29,36 +29,22 @@ cleanup() {
 }
 trap cleanup EXIT
 
-# The three members of each system share this machine's cores, so each runs its request
-# handling on one thread: keel with --runtime-threads 1, etcd with GOMAXPROCS=1 (which makes
-# no measurable difference to etcd on two cores, and the same setting for both keeps it fair).
+# shellcheck source=ops/bench/etcd-cluster.sh
+. "$(dirname "$0")/etcd-cluster.sh"
+# keel's members each run their request handling on one thread (--runtime-threads 1), as
+# etcd's run on one Go thread (etcd-cluster.sh).
 keel_cluster="k1=127.0.0.21:2380,k2=127.0.0.22:2380,k3=127.0.0.23:2380"
-etcd_cluster="e1=http://127.0.0.31:2380,e2=http://127.0.0.32:2380,e3=http://127.0.0.33:2380"
 for i in 1 2 3; do
   "$KEEL" server --name "k$i" --data-dir "$work/k$i" \
     --listen-peer "127.0.0.2$i:2380" --listen-client "127.0.0.2$i:2379" --listen-api "127.0.0.2$i:6443" \
     --initial-cluster "$keel_cluster" --runtime-threads 1 --log-level warn 2>"$work/k$i.log" &
   pids+=($!)
-  GOMAXPROCS=1 "$ETCD" --name "e$i" --data-dir "$work/e$i" \
-    --listen-peer-urls "http://127.0.0.3$i:2380" --initial-advertise-peer-urls "http://127.0.0.3$i:2380" \
-    --listen-client-urls "http://127.0.0.3$i:2379" --advertise-client-urls "http://127.0.0.3$i:2379" \
-    --initial-cluster "$etcd_cluster" --initial-cluster-state new --initial-cluster-token keel-bench \
-    --quota-backend-bytes 8589934592 --logger zap --log-level error 2>"$work/e$i.log" &
-  pids+=($!)
 done
+start_etcd_cluster "$work" 127.0.0.3 keel-bench
 keel_eps="127.0.0.21:2379,127.0.0.22:2379,127.0.0.23:2379"
-etcd_eps="127.0.0.31:2379,127.0.0.32:2379,127.0.0.33:2379"
-for eps in "$keel_eps" "$etcd_eps"; do
-  for _ in $(seq 1 100); do
-    ETCDCTL_API=3 etcdctl --endpoints "$eps" endpoint health >/dev/null 2>&1 && break
-    sleep 0.2
-  done
-  if ! ETCDCTL_API=3 etcdctl --endpoints "$eps" endpoint health >/dev/null 2>&1; then
-    echo "cluster at $eps did not become healthy; member logs:" >&2
-    tail -n 5 "$work"/*.log >&2
-    exit 1
-  fi
-done
+etcd_eps=$ETCD_ENDPOINTS
+wait_healthy "$keel_eps" "$work"
+wait_healthy "$etcd_eps" "$work"
 
 # name|flags
 scenarios=(
