@@ -8,6 +8,11 @@
 //! the stream of the pod's node, a ConfigMap or Secret change only the streams whose pods use
 //! it. A stream then sends what differs from what its agent holds, so a reconnecting agent
 //! (which says what it holds) receives only what changed while it was away.
+//!
+//! The informers start with the member's first agent stream, not with the member: a member
+//! no agent talks to (a control-plane-only member, or one behind a load balancer agents do not
+//! use) would otherwise hold a second copy of every Pod, ConfigMap, Secret and volume object,
+//! which at 50,000 pods is most of its memory.
 
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
@@ -17,7 +22,7 @@ mod session;
 use std::collections::{HashMap, HashSet};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Weak};
+use std::sync::{Arc, OnceLock, Weak};
 
 use futures::Stream;
 use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolume, PersistentVolumeClaim, Pod, Secret};
@@ -51,7 +56,8 @@ pub(crate) struct Hub {
     /// Which nodes' pods use each ConfigMap or Secret.
     users: Mutex<HashMap<ConfigRef, HashSet<String>>>,
     next_session: AtomicU64,
-    _informers: Vec<AbortOnDrop>,
+    /// The informers' tasks, started by the first agent stream and kept for the member's life.
+    informer_tasks: OnceLock<Vec<AbortOnDrop>>,
 }
 
 pub(crate) struct SessionHandle {
@@ -78,6 +84,20 @@ impl SessionHandle {
 }
 
 impl Hub {
+    /// Starts the informers if no stream has yet; callers then wait for them to sync.
+    pub(crate) fn start_informers(&self) {
+        self.informer_tasks.get_or_init(|| {
+            tracing::info!(member = %self.member, "first agent stream: starting the node service's informers");
+            vec![
+                AbortOnDrop::spawn(self.pods.clone().run()),
+                AbortOnDrop::spawn(self.config_maps.clone().run()),
+                AbortOnDrop::spawn(self.secrets.clone().run()),
+                AbortOnDrop::spawn(self.claims.clone().run()),
+                AbortOnDrop::spawn(self.volumes.clone().run()),
+            ]
+        });
+    }
+
     fn wake(&self, node: &str) {
         if let Some(session) = self.sessions.lock().get(node) {
             session.wake.notify_one();
@@ -150,7 +170,7 @@ pub struct NodeService {
 }
 
 impl NodeService {
-    /// Starts the member's informers; `member` names this member in what agents are told, and
+    /// Sets up the member's end of the agents' streams; `member` names this member in what agents are told, and
     /// `api_address` is where other members reach it (written on each Node it serves, so a
     /// `kubectl logs` taken by another member finds its way here).
     pub fn start(api: Arc<Api>, member: String, api_address: String) -> NodeService {
@@ -163,13 +183,6 @@ impl NodeService {
         let secrets = Informer::<Secret>::new(client.clone());
         let claims = Informer::<PersistentVolumeClaim>::new(client.clone());
         let volumes = Informer::<PersistentVolume>::new(client.clone());
-        let informers = vec![
-            AbortOnDrop::spawn(pods.clone().run()),
-            AbortOnDrop::spawn(config_maps.clone().run()),
-            AbortOnDrop::spawn(secrets.clone().run()),
-            AbortOnDrop::spawn(claims.clone().run()),
-            AbortOnDrop::spawn(volumes.clone().run()),
-        ];
         let hub = Arc::new(Hub {
             client,
             member,
@@ -183,7 +196,7 @@ impl NodeService {
             sessions: Mutex::new(HashMap::new()),
             users: Mutex::new(HashMap::new()),
             next_session: AtomicU64::new(1),
-            _informers: informers,
+            informer_tasks: OnceLock::new(),
         });
         let weak = Arc::downgrade(&hub);
         pods.on_change(move |old, new| {

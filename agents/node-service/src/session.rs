@@ -214,6 +214,7 @@ async fn stream(
             .collect(),
         uses: HashSet::new(),
     };
+    hub.start_informers();
     hub.pods.wait_synced().await;
     hub.config_maps.wait_synced().await;
     hub.secrets.wait_synced().await;
