@@ -87,6 +87,19 @@ impl Chain {
     }
 }
 
+/// The key prefixes admission reads on every create, which each member should keep in
+/// memory (`keel_store::Store::mirror`), as kube-apiserver reads them from its informers:
+/// namespaces, service accounts, priority and storage classes, limit ranges and quotas. All
+/// are small next to the objects they admit.
+pub const LOOKUP_PREFIXES: &[&str] = &[
+    "/registry/core/namespaces/",
+    "/registry/core/serviceaccounts/",
+    "/registry/core/limitranges/",
+    "/registry/core/resourcequotas/",
+    "/registry/scheduling.k8s.io/priorityclasses/",
+    "/registry/storage.k8s.io/storageclasses/",
+];
+
 /// Namespaces that always exist and cannot be deleted.
 pub const SYSTEM_NAMESPACES: &[&str] = &["default", "kube-system", "kube-public", "kube-node-lease"];
 

@@ -184,6 +184,10 @@ pub async fn run_until(args: ServerArgs, shutdown: impl std::future::Future<Outp
     let store = Store::start(config, peer_listener)
         .await
         .with_context(|| format!("member {} cannot start from {}", args.name, args.data_dir.display()))?;
+    for prefix in keel_api::admission::LOOKUP_PREFIXES {
+        store.mirror(prefix.as_bytes()).with_context(|| format!("cannot keep {prefix} in memory"))?;
+    }
+    tracing::info!(keys = store.mirrored_keys(), "admission's lookups are held in memory");
 
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let options = keel_etcd::EtcdOptions { progress_notify_interval: args.watch_progress_notify_interval };

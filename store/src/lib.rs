@@ -18,6 +18,7 @@ pub mod keys;
 pub mod lease;
 pub mod log_store;
 pub mod member;
+pub mod mirror;
 pub mod mvcc;
 pub mod network;
 pub mod node;

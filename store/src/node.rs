@@ -546,6 +546,9 @@ impl Store {
         if !request.serializable {
             self.linearize().await?;
         }
+        if let Some(mirrored) = self.inner.sm.mirrors.range(request) {
+            return Ok(mirrored);
+        }
         // A single key is a point lookup, cheaper than a hop to the blocking pool; a range
         // may scan many keys and must not hold up the async workers. Most ranges are small
         // (admission reads a namespace's quotas or limit ranges on every create), and the hop
@@ -564,6 +567,19 @@ impl Store {
         tokio::task::spawn_blocking(move || crate::state_machine::range(&shared, &request))
             .await
             .map_err(|e| StoreError::Internal(format!("range task: {e}")))?
+    }
+
+    /// Keeps every key under `prefix` in memory as well, so that reads of the latest revision
+    /// within it are answered without touching the database (see [`crate::mirror`]). For
+    /// small, hot prefixes only: the whole prefix is held.
+    pub fn mirror(&self, prefix: &[u8]) -> Result<()> {
+        let db = self.inner.sm.db();
+        self.inner.sm.mirrors.register(prefix, &View::live(&db))
+    }
+
+    /// Keys held in memory by [`Store::mirror`].
+    pub fn mirrored_keys(&self) -> usize {
+        self.inner.sm.mirrors.len()
     }
 
     /// Returns once this member's replica reflects every write acknowledged before the call.

@@ -23,6 +23,7 @@ use tokio::sync::watch;
 use crate::codec::to_bytes;
 use crate::error::{Result, StoreError};
 use crate::lease::Lessor;
+use crate::mirror::Mirrors;
 use crate::mvcc::{self, ALL_CFS, CF_META, META_APPLIED, META_MEMBERSHIP, View};
 use crate::snapshot::{SnapshotDir, SnapshotMeta, SnapshotStore, list_files, sync_dir};
 use crate::txn::{Applied, Applier, KeyIndex, LeaseEffect};
@@ -72,6 +73,8 @@ pub struct SmShared {
     applied: watch::Sender<i64>,
     pub(crate) hub: WatchHub,
     pub(crate) lessor: Arc<Lessor>,
+    /// Key ranges also held in memory (see [`crate::mirror`]).
+    pub(crate) mirrors: Mirrors,
     snapshots: SnapshotStore,
     compactor: Worker<()>,
 }
@@ -195,6 +198,7 @@ impl StateMachine {
             applied: watch::channel(revision).0,
             hub: WatchHub::default(),
             lessor,
+            mirrors: Mirrors::new(revision),
             snapshots: SnapshotStore::new(data_dir.join("snapshots"))?,
             compactor,
         });
@@ -280,6 +284,9 @@ impl StateMachine {
                 LeaseEffect::Revoked { id } => self.shared.lessor.revoked(id),
             }
         }
+        // Before the applied revision moves on: a read after that must find the change in
+        // memory as it would on disk.
+        self.shared.mirrors.apply(&pending.revisions, last_applied.index as i64);
         for events in pending.revisions.drain(..) {
             self.shared.hub.publish(HubMessage::Revision(Arc::new(events)));
         }
@@ -357,6 +364,8 @@ impl StateMachine {
         let old = std::mem::replace(&mut *shared.db.write(), Arc::new(db));
         let old_path = old.path().to_path_buf();
         shared.retired.lock().push((old, old_path));
+        let installed = shared.db();
+        shared.mirrors.reload(&View::live(&installed), revision)?;
         if data.path.starts_with(shared.data_dir.join("incoming")) {
             let _ = fs::remove_dir_all(&data.path);
         }
@@ -404,7 +413,7 @@ fn unlogged() -> rocksdb::WriteOptions {
     opts
 }
 
-fn open_db(path: &Path, create: bool) -> Result<DB> {
+pub(crate) fn open_db(path: &Path, create: bool) -> Result<DB> {
     let mut opts = Options::default();
     opts.set_atomic_flush(true);
     opts.create_if_missing(create);
