@@ -4,9 +4,11 @@
 //! such read is an iterator and a seek through every memtable and level, about a sixth of a
 //! member's CPU per create; kube-apiserver reads the same objects from its informers' caches.
 //!
-//! A mirror is exact, not a cache that may be stale: it is updated while an applied batch is
-//! published, after the batch is written and before the applied revision moves on, and it
-//! carries the revision it reflects. A read served from it sees every write this member has
+//! A mirror is exact, not a cache that may be stale. Its lock is taken before an applied
+//! batch is written to the database and released once the batch's changes are in memory too,
+//! before the applied revision moves on; it carries the revision it reflects. A reader thus
+//! never finds the database ahead of the mirror (one half of a transaction new, the other
+//! old). A read served from it sees every write this member has
 //! applied and acknowledged, as a read of the database would, and its header revision is the
 //! one its contents are at, so a watch started from it neither skips nor repeats a change.
 //! Only reads of the latest revision are served here; history stays in the database.
@@ -14,7 +16,9 @@
 use std::collections::BTreeMap;
 
 use keel_proto::mvccpb::{KeyValue, event::EventType};
-use parking_lot::RwLock;
+use parking_lot::{RwLock, RwLockWriteGuard};
+use rocksdb::DB;
+use std::sync::Arc;
 
 use crate::error::Result;
 use crate::keys::{KeyRange, prefix_end};
@@ -25,6 +29,44 @@ use crate::watch::RevisionEvents;
 #[derive(Default)]
 pub struct Mirrors {
     state: RwLock<MirrorState>,
+}
+
+/// The mirror locked for a change to the database (see [`Mirrors::update`]).
+pub struct MirrorUpdate<'a> {
+    state: RwLockWriteGuard<'a, MirrorState>,
+}
+
+impl MirrorUpdate<'_> {
+    /// Takes in an applied batch's changes; `revision` is the batch's last.
+    pub fn apply(&mut self, revisions: &[RevisionEvents], revision: i64) {
+        let state = &mut *self.state;
+        state.revision = state.revision.max(revision);
+        if state.ranges.is_empty() {
+            return;
+        }
+        for event in revisions.iter().flat_map(|r| r.events.iter()) {
+            let Some(kv) = &event.kv else { continue };
+            if !state.mirrored(&kv.key) {
+                continue;
+            }
+            if event.r#type == EventType::Delete as i32 {
+                state.keys.remove(&kv.key);
+            } else {
+                state.keys.insert(kv.key.clone(), kv.clone());
+            }
+        }
+    }
+
+    /// Loads every mirrored range again from `view`, a snapshot being installed at `revision`.
+    pub fn reload(&mut self, view: &View<'_>, revision: i64) -> Result<()> {
+        let state = &mut *self.state;
+        state.keys.clear();
+        state.revision = revision;
+        for (start, end) in state.ranges.clone() {
+            state.load(view, &start, &end)?;
+        }
+        Ok(())
+    }
 }
 
 #[derive(Default)]
@@ -67,11 +109,10 @@ impl Mirrors {
         Mirrors { state: RwLock::new(MirrorState { revision, ..Default::default() }) }
     }
 
-    /// Starts mirroring every key under `prefix`, loaded from `view` (the live database).
-    ///
-    /// A batch written to the database but not yet published when the load reads it is
-    /// applied again when it is published: applying a change is idempotent.
-    pub fn register(&self, prefix: &[u8], view: &View<'_>) -> Result<()> {
+    /// Starts mirroring every key under `prefix`, loaded from the database `current` gives.
+    /// The database is looked up under the mirror's lock, so neither a batch nor a snapshot
+    /// can be half taken in (written or swapped in, not yet mirrored) while it loads.
+    pub fn register(&self, prefix: &[u8], current: impl FnOnce() -> Arc<DB>) -> Result<()> {
         let Some(end) = prefix_end(prefix) else {
             return Err(crate::error::StoreError::InvalidArgument("a mirrored prefix needs an end".into()));
         };
@@ -79,40 +120,17 @@ impl Mirrors {
         if state.covers(&KeyRange::Between(prefix.to_vec(), end.clone())) {
             return Ok(());
         }
-        state.load(view, prefix, &end)?;
+        let db = current();
+        state.load(&View::live(&db), prefix, &end)?;
         state.ranges.push((prefix.to_vec(), end));
         Ok(())
     }
 
-    /// Takes in an applied batch's changes; `revision` is the batch's last.
-    pub fn apply(&self, revisions: &[RevisionEvents], revision: i64) {
-        let mut state = self.state.write();
-        state.revision = state.revision.max(revision);
-        if state.ranges.is_empty() {
-            return;
-        }
-        for event in revisions.iter().flat_map(|r| r.events.iter()) {
-            let Some(kv) = &event.kv else { continue };
-            if !state.mirrored(&kv.key) {
-                continue;
-            }
-            if event.r#type == EventType::Delete as i32 {
-                state.keys.remove(&kv.key);
-            } else {
-                state.keys.insert(kv.key.clone(), kv.clone());
-            }
-        }
-    }
-
-    /// Loads every mirrored range again from `view`, a newly installed snapshot at `revision`.
-    pub fn reload(&self, view: &View<'_>, revision: i64) -> Result<()> {
-        let mut state = self.state.write();
-        state.keys.clear();
-        state.revision = revision;
-        for (start, end) in state.ranges.clone() {
-            state.load(view, &start, &end)?;
-        }
-        Ok(())
+    /// Holds off readers while the database changes under them: take it before writing an
+    /// applied batch (or swapping in a snapshot) and apply the change to it before dropping
+    /// it.
+    pub fn update(&self) -> MirrorUpdate<'_> {
+        MirrorUpdate { state: self.state.write() }
     }
 
     /// Answers a range of the latest revision that lies within a mirrored prefix, with the
@@ -185,18 +203,19 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let db = crate::state_machine::open_db(dir.path(), true).unwrap();
         let mirrors = Mirrors::new(4);
-        mirrors.register(b"/registry/core/namespaces/", &View::live(&db)).unwrap();
+        let db = Arc::new(db);
+        mirrors.register(b"/registry/core/namespaces/", || db.clone()).unwrap();
 
         let mut delete = put_event("/registry/core/namespaces/a", "", 6);
         delete.r#type = EventType::Delete as i32;
-        mirrors.apply(
+        mirrors.update().apply(
             &[
                 RevisionEvents::new(5, vec![put_event("/registry/core/namespaces/a", "A", 5)]),
                 RevisionEvents::new(5, vec![put_event("/registry/core/pods/x/p", "P", 5)]),
             ],
             5,
         );
-        mirrors.apply(&[RevisionEvents::new(6, vec![put_event("/registry/core/namespaces/b", "B", 6)])], 6);
+        mirrors.update().apply(&[RevisionEvents::new(6, vec![put_event("/registry/core/namespaces/b", "B", 6)])], 6);
 
         let (one, revision) = mirrors.range(&request("/registry/core/namespaces/a", "")).unwrap();
         assert_eq!((one.kvs.len(), one.kvs[0].value.as_slice(), revision), (1, &b"A"[..], 6));
@@ -210,7 +229,7 @@ mod tests {
         let (page, _) = mirrors.range(&limited).unwrap();
         assert_eq!((page.kvs.len(), page.more, page.count), (1, true, 2));
 
-        mirrors.apply(&[RevisionEvents::new(7, vec![delete])], 7);
+        mirrors.update().apply(&[RevisionEvents::new(7, vec![delete])], 7);
         let (gone, revision) = mirrors.range(&request("/registry/core/namespaces/a", "")).unwrap();
         assert_eq!((gone.kvs.len(), revision), (0, 7));
 

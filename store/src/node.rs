@@ -573,8 +573,7 @@ impl Store {
     /// within it are answered without touching the database (see [`crate::mirror`]). For
     /// small, hot prefixes only: the whole prefix is held.
     pub fn mirror(&self, prefix: &[u8]) -> Result<()> {
-        let db = self.inner.sm.db();
-        self.inner.sm.mirrors.register(prefix, &View::live(&db))
+        self.inner.sm.mirrors.register(prefix, || self.inner.sm.db())
     }
 
     /// Keys held in memory by [`Store::mirror`].

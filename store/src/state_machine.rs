@@ -276,6 +276,9 @@ impl StateMachine {
         if let Some(m) = pending.membership.take() {
             batch.put_cf(meta, META_MEMBERSHIP, to_bytes(&m)?);
         }
+        // Readers of mirrored keys wait from the write until the mirror has the batch too, so
+        // none sees the database ahead of the mirror.
+        let mut mirror = self.shared.mirrors.update();
         db.write_opt(batch, &unlogged())?;
         pending.values.clear();
         for effect in pending.lease_effects.drain(..) {
@@ -284,9 +287,8 @@ impl StateMachine {
                 LeaseEffect::Revoked { id } => self.shared.lessor.revoked(id),
             }
         }
-        // Before the applied revision moves on: a read after that must find the change in
-        // memory as it would on disk.
-        self.shared.mirrors.apply(&pending.revisions, last_applied.index as i64);
+        mirror.apply(&pending.revisions, last_applied.index as i64);
+        drop(mirror);
         for events in pending.revisions.drain(..) {
             self.shared.hub.publish(HubMessage::Revision(Arc::new(events)));
         }
@@ -361,11 +363,14 @@ impl StateMachine {
             .map_err(|e| StoreError::storage("checkpoint installed snapshot", e))?;
         shared.snapshots.commit(&staged, meta)?;
         write_current(&state_dir, &generation)?;
+        // The mirror takes in the snapshot under the same lock as the swap, so no reader sees
+        // one of them installed and the other not.
+        let mut mirror = shared.mirrors.update();
+        mirror.reload(&View::live(&db), revision)?;
         let old = std::mem::replace(&mut *shared.db.write(), Arc::new(db));
+        drop(mirror);
         let old_path = old.path().to_path_buf();
         shared.retired.lock().push((old, old_path));
-        let installed = shared.db();
-        shared.mirrors.reload(&View::live(&installed), revision)?;
         if data.path.starts_with(shared.data_dir.join("incoming")) {
             let _ = fs::remove_dir_all(&data.path);
         }
