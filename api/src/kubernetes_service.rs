@@ -28,8 +28,15 @@ const INTERVAL: Duration = Duration::from_secs(10);
 const POLL: Duration = Duration::from_secs(1);
 
 /// Runs until dropped (the leader's control-loop runner aborts it on losing leadership).
-/// `members` answers the API addresses (`ip:port`) of the members to list.
-pub async fn run(api: Arc<Api>, members: impl Fn() -> Vec<String> + Send + 'static) {
+/// `members` answers the API addresses (`ip:port`) of the members to list, those heard from
+/// within `settle`.
+pub async fn run(api: Arc<Api>, settle: Duration, members: impl Fn() -> Vec<String> + Send + 'static) {
+    // A new leader has yet to hear from its followers: its first look would find itself alone
+    // and publish that. Endpoints a previous leader wrote stand until this one has had a
+    // liveness window to hear from every live member; a cluster's first leader writes at once.
+    if endpoints_exist(&api).await {
+        tokio::time::sleep(settle).await;
+    }
     let mut published: Option<(Vec<String>, tokio::time::Instant)> = None;
     loop {
         let mut now_members = members();
@@ -46,6 +53,13 @@ pub async fn run(api: Arc<Api>, members: impl Fn() -> Vec<String> + Send + 'stat
         }
         tokio::time::sleep(POLL).await;
     }
+}
+
+/// Whether the Endpoints are there already; an unreadable answer counts as yes (waiting a
+/// moment is harmless, shrinking the list is not).
+async fn endpoints_exist(api: &Api) -> bool {
+    let Ok(endpoints) = resource(api, "", "v1", "endpoints") else { return true };
+    !matches!(api.get(&endpoints, Some(NAMESPACE), NAME).await, Err(ApiError::NotFound { .. }))
 }
 
 /// The member addresses that can be endpoints, grouped by port (lowest first).

@@ -241,7 +241,7 @@ pub async fn run_until(args: ServerArgs, shutdown: impl std::future::Future<Outp
             let endpoints_store = endpoints_store.clone();
             let mut loops: Vec<(&'static str, keel_runtime::leader::Loop)> = vec![(
                 "kubernetes-service",
-                Box::pin(keel_api::kubernetes_service::run(loops_api.clone(), move || {
+                Box::pin(keel_api::kubernetes_service::run(loops_api.clone(), member_liveness, move || {
                     endpoints_store.live_api_addresses(member_liveness)
                 })),
             )];
