@@ -8,17 +8,17 @@
 //! batch is written to the database and released once the batch's changes are in memory too,
 //! before the applied revision moves on; it carries the revision it reflects. A reader thus
 //! never finds the database ahead of the mirror (one half of a transaction new, the other
-//! old). A read served from it sees every write this member has
-//! applied and acknowledged, as a read of the database would, and its header revision is the
-//! one its contents are at, so a watch started from it neither skips nor repeats a change.
-//! Only reads of the latest revision are served here; history stays in the database.
+//! old). A read served from it sees every write this member has applied and acknowledged, as
+//! a read of the database would, and its header revision is the one its contents are at, so a
+//! watch started from it neither skips nor repeats a change. Only reads of the latest
+//! revision are served here; history stays in the database.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use keel_proto::mvccpb::{KeyValue, event::EventType};
 use parking_lot::{RwLock, RwLockWriteGuard};
 use rocksdb::DB;
-use std::sync::Arc;
 
 use crate::error::Result;
 use crate::keys::{KeyRange, prefix_end};
@@ -144,19 +144,24 @@ impl Mirrors {
         if !state.covers(&range) {
             return None;
         }
+        // Values are copied (under the lock) only when the answer carries them.
+        let with_values = !request.count_only && !request.keys_only;
+        let copy = |kv: &KeyValue| {
+            if with_values { kv.clone() } else { KeyValue { key: kv.key.clone(), value: Vec::new(), ..*kv } }
+        };
         let mut builder = RangeBuilder::new(request);
         match &range {
             KeyRange::Single(key) => {
                 if let Some(kv) = state.keys.get(key) {
-                    let _ = builder.push(kv.clone());
+                    let _ = builder.push(copy(kv));
                 }
             }
             KeyRange::Between(start, end) if start < end => {
-                for kv in state.keys.range::<[u8], _>((
+                for (_, kv) in state.keys.range::<[u8], _>((
                     std::ops::Bound::Included(start.as_slice()),
                     std::ops::Bound::Excluded(end.as_slice()),
                 )) {
-                    let _ = builder.push(kv.1.clone());
+                    let _ = builder.push(copy(kv));
                 }
             }
             _ => {}
@@ -164,7 +169,7 @@ impl Mirrors {
         Some((builder.finish(), state.revision))
     }
 
-    /// Keys held in memory, for metrics.
+    /// Keys held in memory (logged when a member starts).
     pub fn len(&self) -> usize {
         self.state.read().keys.len()
     }
@@ -228,6 +233,14 @@ mod tests {
         limited.limit = 1;
         let (page, _) = mirrors.range(&limited).unwrap();
         assert_eq!((page.kvs.len(), page.more, page.count), (1, true, 2));
+        let mut keys_only = request("/registry/core/namespaces/", "/registry/core/namespaces0");
+        keys_only.keys_only = true;
+        let (keys, _) = mirrors.range(&keys_only).unwrap();
+        assert!(keys.kvs.len() == 2 && keys.kvs.iter().all(|kv| kv.value.is_empty() && kv.mod_revision > 0));
+        let mut count_only = request("/registry/core/namespaces/", "/registry/core/namespaces0");
+        count_only.count_only = true;
+        let (counted, _) = mirrors.range(&count_only).unwrap();
+        assert_eq!((counted.kvs.len(), counted.count), (0, 2));
 
         mirrors.update().apply(&[RevisionEvents::new(7, vec![delete])], 7);
         let (gone, revision) = mirrors.range(&request("/registry/core/namespaces/a", "")).unwrap();
