@@ -190,6 +190,19 @@ async fn ranges_honour_limits_sorting_filters_and_past_revisions() {
     assert!(counted.kvs.is_empty() && counted.count == 3);
     let keys_only = range(s, prefix(|r| r.keys_only = true)).await.expect("range");
     assert!(keys_only.kvs.iter().all(|kv| kv.value.is_empty()));
+    // Sorted on the values before they are dropped, as etcd does.
+    let keys_by_value = range(
+        s,
+        prefix(|r| {
+            r.keys_only = true;
+            r.sort_target = SortTarget::Value as i32;
+            r.sort_order = SortOrder::Descend as i32;
+        }),
+    )
+    .await
+    .expect("range");
+    assert_eq!(keys(&keys_by_value), ["k/a", "k/b", "k/c"]);
+    assert!(keys_by_value.kvs.iter().all(|kv| kv.value.is_empty()));
 
     let newer = range(
         s,

@@ -144,8 +144,10 @@ impl Mirrors {
         if !state.covers(&range) {
             return None;
         }
-        // Values are copied (under the lock) only when the answer carries them.
-        let with_values = !request.count_only && !request.keys_only;
+        // Values are copied (under the lock) only when the answer carries them or is sorted
+        // by them.
+        let by_value = request.sort_target == pb::range_request::SortTarget::Value as i32;
+        let with_values = !request.count_only && (!request.keys_only || by_value);
         let copy = |kv: &KeyValue| {
             if with_values { kv.clone() } else { KeyValue { key: kv.key.clone(), value: Vec::new(), ..*kv } }
         };
@@ -241,6 +243,19 @@ mod tests {
         count_only.count_only = true;
         let (counted, _) = mirrors.range(&count_only).unwrap();
         assert_eq!((counted.kvs.len(), counted.count), (0, 2));
+        // Sorted by value ("0" < "A" < "B", against key order), then stripped, as etcd does.
+        mirrors.update().apply(&[RevisionEvents::new(6, vec![put_event("/registry/core/namespaces/c", "0", 6)])], 6);
+        let mut by_value = keys_only.clone();
+        by_value.sort_target = pb::range_request::SortTarget::Value as i32;
+        let (sorted, _) = mirrors.range(&by_value).unwrap();
+        assert_eq!(
+            sorted.kvs.iter().map(|kv| (kv.key.clone(), kv.value.len())).collect::<Vec<_>>(),
+            vec![
+                (b"/registry/core/namespaces/c".to_vec(), 0),
+                (b"/registry/core/namespaces/a".to_vec(), 0),
+                (b"/registry/core/namespaces/b".to_vec(), 0)
+            ]
+        );
 
         mirrors.update().apply(&[RevisionEvents::new(7, vec![delete])], 7);
         let (gone, revision) = mirrors.range(&request("/registry/core/namespaces/a", "")).unwrap();
@@ -252,6 +267,6 @@ mod tests {
         let mut past = request("/registry/core/namespaces/b", "");
         past.revision = 6;
         assert!(mirrors.range(&past).is_none());
-        assert_eq!(mirrors.len(), 1);
+        assert_eq!(mirrors.len(), 2);
     }
 }

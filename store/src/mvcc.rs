@@ -415,7 +415,8 @@ impl<'r> RangeBuilder<'r> {
             self.more = true;
             return ControlFlow::Continue(());
         }
-        if self.req.keys_only {
+        // Values sorted on are dropped after the sort (in `finish`), as etcd does.
+        if self.req.keys_only && self.sort_target != pb::range_request::SortTarget::Value {
             kv.value.clear();
         }
         self.kvs.push(kv);
@@ -438,6 +439,9 @@ impl<'r> RangeBuilder<'r> {
                 self.kvs.truncate(self.req.limit as usize);
                 self.more = true;
             }
+        }
+        if self.req.keys_only {
+            self.kvs.iter_mut().for_each(|kv| kv.value.clear());
         }
         pb::RangeResponse { header: None, kvs: self.kvs, more: self.more, count: self.count }
     }
