@@ -144,10 +144,8 @@ impl Mirrors {
         if !state.covers(&range) {
             return None;
         }
-        // Values are copied (under the lock) only when the answer carries them or is sorted
-        // by them.
-        let by_value = request.sort_target == pb::range_request::SortTarget::Value as i32;
-        let with_values = !request.count_only && (!request.keys_only || by_value);
+        // Values are copied (under the lock) only when the range needs them.
+        let with_values = RangeBuilder::needs_values(request);
         let copy = |kv: &KeyValue| {
             if with_values { kv.clone() } else { KeyValue { key: kv.key.clone(), value: Vec::new(), ..*kv } }
         };

@@ -368,6 +368,12 @@ pub struct RangeBuilder<'r> {
 }
 
 impl<'r> RangeBuilder<'r> {
+    /// Whether a range must read the values it pushes: its answer carries them, or it is
+    /// sorted by them (they are dropped after the sort, in `finish`, as etcd does).
+    pub fn needs_values(req: &pb::RangeRequest) -> bool {
+        !req.count_only && (!req.keys_only || req.sort_target == pb::range_request::SortTarget::Value as i32)
+    }
+
     pub fn new(req: &'r pb::RangeRequest) -> Self {
         use pb::range_request::{SortOrder, SortTarget};
         let sort_order = SortOrder::try_from(req.sort_order).unwrap_or_default();

@@ -280,6 +280,8 @@ impl StateMachine {
         // none sees the database ahead of the mirror.
         let mut mirror = self.shared.mirrors.update();
         db.write_opt(batch, &unlogged())?;
+        mirror.apply(&pending.revisions, last_applied.index as i64);
+        drop(mirror);
         pending.values.clear();
         for effect in pending.lease_effects.drain(..) {
             match effect {
@@ -287,8 +289,6 @@ impl StateMachine {
                 LeaseEffect::Revoked { id } => self.shared.lessor.revoked(id),
             }
         }
-        mirror.apply(&pending.revisions, last_applied.index as i64);
-        drop(mirror);
         for events in pending.revisions.drain(..) {
             self.shared.hub.publish(HubMessage::Revision(Arc::new(events)));
         }

@@ -539,8 +539,7 @@ impl<'a> Applier<'a> {
             return self.view.range(req, req.revision);
         }
         let range = KeyRange::new(&req.key, &req.range_end);
-        let by_value = req.sort_target == pb::range_request::SortTarget::Value as i32;
-        let with_values = !req.count_only && (!req.keys_only || by_value);
+        let with_values = RangeBuilder::needs_values(req);
         let mut builder = RangeBuilder::new(req);
         for kv in self.live_in_range(&range, with_values)? {
             let _ = builder.push(kv);

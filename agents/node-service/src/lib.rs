@@ -170,9 +170,9 @@ pub struct NodeService {
 }
 
 impl NodeService {
-    /// Sets up the member's end of the agents' streams; `member` names this member in what agents are told, and
-    /// `api_address` is where other members reach it (written on each Node it serves, so a
-    /// `kubectl logs` taken by another member finds its way here).
+    /// Sets up the member's end of the agents' streams; `member` names this member in what
+    /// agents are told, and `api_address` is where other members reach it (written on each Node
+    /// it serves, so a `kubectl logs` taken by another member finds its way here).
     pub fn start(api: Arc<Api>, member: String, api_address: String) -> NodeService {
         let client = Client::new(api, "keel-node-service");
         let pods = Informer::<Pod>::new(client.clone());
