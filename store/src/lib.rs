@@ -6,6 +6,7 @@
 //! * [`mvcc`] is the keyspace layout inside the state machine's RocksDB.
 //! * [`network`] and [`peer`] carry Raft and forwarded requests between members.
 //! * [`node`] ties them together into [`Store`], the API the rest of keel uses.
+//! * [`telemetry`] reports a member on `/metrics` under etcd's metric names.
 //!
 //! The store knows nothing about Kubernetes.
 
@@ -26,6 +27,7 @@ pub mod peer;
 pub mod read_index;
 pub mod snapshot;
 pub mod state_machine;
+pub mod telemetry;
 pub mod txn;
 pub mod types;
 pub mod watch;

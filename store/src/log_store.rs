@@ -12,7 +12,9 @@ use std::ops::{Bound, RangeBounds};
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::mpsc as std_mpsc;
+use std::time::Instant;
 
+use keel_prometheus::Histogram;
 use openraft::alias::{EntryOf, LogIdOf, VoteOf};
 use openraft::entry::RaftEntry;
 use openraft::storage::{IOFlushed, RaftLogStorage};
@@ -24,6 +26,10 @@ use crate::error::{Result, StoreError};
 use crate::keys::{decode_index_key, index_key};
 use crate::types::TypeConfig;
 use crate::worker::Worker;
+
+/// etcd's buckets for `etcd_disk_wal_fsync_duration_seconds`: 1 ms to 8 s, doubling.
+pub const WAL_FSYNC_BUCKETS: &[f64] =
+    &[0.001, 0.002, 0.004, 0.008, 0.016, 0.032, 0.064, 0.128, 0.256, 0.512, 1.024, 2.048, 4.096, 8.192];
 
 const CF_LOGS: &str = "logs";
 const CF_META: &str = "meta";
@@ -39,6 +45,9 @@ type Vote = VoteOf<TypeConfig>;
 pub struct LogStore {
     db: Arc<DB>,
     flusher: Arc<Worker<IOFlushed<TypeConfig>>>,
+    /// How long each sync of the log took: etcd's WAL fsync, which operators watch for a
+    /// disk too slow for Raft.
+    fsyncs: Arc<Histogram>,
 }
 
 impl LogStore {
@@ -57,8 +66,9 @@ impl LogStore {
         let db = DB::open_cf_descriptors(&opts, path, cfs)
             .map_err(|e| StoreError::corrupt(format!("cannot open the Raft log at {}: {e}", path.display())))?;
         let db = Arc::new(db);
-        let flusher = Arc::new(spawn_flusher(db.clone())?);
-        let store = LogStore { db, flusher };
+        let fsyncs = Arc::new(Histogram::new(WAL_FSYNC_BUCKETS));
+        let flusher = Arc::new(spawn_flusher(db.clone(), fsyncs.clone())?);
+        let store = LogStore { db, flusher, fsyncs };
         // Every entry must decode and sit at the index its key says.
         store.check_integrity()?;
         Ok(store)
@@ -76,8 +86,16 @@ impl LogStore {
     fn put_meta_synced<T: serde::Serialize>(&self, key: &[u8], value: &T) -> Result<()> {
         let mut batch = WriteBatch::default();
         batch.put_cf(self.cf(CF_META)?, key, to_bytes(value)?);
-        self.db.write_opt(batch, &synced())?;
+        self.write_synced(batch)?;
         Ok(())
+    }
+
+    /// Writes `batch` and syncs the log to disk before returning.
+    fn write_synced(&self, batch: WriteBatch) -> std::result::Result<(), rocksdb::Error> {
+        let started = Instant::now();
+        let result = self.db.write_opt(batch, &synced());
+        self.fsyncs.observe(started.elapsed());
+        result
     }
 
     fn last_entry(&self) -> Result<Option<Entry>> {
@@ -150,6 +168,12 @@ impl LogStore {
     pub fn disk_size(&self) -> u64 {
         property_sum(&self.db, &[CF_LOGS, CF_META])
     }
+
+    /// Durations of the log's syncs to disk: appends' group commits, votes, truncations and
+    /// purges.
+    pub fn fsync_durations(&self) -> &Histogram {
+        &self.fsyncs
+    }
 }
 
 /// Sum of live SST and memtable sizes over the named column families.
@@ -180,12 +204,14 @@ fn decode_entry(key: &[u8], value: &[u8]) -> Result<Entry> {
 }
 
 /// One thread that fsyncs the write-ahead log for every append waiting on it.
-fn spawn_flusher(db: Arc<DB>) -> Result<Worker<IOFlushed<TypeConfig>>> {
+fn spawn_flusher(db: Arc<DB>, fsyncs: Arc<Histogram>) -> Result<Worker<IOFlushed<TypeConfig>>> {
     Worker::spawn("raft-log-fsync", move |rx: std_mpsc::Receiver<IOFlushed<TypeConfig>>| {
         while let Ok(first) = rx.recv() {
             let mut waiting = vec![first];
             waiting.extend(rx.try_iter());
+            let started = Instant::now();
             let result = db.flush_wal(true);
+            fsyncs.observe(started.elapsed());
             for callback in waiting {
                 callback.io_completed(result.as_ref().map(|_| ()).map_err(|e| io::Error::other(e.to_string())));
             }
@@ -279,7 +305,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         let cf = self.cf(CF_LOGS).map_err(io_err)?;
         let mut batch = WriteBatch::default();
         batch.delete_range_cf(cf, index_key(from), index_key(u64::MAX));
-        self.db.write_opt(batch, &synced()).map_err(|e| io::Error::other(e.to_string()))
+        self.write_synced(batch).map_err(|e| io::Error::other(e.to_string()))
     }
 
     async fn purge(&mut self, log_id: LogId) -> std::result::Result<(), io::Error> {
@@ -289,6 +315,6 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         let cf = self.cf(CF_LOGS).map_err(io_err)?;
         let mut batch = WriteBatch::default();
         batch.delete_range_cf(cf, index_key(0), index_key(log_id.index() + 1));
-        self.db.write_opt(batch, &synced()).map_err(|e| io::Error::other(e.to_string()))
+        self.write_synced(batch).map_err(|e| io::Error::other(e.to_string()))
     }
 }

@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use keel_prometheus::Counter;
 use keel_proto::etcdserverpb as pb;
 use keel_proto::etcdserverpb::cluster_client::ClusterClient;
 use keel_proto::peer as peer_pb;
@@ -152,7 +153,7 @@ pub struct StoreStatus {
 
 #[derive(Clone)]
 pub struct Store {
-    inner: Arc<Inner>,
+    pub(crate) inner: Arc<Inner>,
 }
 
 pub(crate) struct Inner {
@@ -162,12 +163,17 @@ pub(crate) struct Inner {
     pub(crate) raft: Raft,
     pub(crate) sm: Arc<SmShared>,
     pub(crate) data_dir: PathBuf,
-    log: LogStore,
+    pub(crate) log: LogStore,
     channels: Channels,
     forwarders: crate::forward::Forwarders,
     read_index: ReadIndexBatcher,
     tasks: Mutex<Vec<JoinHandle<()>>>,
     peer_server: Mutex<Option<(tokio::sync::oneshot::Sender<()>, JoinHandle<()>)>>,
+    /// Leaders this member has seen elected (etcd's `leader_changes_seen_total`).
+    pub(crate) leader_changes: Counter,
+    /// Proposals made here that did not commit: no leader in time, a lost leadership, a
+    /// timeout (etcd's `proposals_failed_total`).
+    pub(crate) proposals_failed: Counter,
 }
 
 impl Store {
@@ -239,9 +245,12 @@ impl Store {
                 read_index,
                 tasks: Mutex::new(Vec::new()),
                 peer_server: Mutex::new(None),
+                leader_changes: Counter::default(),
+                proposals_failed: Counter::default(),
             }
         });
         let store = Store { inner };
+        store.spawn(Store::count_leader_changes);
         store.serve_peers(peer_listener);
         store.inner.raft.run();
 
@@ -267,6 +276,25 @@ impl Store {
     {
         let handle = tokio::spawn(task(self.clone()));
         self.inner.tasks.lock().push(handle);
+    }
+
+    /// Counts each new leader this member learns of, as etcd does: a change to a known leader
+    /// from another or from none (so a leader lost and elected again counts, when this member
+    /// noticed the gap). The server metrics change only with the vote, state, leader or
+    /// membership, not with every applied entry, so this wakes rarely.
+    async fn count_leader_changes(self) {
+        let mut metrics = self.inner.raft.server_metrics();
+        let mut last = None;
+        loop {
+            let leader = metrics.borrow_watched().current_leader;
+            if leader.is_some() && leader != last {
+                self.inner.leader_changes.inc();
+            }
+            last = leader;
+            if metrics.changed().await.is_err() {
+                return;
+            }
+        }
     }
 
     fn serve_peers(&self, listener: TcpListener) {
@@ -508,7 +536,11 @@ impl Store {
     /// Replicates `command` through the leader and returns what applying it produced.
     #[tracing::instrument(level = "debug", skip_all, fields(command = %command))]
     pub async fn propose(&self, command: Command) -> Result<CommandResult> {
-        match self.route(ForwardRequest::Propose(command)).await? {
+        let routed = self.route(ForwardRequest::Propose(command)).await;
+        if routed.is_err() {
+            self.inner.proposals_failed.inc();
+        }
+        match routed? {
             ForwardOk::Applied(result) => {
                 // Wait for this member to apply it too, so a read here sees the write.
                 let _ = self.wait_applied(result.revision as u64, Duration::from_secs(1)).await;

@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use futures::{Stream, TryStreamExt};
+use keel_prometheus::Gauge;
 use keel_proto::etcdserverpb as pb;
 use openraft::alias::{LogIdOf, SnapshotOf, StoredMembershipOf};
 use openraft::storage::{EntryResponder, RaftStateMachine};
@@ -77,6 +78,10 @@ pub struct SmShared {
     pub(crate) mirrors: Mirrors,
     snapshots: SnapshotStore,
     compactor: Worker<()>,
+    /// Live keys (etcd's `etcd_debugging_mvcc_keys_total`), as of the last applied batch.
+    pub(crate) live_keys: Gauge,
+    /// 1 while a snapshot received from the leader is being installed.
+    pub(crate) installing_snapshot: Gauge,
 }
 
 impl SmShared {
@@ -201,7 +206,10 @@ impl StateMachine {
             mirrors: Mirrors::new(revision),
             snapshots: SnapshotStore::new(data_dir.join("snapshots"))?,
             compactor,
+            live_keys: Gauge::default(),
+            installing_snapshot: Gauge::default(),
         });
+        shared.live_keys.set(index.len() as i64);
         shared.request_physical_compaction();
         Ok(StateMachine { shared, index })
     }
@@ -293,6 +301,7 @@ impl StateMachine {
             self.shared.hub.publish(HubMessage::Revision(Arc::new(events)));
         }
         self.shared.applied.send_replace(last_applied.index as i64);
+        self.shared.live_keys.set(self.index.len() as i64);
         if std::mem::take(&mut pending.compacted) {
             self.shared.request_physical_compaction();
         }
@@ -565,7 +574,11 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     ) -> std::result::Result<(), io::Error> {
         let shared = self.shared.clone();
         let meta = meta.clone();
-        self.index = blocking(move || StateMachine::install(&shared, &meta, &snapshot)).await?;
+        self.shared.installing_snapshot.inc();
+        let installed = blocking(move || StateMachine::install(&shared, &meta, &snapshot)).await;
+        self.shared.installing_snapshot.dec();
+        self.index = installed?;
+        self.shared.live_keys.set(self.index.len() as i64);
         Ok(())
     }
 

@@ -1,0 +1,100 @@
+//! What a member reports on `/metrics`, under etcd's names where the meaning is the same, so
+//! that dashboards and alerts written for etcd (no leader, frequent leader changes, failed
+//! proposals, slow WAL fsyncs, database size) work on keel's store.
+//!
+//! Gauges of Raft progress are read from openraft's metrics at the scrape; only what openraft
+//! does not keep is counted as it happens (leader changes, failed proposals, fsync times).
+
+use keel_prometheus::{Collect, Encoder, Kind};
+use openraft::ServerState;
+use openraft::async_runtime::WatchReceiver;
+
+use crate::node::Store;
+
+impl Collect for Store {
+    fn collect(&self, encoder: &mut Encoder) {
+        let inner = &self.inner;
+        let (has_leader, is_leader, is_learner, committed, applied) = {
+            let metrics = inner.raft.metrics();
+            let m = metrics.borrow_watched();
+            (
+                m.current_leader.is_some(),
+                m.state == ServerState::Leader && m.current_leader == Some(inner.id),
+                !m.membership_config.voter_ids().any(|v| v == inner.id),
+                m.local_committed.as_ref().map_or(0, |l| l.index),
+                m.last_applied.as_ref().map_or(0, |l| l.index),
+            )
+        };
+        encoder
+            .family("etcd_server_has_leader", "Whether or not a leader exists. 1 is existence, 0 is not.", Kind::Gauge)
+            .sample(&[], has_leader);
+        encoder
+            .family(
+                "etcd_server_is_leader",
+                "Whether or not this member is a leader. 1 if is, 0 otherwise.",
+                Kind::Gauge,
+            )
+            .sample(&[], is_leader);
+        encoder
+            .family(
+                "etcd_server_is_learner",
+                "Whether or not this member is a learner. 1 if is, 0 otherwise.",
+                Kind::Gauge,
+            )
+            .sample(&[], is_learner);
+        encoder
+            .family("etcd_server_leader_changes_seen_total", "The number of leader changes seen.", Kind::Counter)
+            .sample(&[], inner.leader_changes.get());
+        // Gauges in etcd as well: they are the Raft log's committed and applied indexes.
+        encoder
+            .family(
+                "etcd_server_proposals_committed_total",
+                "The total number of consensus proposals committed.",
+                Kind::Gauge,
+            )
+            .sample(&[], committed);
+        encoder
+            .family(
+                "etcd_server_proposals_applied_total",
+                "The total number of consensus proposals applied.",
+                Kind::Gauge,
+            )
+            .sample(&[], applied);
+        encoder
+            .family("etcd_server_proposals_failed_total", "The total number of failed proposals seen.", Kind::Counter)
+            .sample(&[], inner.proposals_failed.get());
+        encoder
+            .family(
+                "etcd_server_snapshot_apply_in_progress_total",
+                "1 if the server is applying the incoming snapshot. 0 if none.",
+                Kind::Gauge,
+            )
+            .sample(&[], inner.sm.installing_snapshot.get());
+        // What `etcdctl endpoint status` reports as the database size: the state machine's
+        // RocksDB and the Raft log's.
+        encoder
+            .family(
+                "etcd_mvcc_db_total_size_in_bytes",
+                "Total size of the underlying database physically allocated in bytes.",
+                Kind::Gauge,
+            )
+            .sample(&[], inner.sm.disk_size() + inner.log.disk_size());
+        encoder
+            .family("etcd_debugging_mvcc_keys_total", "Total number of keys.", Kind::Gauge)
+            .sample(&[], inner.sm.live_keys.get());
+        encoder
+            .family(
+                "etcd_disk_wal_fsync_duration_seconds",
+                "The latency distributions of fsync called by WAL.",
+                Kind::Histogram,
+            )
+            .histogram(&[], inner.log.fsync_durations());
+        encoder
+            .family(
+                "keel_store_mirrored_keys",
+                "Keys this member also holds in memory for admission's lookups (Store::mirror).",
+                Kind::Gauge,
+            )
+            .sample(&[], self.mirrored_keys());
+    }
+}
