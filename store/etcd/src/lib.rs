@@ -7,12 +7,14 @@
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
 pub mod cluster;
+pub mod grpc_metrics;
 pub mod kv;
 pub mod lease;
 pub mod maintenance;
 pub mod status;
 pub mod watch;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use keel_proto::etcdserverpb as pb;
@@ -31,6 +33,8 @@ const MAX_RESPONSE_BYTES: usize = 64 << 20;
 pub struct EtcdOptions {
     /// How often a watcher that asked for progress notifications gets one when idle.
     pub progress_notify_interval: Duration,
+    /// Where calls are counted, for `/metrics`.
+    pub metrics: Arc<grpc_metrics::GrpcMetrics>,
 }
 
 impl Default for EtcdOptions {
@@ -38,6 +42,7 @@ impl Default for EtcdOptions {
         EtcdOptions {
             // etcd's default.
             progress_notify_interval: Duration::from_secs(600),
+            metrics: Arc::default(),
         }
     }
 }
@@ -66,6 +71,7 @@ pub async fn serve(
     tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(Duration::from_secs(10)))
         .trace_fn(|req| tracing::info_span!("etcd", method = %req.uri().path()))
+        .layer(options.metrics.layer())
         .add_service(
             pb::kv_server::KvServer::new(kv::KvService::new(store.clone()))
                 .max_decoding_message_size(max_in)
