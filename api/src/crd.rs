@@ -105,6 +105,7 @@ pub fn types_of(crd: &Value) -> Vec<ResourceType> {
                 .unwrap_or_default(),
             create_only: false,
             read_only: false,
+            stats: Arc::default(),
             // kube's `None` strategy: every version is the storage version's object under
             // its own apiVersion. With several versions the storage version converts too:
             // objects written under an earlier storage version keep their apiVersion in the

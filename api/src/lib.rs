@@ -14,6 +14,7 @@ pub mod error;
 pub mod eviction;
 pub mod fanout;
 pub mod grpc;
+pub mod instrumentation;
 pub mod jwt;
 pub mod kubernetes_service;
 pub mod limitrange;

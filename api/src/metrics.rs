@@ -101,6 +101,7 @@ pub fn resource_types() -> Vec<ResourceType> {
         create_only: false,
         read_only: true,
         conversion: None,
+        stats: Default::default(),
     };
     vec![base("NodeMetrics", "nodes", false), base("PodMetrics", "pods", true)]
 }

@@ -7,10 +7,12 @@ use std::sync::Arc;
 
 use k8s_openapi::schemars::{JsonSchema, Schema, SchemaGenerator};
 use k8s_openapi::{NamespaceResourceScope, Resource};
-use parking_lot::RwLock;
+use parking_lot::{Mutex, RwLock};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
+
+use crate::instrumentation::ResourceStats;
 
 /// Decodes a body into the kind's type and encodes it again: what survives is what the kind
 /// has. Errors name the offending field as serde reports it.
@@ -59,6 +61,9 @@ pub struct ResourceType {
     pub read_only: bool,
     /// A version served over another's storage: objects are converted on every read and write.
     pub conversion: Option<crate::convert::Conversion>,
+    /// Requests served, for `/metrics`. The registry gives each (group, version, plural) one
+    /// for good when the type is registered; until then it is a blank that is never shown.
+    pub stats: Arc<crate::instrumentation::ResourceStats>,
 }
 
 impl std::fmt::Debug for ResourceType {
@@ -169,6 +174,7 @@ where
         create_only: false,
         read_only: false,
         conversion: None,
+        stats: Arc::default(),
     }
 }
 
@@ -314,13 +320,39 @@ impl RuntimeConfig {
 pub struct Registry {
     types: RwLock<Arc<Vec<Arc<ResourceType>>>>,
     runtime_config: RuntimeConfig,
+    /// The request counts of every resource served since the start, also those whose CRD has
+    /// gone since: counters do not restart when a CRD changes.
+    stats: Mutex<Vec<Arc<ResourceStats>>>,
 }
 
 impl Registry {
     pub fn new(runtime_config: RuntimeConfig) -> Registry {
-        let types =
-            builtins().into_iter().filter(|t| runtime_config.enabled(&t.group, &t.version)).map(Arc::new).collect();
-        Registry { types: RwLock::new(Arc::new(types)), runtime_config }
+        let registry = Registry { types: RwLock::new(Arc::default()), runtime_config, stats: Mutex::default() };
+        let types = builtins()
+            .into_iter()
+            .filter(|t| registry.runtime_config.enabled(&t.group, &t.version))
+            .map(|t| Arc::new(registry.counted(t)))
+            .collect();
+        *registry.types.write() = Arc::new(types);
+        registry
+    }
+
+    /// `t` with the request counts of its resource.
+    fn counted(&self, mut t: ResourceType) -> ResourceType {
+        let mut ledger = self.stats.lock();
+        match ledger.iter().find(|s| s.is(&t.group, &t.version, &t.plural)) {
+            Some(stats) => t.stats = stats.clone(),
+            None => {
+                t.stats = Arc::new(ResourceStats::new(&t.group, &t.version, &t.plural, &t.kind));
+                ledger.push(t.stats.clone());
+            }
+        }
+        t
+    }
+
+    /// The request counts of every resource served since the start, in a stable order.
+    pub fn request_stats(&self) -> Vec<Arc<ResourceStats>> {
+        self.stats.lock().clone()
     }
 
     pub fn all(&self) -> Arc<Vec<Arc<ResourceType>>> {
@@ -362,7 +394,12 @@ impl Registry {
             })
             .cloned()
             .collect();
-        next.extend(types.into_iter().filter(|t| self.runtime_config.enabled(&t.group, &t.version)).map(Arc::new));
+        next.extend(
+            types
+                .into_iter()
+                .filter(|t| self.runtime_config.enabled(&t.group, &t.version))
+                .map(|t| Arc::new(self.counted(t))),
+        );
         *guard = Arc::new(next);
     }
 }

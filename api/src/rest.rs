@@ -38,6 +38,9 @@ pub struct Api {
     pub metrics: crate::metrics::Cache,
     /// Where Services' cluster IPs and node ports come from (`crate::service_alloc`).
     pub service_ranges: ServiceRanges,
+    /// What `/metrics` reports besides each resource's request counts
+    /// (`crate::instrumentation`).
+    pub instrumentation: crate::instrumentation::Instrumentation,
 }
 
 fn is_service(rt: &ResourceType) -> bool {
@@ -476,6 +479,7 @@ impl Api {
             tunnels: crate::podstream::Tunnels::default(),
             metrics: crate::metrics::Cache::default(),
             service_ranges: ServiceRanges::default(),
+            instrumentation: crate::instrumentation::Instrumentation::default(),
         }
     }
 

@@ -4,7 +4,7 @@
 use std::convert::Infallible;
 use std::future::Future;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use axum::body::{Body, Bytes};
 use axum::extract::{Request, State};
@@ -16,6 +16,7 @@ use tokio::net::TcpListener;
 use tokio_stream::wrappers::ReceiverStream;
 
 use crate::error::{ApiError, Result};
+use crate::instrumentation::{Observed, Operation, Scope};
 use crate::patch::PatchType;
 use crate::registry::ResourceType;
 use crate::rest::{Api, DeleteOptions, FieldValidation, ListOptions, WatchOptions, WriteOptions};
@@ -239,21 +240,27 @@ fn resolve(api: &Api, segments: &[&str]) -> Result<Option<Target>> {
 }
 
 async fn handle(State(api): State<Arc<Api>>, request: Request) -> Response {
+    let started = Instant::now();
     let method = request.method().clone();
     let path = request.uri().path().to_string();
     let span = tracing::info_span!("request", %method, %path);
     let _entered = span.enter();
     drop(_entered);
-    match tracing::Instrument::instrument(route(api, request), span).await {
+    let mut observed = Observed::Nothing;
+    let response = match tracing::Instrument::instrument(route(api.clone(), request, &mut observed), span).await {
         Ok(response) => response,
         Err(error) => {
             tracing::debug!(%method, %path, code = error.code(), %error, "request failed");
             error_response(&error)
         }
-    }
+    };
+    observed.record(&api.instrumentation, response.status().as_u16(), started);
+    response
 }
 
-async fn route(api: Arc<Api>, request: Request) -> Result<Response> {
+/// Serves one request; `observed` learns what it was as soon as that is known, so that it is
+/// counted whichever way it ends.
+async fn route(api: Arc<Api>, request: Request, observed: &mut Observed) -> Result<Response> {
     let (parts, body) = request.into_parts();
     let query = Query::parse(parts.uri.query());
     let path = parts.uri.path().trim_end_matches('/').to_string();
@@ -261,9 +268,17 @@ async fn route(api: Arc<Api>, request: Request) -> Result<Response> {
     let accept = parts.headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
     let method = parts.method.clone();
     let get = method == Method::GET;
+    if get && let Some(path) = crate::instrumentation::non_resource_path(&segments) {
+        *observed = Observed::NonResource(path);
+    }
     match segments.as_slice() {
         ["healthz" | "livez" | "readyz", ..] if get => return Ok((StatusCode::OK, "ok").into_response()),
         ["version"] if get => return Ok(ok_json(discovery::version())),
+        // Like /version and /healthz: served to anyone who can reach the API port.
+        ["metrics"] if get => {
+            let text = api.exposition().await;
+            return Ok(([(header::CONTENT_TYPE, keel_prometheus::CONTENT_TYPE)], text).into_response());
+        }
         ["api"] if get => {
             if discovery::wants_aggregated(&accept) {
                 return Ok(aggregated(discovery::aggregated(&api.registry, true)));
@@ -300,6 +315,17 @@ async fn route(api: Arc<Api>, request: Request) -> Result<Response> {
         _ => {}
     }
     let target = resolve(&api, &segments)?.ok_or(ApiError::NoRoute)?;
+    let operation = Operation::classify(
+        &method,
+        target.name.is_some(),
+        target.namespace.is_some(),
+        target.watch_path || query.flag("watch"),
+        target.subresource.as_deref(),
+        parts.headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()),
+    );
+    if let Some(operation) = operation {
+        *observed = Observed::Resource(target.rt.stats.clone(), operation);
+    }
     if let (Some(sub @ ("log" | "exec" | "attach" | "portforward")), Some(namespace), Some(name)) =
         (target.subresource.as_deref(), target.namespace.as_deref(), target.name.as_deref())
         && target.rt.kind == "Pod"
@@ -581,7 +607,15 @@ async fn watch(api: Arc<Api>, target: Target, query: &Query, negotiated: Negotia
     let events = api.watch(rt.clone(), target.namespace.clone(), options).await?;
     let (table_mode, include_object) = (negotiated.table, negotiated.include_object);
     let pretty = matches!(negotiated.format, Format::Json { pretty: true });
+    let scope = match (&target.name, &target.namespace) {
+        (Some(_), _) => Scope::Resource,
+        (None, Some(_)) => Scope::Namespace,
+        (None, None) => Scope::Cluster,
+    };
+    let open = rt.stats.watch_opened(scope);
     let stream = ReceiverStream::new(events).map(move |event| {
+        // The watch counts as open for as long as its stream is being sent.
+        let _open = &open;
         let line = if table_mode || pretty {
             let mut event = event.into_value();
             let kind = event.get("type").and_then(Value::as_str).unwrap_or("").to_string();

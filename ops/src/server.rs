@@ -190,7 +190,11 @@ pub async fn run_until(args: ServerArgs, shutdown: impl std::future::Future<Outp
     tracing::info!(keys = store.mirrored_keys(), "admission's lookups are held in memory");
 
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let options = keel_etcd::EtcdOptions { progress_notify_interval: args.watch_progress_notify_interval };
+    let grpc_metrics = std::sync::Arc::new(keel_etcd::grpc_metrics::GrpcMetrics::default());
+    let options = keel_etcd::EtcdOptions {
+        progress_notify_interval: args.watch_progress_notify_interval,
+        metrics: grpc_metrics.clone(),
+    };
     let etcd = tokio::spawn(keel_etcd::serve(store.clone(), client_listener, options, async {
         let _ = stop_rx.await;
     }));
@@ -201,8 +205,15 @@ pub async fn run_until(args: ServerArgs, shutdown: impl std::future::Future<Outp
         api_audiences: args.api_audiences.clone(),
         jwks_uri: args.service_account_jwks_uri.clone(),
     };
+    // /metrics on the API port reports the store and its etcd API as well, as etcd's own
+    // /metrics would.
+    let collectors: Vec<std::sync::Arc<dyn keel_prometheus::Collect>> =
+        vec![std::sync::Arc::new(store.clone()), grpc_metrics];
     let api = std::sync::Arc::new(
-        keel_api::rest::Api::new(storage, registry).with_token_settings(tokens).with_service_ranges(service_ranges),
+        keel_api::rest::Api::new(storage, registry)
+            .with_token_settings(tokens)
+            .with_service_ranges(service_ranges)
+            .with_collectors(collectors),
     );
     let (api_stop_tx, api_stop_rx) = tokio::sync::oneshot::channel::<()>();
     // Node agents' streams share the API port: a worker dials the address kubectl uses.
