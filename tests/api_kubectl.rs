@@ -457,3 +457,254 @@ async fn services_get_cluster_ips_and_node_ports_that_no_two_share() {
     k.ok(&["create", "service", "externalname", "outside", "--external-name=example.com"]);
     assert_eq!(k.ok(&["get", "service", "outside", "-o", "jsonpath={.spec.clusterIP}"]), "");
 }
+
+/// `/metrics` of `member` through the real `kubectl get --raw`, parsed and checked.
+fn scrape(k: &Kubectl) -> support::prometheus::Exposition {
+    let text = k.ok(&["get", "--raw", "/metrics"]);
+    support::prometheus::parse(&text).unwrap_or_else(|e| panic!("/metrics is not a valid exposition: {e}\n{text}"))
+}
+
+/// `GET /metrics` over plain HTTP, as Prometheus scrapes: (status line, content type, body).
+fn scrape_http(api: &str) -> (String, String, String) {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(api).expect("connect to the API");
+    stream.set_read_timeout(Some(Duration::from_secs(20))).expect("read timeout");
+    write!(stream, "GET /metrics HTTP/1.1\r\nHost: {api}\r\nAccept: text/plain\r\nConnection: close\r\n\r\n")
+        .expect("send the request");
+    let mut response = String::new();
+    stream.read_to_string(&mut response).expect("read the response");
+    let (head, body) = response.split_once("\r\n\r\n").expect("a response with a body");
+    let status = head.lines().next().unwrap_or("").to_string();
+    let content_type = head
+        .lines()
+        .find_map(|l| l.strip_prefix("content-type: ").or_else(|| l.strip_prefix("Content-Type: ")))
+        .unwrap_or("")
+        .to_string();
+    (status, content_type, body.to_string())
+}
+
+#[test]
+fn the_exposition_reader_refuses_what_prometheus_would() {
+    use support::prometheus::parse;
+    let good = "# HELP a_total A.\n# TYPE a_total counter\na_total{x=\"1\",y=\"q\\\"z\"} 3\n\
+                # TYPE h histogram\nh_bucket{le=\"1\"} 1\nh_bucket{le=\"+Inf\"} 2\nh_sum 1.5\nh_count 2\n";
+    let parsed = parse(good).unwrap();
+    assert_eq!(parsed.sum("a_total", &[("y", "q\"z")]), Some(3.0));
+    assert_eq!(parsed.sum("h_count", &[]), Some(2.0));
+    for (bad, why) in [
+        ("a_total 3\n", "no TYPE"),
+        ("# TYPE a counter\na{x=\"1} 3\n", "unterminated label"),
+        ("# TYPE a counter\na{x=1} 3\n", "unquoted label"),
+        ("# TYPE a counter\na three\n", "bad value"),
+        ("# TYPE a counter\na 3\n# TYPE a counter\n", "second TYPE"),
+        ("# TYPE a counter\n# TYPE b gauge\na 1\nb 1\na 2\n", "samples apart"),
+        ("# TYPE h histogram\nh_bucket{le=\"1\"} 3\nh_bucket{le=\"+Inf\"} 2\nh_count 2\n", "not cumulative"),
+        ("# TYPE h histogram\nh_bucket{le=\"+Inf\"} 2\nh_count 3\n", "+Inf is not the count"),
+    ] {
+        assert!(parse(bad).is_err(), "{why}: {bad:?} was accepted");
+    }
+}
+
+/// The leader and every running member's metrics, once exactly one running member reports
+/// `etcd_server_is_leader 1`, it is the member all agree leads, and all report a leader.
+async fn agreed_leader(
+    cluster: &Cluster,
+    ks: &[Kubectl],
+) -> Option<(usize, Vec<(usize, support::prometheus::Exposition)>)> {
+    let leader = cluster.wait_for_leader().await;
+    let expositions: Vec<_> =
+        (0..cluster.members.len()).filter(|i| cluster.members[*i].is_running()).map(|i| (i, scrape(&ks[i]))).collect();
+    let leading: Vec<usize> =
+        expositions.iter().filter(|(_, e)| e.count("etcd_server_is_leader", &[]) == 1.0).map(|(i, _)| *i).collect();
+    let all_know = expositions.iter().all(|(_, e)| e.count("etcd_server_has_leader", &[]) == 1.0);
+    (leading == vec![leader] && all_know).then_some((leader, expositions))
+}
+
+/// Families an operator's kube-apiserver and etcd dashboards read, and their types.
+const FAMILIES: &[(&str, &str)] = &[
+    ("apiserver_request_total", "counter"),
+    ("apiserver_request_duration_seconds", "histogram"),
+    ("apiserver_longrunning_requests", "gauge"),
+    ("apiserver_registered_watchers", "gauge"),
+    ("apiserver_storage_objects", "gauge"),
+    ("etcd_server_has_leader", "gauge"),
+    ("etcd_server_is_leader", "gauge"),
+    ("etcd_server_leader_changes_seen_total", "counter"),
+    ("etcd_server_proposals_committed_total", "gauge"),
+    ("etcd_server_proposals_applied_total", "gauge"),
+    ("etcd_server_proposals_failed_total", "counter"),
+    ("etcd_mvcc_db_total_size_in_bytes", "gauge"),
+    ("etcd_debugging_mvcc_keys_total", "gauge"),
+    ("etcd_disk_wal_fsync_duration_seconds", "histogram"),
+    ("keel_store_mirrored_keys", "gauge"),
+    ("grpc_server_started_total", "counter"),
+    ("grpc_server_handled_total", "counter"),
+    ("process_cpu_seconds_total", "counter"),
+    ("process_resident_memory_bytes", "gauge"),
+    ("process_start_time_seconds", "gauge"),
+];
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_count_what_each_member_serves() {
+    support::init_logging();
+    let mut cluster = Cluster::start(3, &[]).await;
+    let leader = cluster.wait_for_leader().await;
+    let follower = (0..3).find(|i| *i != leader).expect("a follower");
+    // A kubectl for each member.
+    let ks: Vec<Kubectl> = cluster
+        .members
+        .iter()
+        .map(|m| {
+            let dir = cluster.dir().join("metrics").join(&m.name);
+            std::fs::create_dir_all(&dir).expect("kubectl dir");
+            Kubectl::new(&dir, &m.api)
+        })
+        .collect();
+    let k = &ks[follower];
+    eventually(Duration::from_secs(20), "the default namespace", || async {
+        k.run(&["get", "namespace", "default"]).status.success().then_some(())
+    })
+    .await;
+    k.ok(&["create", "namespace", "metrics"]);
+
+    let before = scrape(k);
+    for (family, kind) in FAMILIES {
+        assert_eq!(before.types.get(*family).map(String::as_str), Some(*kind), "# TYPE of {family}");
+    }
+    let requests = |e: &support::prometheus::Exposition, verb: &str, scope: &str, code: &str| {
+        e.count(
+            "apiserver_request_total",
+            &[
+                ("verb", verb),
+                ("group", ""),
+                ("version", "v1"),
+                ("resource", "configmaps"),
+                ("subresource", ""),
+                ("scope", scope),
+                ("code", code),
+            ],
+        )
+    };
+
+    // Requests of known outcomes, through the follower.
+    const CREATED: usize = 5;
+    for i in 0..CREATED {
+        k.ok(&["create", "configmap", &format!("cm-{i}"), "-n", "metrics", "--from-literal=a=b"]);
+    }
+    k.fails(&["create", "configmap", "cm-0", "-n", "metrics"]);
+    k.ok(&["get", "configmap", "cm-0", "-n", "metrics"]);
+    k.fails(&["get", "configmap", "absent", "-n", "metrics"]);
+    k.ok(&["get", "configmaps", "-n", "metrics"]);
+    // The store's client port of the same member, through the etcd API.
+    let etcd = cluster.members[follower].etcd();
+    const PUTS: usize = 4;
+    let mut revision = 0;
+    for i in 0..PUTS {
+        revision = etcd.put(&format!("metrics-test/{i}"), "v").await.expect("put");
+    }
+
+    let after = scrape(k);
+    assert_eq!(
+        requests(&after, "POST", "resource", "201") - requests(&before, "POST", "resource", "201"),
+        CREATED as f64
+    );
+    assert_eq!(requests(&after, "POST", "resource", "409") - requests(&before, "POST", "resource", "409"), 1.0);
+    assert_eq!(requests(&after, "GET", "resource", "200") - requests(&before, "GET", "resource", "200"), 1.0);
+    assert_eq!(requests(&after, "GET", "resource", "404") - requests(&before, "GET", "resource", "404"), 1.0);
+    assert_eq!(requests(&after, "LIST", "namespace", "200") - requests(&before, "LIST", "namespace", "200"), 1.0);
+    let creates_timed = |e: &support::prometheus::Exposition| {
+        e.count("apiserver_request_duration_seconds_count", &[("verb", "POST"), ("resource", "configmaps")])
+    };
+    assert_eq!(creates_timed(&after) - creates_timed(&before), CREATED as f64 + 1.0, "every create is timed");
+    // The scrape before this one.
+    let scrapes = |e: &support::prometheus::Exposition| {
+        e.count("apiserver_request_total", &[("verb", "GET"), ("subresource", "/metrics"), ("code", "200")])
+    };
+    assert_eq!(scrapes(&after) - scrapes(&before), 1.0);
+    let puts = |e: &support::prometheus::Exposition| {
+        e.count("grpc_server_handled_total", &[("grpc_method", "Put"), ("grpc_code", "OK")])
+    };
+    assert_eq!(puts(&after) - puts(&before), PUTS as f64);
+    assert_eq!(
+        after.count("grpc_server_started_total", &[("grpc_method", "Put")])
+            - before.count("grpc_server_started_total", &[("grpc_method", "Put")]),
+        PUTS as f64
+    );
+    // The store: it applied the puts, synced its log, holds keys and the admission mirror.
+    assert!(after.count("etcd_server_proposals_applied_total", &[]) >= revision as f64, "applied up to {revision}");
+    assert!(after.count("etcd_server_proposals_committed_total", &[]) >= revision as f64);
+    assert!(after.count("etcd_disk_wal_fsync_duration_seconds_count", &[]) > 0.0);
+    assert!(after.count("etcd_debugging_mvcc_keys_total", &[]) >= (CREATED + PUTS) as f64);
+    assert!(after.count("keel_store_mirrored_keys", &[]) > 0.0);
+    assert!(after.count("etcd_mvcc_db_total_size_in_bytes", &[]) > 0.0);
+    assert!(after.count("process_resident_memory_bytes", &[]) > 1_000_000.0);
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_secs_f64();
+    let started = after.count("process_start_time_seconds", &[]);
+    assert!(now - started >= 0.0 && now - started < 600.0, "started at {started}, now {now}");
+
+    // An open watch is counted while it lasts.
+    let watching = || {
+        scrape(k).count(
+            "apiserver_longrunning_requests",
+            &[("verb", "WATCH"), ("resource", "configmaps"), ("scope", "namespace")],
+        )
+    };
+    let mut watch = k
+        .command(&["get", "configmaps", "-n", "metrics", "--watch"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start kubectl get --watch");
+    eventually(Duration::from_secs(20), "the watch to be counted", || async { (watching() == 1.0).then_some(()) })
+        .await;
+    let _ = watch.kill();
+    let _ = watch.wait();
+    // The server learns that a watcher went away when it next writes to it, so changes are
+    // made for it to send.
+    let mut pokes = 0;
+    eventually(Duration::from_secs(20), "the closed watch to be uncounted", || {
+        pokes += 1;
+        k.ok(&["annotate", "configmap", "cm-1", "-n", "metrics", &format!("poke={pokes}"), "--overwrite"]);
+        async { (watching() == 0.0).then_some(()) }
+    })
+    .await;
+
+    // Prometheus' own request: plain HTTP, the text format's content type.
+    let (status, content_type, body) = scrape_http(&cluster.members[follower].api);
+    assert!(status.contains(" 200 "), "{status}");
+    assert!(content_type.starts_with("text/plain; version=0.0.4"), "{content_type}");
+    support::prometheus::parse(&body).unwrap_or_else(|e| panic!("{e}"));
+
+    // Every member reports the store; exactly one of them leads. A member scraped for the
+    // first time counts the objects it stores then.
+    let stored: serde_json::Value =
+        serde_json::from_str(&k.ok(&["get", "--raw", "/api/v1/configmaps"])).expect("a ConfigMapList");
+    let configmaps = stored["items"].as_array().map_or(0, Vec::len);
+    let listed_at: i64 = stored["metadata"]["resourceVersion"].as_str().and_then(|r| r.parse().ok()).expect("list rv");
+    cluster.wait_applied(listed_at).await;
+    let unscraped = (0..3).find(|i| *i != follower).expect("another member");
+    assert_eq!(
+        scrape(&ks[unscraped]).sum("apiserver_storage_objects", &[("resource", "configmaps")]),
+        Some(configmaps as f64),
+        "configmaps stored"
+    );
+    assert!(configmaps >= CREATED);
+    // Exactly one member says it leads, the one all agree leads (asked again should an
+    // election on the loaded machine move leadership in between).
+    let (leader, expositions) =
+        eventually(Duration::from_secs(20), "one member reporting that it leads", || agreed_leader(&cluster, &ks))
+            .await;
+    for (i, e) in &expositions {
+        assert!(e.count("etcd_server_leader_changes_seen_total", &[]) >= 1.0, "member {i} saw the first election");
+    }
+
+    // A new leader is seen as a leader change.
+    let observer = (0..3).find(|i| *i != leader).expect("a member that does not lead");
+    let changes_before = scrape(&ks[observer]).count("etcd_server_leader_changes_seen_total", &[]);
+    cluster.members[leader].kill();
+    let (new_leader, _) =
+        eventually(Duration::from_secs(20), "a new leader reported", || agreed_leader(&cluster, &ks)).await;
+    assert_ne!(new_leader, leader);
+    let changes_after = scrape(&ks[observer]).count("etcd_server_leader_changes_seen_total", &[]);
+    assert!(changes_after > changes_before, "leader changes seen: {changes_before} then {changes_after}");
+}

@@ -9,6 +9,7 @@ pub mod kubectl;
 pub mod linearizability;
 pub mod net;
 pub mod processes;
+pub mod prometheus;
 pub mod watch_check;
 pub mod workload;
 
