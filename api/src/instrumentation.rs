@@ -396,19 +396,7 @@ fn write_requests(encoder: &mut Encoder, registry: &Registry, instrumentation: &
     for stats in &resources {
         for (subresource, verb, scope, requests) in stats.seen() {
             for (code, count) in requests.seen() {
-                family.sample(
-                    &[
-                        ("verb", verb),
-                        ("group", stats.group.as_str()),
-                        ("version", stats.version.as_str()),
-                        ("resource", stats.resource.as_str()),
-                        ("subresource", subresource),
-                        ("scope", scope),
-                        ("component", COMPONENT),
-                        ("code", code.as_str()),
-                    ],
-                    count,
-                );
+                family.sample(&request_labels(verb, Some(stats), subresource, scope, Some(code.as_str())), count);
             }
         }
     }
@@ -424,18 +412,7 @@ fn write_requests(encoder: &mut Encoder, registry: &Registry, instrumentation: &
     );
     for stats in &resources {
         for (subresource, verb, scope, requests) in stats.seen() {
-            family.histogram(
-                &[
-                    ("verb", verb),
-                    ("group", stats.group.as_str()),
-                    ("version", stats.version.as_str()),
-                    ("resource", stats.resource.as_str()),
-                    ("subresource", subresource),
-                    ("scope", scope),
-                    ("component", COMPONENT),
-                ],
-                &requests.durations,
-            );
+            family.histogram(&request_labels(verb, Some(stats), subresource, scope, None), &requests.durations);
         }
     }
     for (path, requests) in non_resource() {
@@ -450,15 +427,7 @@ fn write_requests(encoder: &mut Encoder, registry: &Registry, instrumentation: &
         for scope in [Scope::Resource, Scope::Namespace, Scope::Cluster] {
             if stats.watched(scope) {
                 family.sample(
-                    &[
-                        ("verb", "WATCH"),
-                        ("group", stats.group.as_str()),
-                        ("version", stats.version.as_str()),
-                        ("resource", stats.resource.as_str()),
-                        ("subresource", ""),
-                        ("scope", SCOPES[scope as usize]),
-                        ("component", COMPONENT),
-                    ],
+                    &request_labels("WATCH", Some(stats), "", SCOPES[scope as usize], None),
                     stats.watches[scope as usize].get(),
                 );
             }
@@ -480,14 +449,29 @@ fn write_requests(encoder: &mut Encoder, registry: &Registry, instrumentation: &
     }
 }
 
+/// A non-resource path is counted as kube counts `/healthz`: a GET with the path as its
+/// subresource.
 fn non_resource_labels<'a>(path: &'a str, code: Option<&'a str>) -> Vec<(&'static str, &'a str)> {
+    request_labels("GET", None, path, "", code)
+}
+
+/// The labels of kube's request families; only the counter carries `code`.
+fn request_labels<'a>(
+    verb: &'a str,
+    resource: Option<&'a ResourceStats>,
+    subresource: &'a str,
+    scope: &'a str,
+    code: Option<&'a str>,
+) -> Vec<(&'static str, &'a str)> {
+    let (group, version, plural) =
+        resource.map_or(("", "", ""), |r| (r.group.as_str(), r.version.as_str(), r.resource.as_str()));
     let mut labels = vec![
-        ("verb", "GET"),
-        ("group", ""),
-        ("version", ""),
-        ("resource", ""),
-        ("subresource", path),
-        ("scope", ""),
+        ("verb", verb),
+        ("group", group),
+        ("version", version),
+        ("resource", plural),
+        ("subresource", subresource),
+        ("scope", scope),
         ("component", COMPONENT),
     ];
     labels.extend(code.map(|code| ("code", code)));
