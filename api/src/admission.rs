@@ -113,6 +113,18 @@ fn namespace_key(name: &str) -> String {
     format!("/registry/core/namespaces/{name}")
 }
 
+#[derive(serde::Deserialize)]
+struct NamespaceLife {
+    #[serde(default)]
+    metadata: NamespaceLifeMeta,
+}
+
+#[derive(serde::Deserialize, Default)]
+struct NamespaceLifeMeta {
+    #[serde(rename = "deletionTimestamp", default)]
+    deletion_timestamp: Option<serde::de::IgnoredAny>,
+}
+
 impl Plugin for NamespaceLifecycle {
     fn name(&self) -> &'static str {
         "NamespaceLifecycle"
@@ -147,9 +159,11 @@ impl Plugin for NamespaceLifecycle {
             let Some(found) = found else {
                 return Err(ApiError::NotFound { resource: "namespaces".into(), name: namespace.into() });
             };
-            let ns: Value = serde_json::from_slice(&found.value)
+            // Only whether it is terminating matters: the rest of the namespace is skipped,
+            // not built, on every create.
+            let ns: NamespaceLife = serde_json::from_slice(&found.value)
                 .map_err(|e| ApiError::internal(format!("namespace {namespace} is not JSON: {e}")))?;
-            if crate::object::is_terminating(&ns) {
+            if ns.metadata.deletion_timestamp.is_some() {
                 return Err(ApiError::Forbidden {
                     resource: a.resource.plural.clone(),
                     name: a.name.into(),
@@ -555,8 +569,6 @@ impl Plugin for ResourceQuota {
             }
             let prefix = format!("/registry/core/resourcequotas/{namespace}/");
             let end = crate::storage::prefix_end(&prefix);
-            let adds = crate::quota::contribution(a.resource, object);
-            let is_pod = a.resource.group.is_empty() && a.resource.kind == "Pod";
             // Most namespaces have no quota. This member's replica says so without a round
             // to the leader (kube looks at its informer the same way); "none" is then made
             // sure of once by a linearizable read and believed for a while, as kube keeps its
@@ -568,6 +580,8 @@ impl Plugin for ResourceQuota {
             {
                 return Ok(());
             }
+            let is_pod = a.resource.group.is_empty() && a.resource.kind == "Pod";
+            let mut adds = None;
             for _ in 0..QUOTA_RETRIES {
                 // Linearizable: a charge another member just made must be seen.
                 let quotas = self.storage.list(&prefix, &end, 0, 0, Consistency::Linearizable).await?;
@@ -580,9 +594,12 @@ impl Plugin for ResourceQuota {
                     without.insert(namespace.to_string(), now + NO_QUOTA_TTL);
                     return Ok(());
                 }
+                // Worked out only now: for a Pod it means decoding the whole object, and most
+                // creates end above, in a namespace without quotas.
+                let adds = adds.get_or_insert_with(|| crate::quota::contribution(a.resource, object));
                 let mut all_charged = true;
                 for item in &quotas.items {
-                    if !self.charge(a, namespace, item, object, &adds, is_pod).await? {
+                    if !self.charge(a, namespace, item, object, adds, is_pod).await? {
                         all_charged = false;
                         break;
                     }

@@ -3,20 +3,39 @@
 
 use serde_json::{Value, json};
 
+/// Sets the field at `pointer` (plain field names, no escapes or indexes) unless it holds
+/// something other than null, making the objects on the way. Defaulting runs before
+/// validation, so a value on the way that is not an object is left for validation to refuse,
+/// neither replaced nor indexed into. The walk allocates nothing for a field already set:
+/// `Value::pointer` copies every step, and this runs a dozen times per container.
 fn set_if_absent(object: &mut Value, pointer: &str, value: Value) {
-    if object.pointer(pointer).is_some_and(|v| !v.is_null()) {
+    let Some((parents, last)) = pointer.strip_prefix('/').map(|p| p.rsplit_once('/').unwrap_or(("", p))) else {
         return;
-    }
-    let mut parts: Vec<&str> = pointer.split('/').skip(1).collect();
-    let Some(last) = parts.pop() else { return };
+    };
     let mut cursor = object;
-    for part in parts {
-        if !cursor.get(part).is_some_and(Value::is_object) {
-            cursor[part] = json!({});
+    for part in parents.split('/').filter(|p| !p.is_empty()) {
+        if cursor.is_null() {
+            *cursor = Value::Object(Default::default());
         }
-        cursor = &mut cursor[part];
+        let Value::Object(map) = cursor else { return };
+        if !map.contains_key(part) {
+            map.insert(part.to_string(), Value::Null);
+        }
+        let Some(next) = map.get_mut(part) else { return };
+        cursor = next;
     }
-    cursor[last] = value;
+    if cursor.is_null() {
+        *cursor = Value::Object(Default::default());
+    }
+    if let Value::Object(map) = cursor {
+        match map.get_mut(last) {
+            Some(existing) if existing.is_null() => *existing = value,
+            Some(_) => {}
+            None => {
+                map.insert(last.to_string(), value);
+            }
+        }
+    }
 }
 
 fn image_pull_policy(image: &str) -> &'static str {
@@ -257,6 +276,32 @@ fn autoscaler(object: &mut Value) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn set_if_absent_fills_unset_and_null_fields_only() {
+        let mut object = json!({"spec": {"kept": "mine", "unset": null}});
+        set_if_absent(&mut object, "/spec/kept", json!("default"));
+        set_if_absent(&mut object, "/spec/unset", json!("default"));
+        set_if_absent(&mut object, "/spec/strategy/rollingUpdate/maxSurge", json!("25%"));
+        set_if_absent(&mut object, "/top", json!(1));
+        assert_eq!(
+            object,
+            json!({"spec": {"kept": "mine", "unset": "default", "strategy": {"rollingUpdate": {"maxSurge": "25%"}}}, "top": 1})
+        );
+    }
+
+    #[test]
+    fn defaulting_leaves_values_of_the_wrong_type_for_validation() {
+        // Validation refuses these with a 400/422; defaulting must neither panic on them
+        // nor paper over them with an object of its own.
+        let mut pod = json!({"spec": "not an object"});
+        apply("Pod", "", &mut pod);
+        assert_eq!(pod, json!({"spec": "not an object"}));
+        let mut deployment = json!({"spec": {"strategy": {"rollingUpdate": 3}, "template": {"spec": []}}});
+        apply("Deployment", "apps", &mut deployment);
+        assert_eq!(deployment["spec"]["strategy"]["rollingUpdate"], 3);
+        assert_eq!(deployment["spec"]["template"]["spec"], json!([]));
+    }
 
     #[test]
     fn deployment_defaults() {

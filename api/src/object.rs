@@ -249,26 +249,62 @@ pub fn validate_meta(object: &Value, namespaced: bool, name_rule: fn(&str) -> Re
 /// Fields of `submitted` that `decoded` (the same body after a pass through the kind's type)
 /// lost: the fields the kind does not have. Nulls do not count; they mean "unset".
 pub fn unknown_fields(submitted: &Value, decoded: &Value, path: &str, out: &mut Vec<String>) {
+    let mut trail = Vec::new();
+    lost_fields(submitted, decoded, path, &mut trail, out);
+}
+
+enum Step<'a> {
+    Field(&'a str),
+    Index(usize),
+}
+
+/// The walk behind [`unknown_fields`]. A path is written out only for a field that was lost:
+/// nearly every request loses none, and formatting every field's path cost more than the walk.
+fn lost_fields<'a>(
+    submitted: &'a Value,
+    decoded: &Value,
+    root: &str,
+    trail: &mut Vec<Step<'a>>,
+    out: &mut Vec<String>,
+) {
     match (submitted, decoded) {
         (Value::Object(sub), Value::Object(dec)) => {
             for (key, value) in sub {
                 if value.is_null() {
                     continue;
                 }
-                let child = if path.is_empty() { key.clone() } else { format!("{path}.{key}") };
+                trail.push(Step::Field(key));
                 match dec.get(key) {
-                    Some(d) => unknown_fields(value, d, &child, out),
-                    None => out.push(child),
+                    Some(d) => lost_fields(value, d, root, trail, out),
+                    None => out.push(render_path(root, trail)),
                 }
+                trail.pop();
             }
         }
         (Value::Array(sub), Value::Array(dec)) => {
             for (i, (s, d)) in sub.iter().zip(dec).enumerate() {
-                unknown_fields(s, d, &format!("{path}[{i}]"), out);
+                trail.push(Step::Index(i));
+                lost_fields(s, d, root, trail, out);
+                trail.pop();
             }
         }
         _ => {}
     }
+}
+
+fn render_path(root: &str, trail: &[Step<'_>]) -> String {
+    let mut path = root.to_string();
+    for step in trail {
+        match step {
+            Step::Field(key) if path.is_empty() => path.push_str(key),
+            Step::Field(key) => {
+                path.push('.');
+                path.push_str(key);
+            }
+            Step::Index(i) => path.push_str(&format!("[{i}]")),
+        }
+    }
+    path
 }
 
 #[cfg(test)]

@@ -281,9 +281,48 @@ pub fn decode_as(rt: &ResourceType, stored: &Stored) -> Result<Value> {
 }
 
 fn encode(rt: &ResourceType, object: &Value) -> Result<Vec<u8>> {
-    let mut stored = rt.stored(object.clone());
-    object::meta_mut(&mut stored).remove("resourceVersion");
-    serde_json::to_vec(&stored).map_err(|e| ApiError::internal(format!("encode object: {e}")))
+    let encoded = match &rt.conversion {
+        Some(_) => serde_json::to_vec(&WithoutResourceVersion(&rt.stored(object.clone()))),
+        // Written straight from the served object: a copy of it would cost more than the
+        // encoding.
+        None => serde_json::to_vec(&WithoutResourceVersion(object)),
+    };
+    encoded.map_err(|e| ApiError::internal(format!("encode object: {e}")))
+}
+
+/// An object as stored: the revision of the record is its resourceVersion, so none is kept
+/// inside it.
+struct WithoutResourceVersion<'a>(&'a Value);
+
+impl serde::Serialize for WithoutResourceVersion<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> std::result::Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let Value::Object(fields) = self.0 else { return self.0.serialize(serializer) };
+        let mut map = serializer.serialize_map(Some(fields.len()))?;
+        for (key, value) in fields {
+            match value {
+                Value::Object(meta) if key == "metadata" => {
+                    map.serialize_entry(key, &MetadataWithoutResourceVersion(meta))?;
+                }
+                _ => map.serialize_entry(key, value)?,
+            }
+        }
+        map.end()
+    }
+}
+
+struct MetadataWithoutResourceVersion<'a>(&'a serde_json::Map<String, Value>);
+
+impl serde::Serialize for MetadataWithoutResourceVersion<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> std::result::Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let kept = self.0.iter().filter(|(key, _)| key.as_str() != "resourceVersion");
+        let mut map = serializer.serialize_map(None)?;
+        for (key, value) in kept {
+            map.serialize_entry(key, value)?;
+        }
+        map.end()
+    }
 }
 
 fn name_rule(rt: &ResourceType) -> fn(&str) -> Result<(), String> {
@@ -885,14 +924,14 @@ impl Api {
         if rt.read_only {
             return Err(ApiError::MethodNotAllowed { method: "create".into(), what: rt.qualified() });
         }
-        let (prepared, warnings) = self.prepare_create(rt, namespace, object, options, &[]).await?;
+        let (mut prepared, warnings) = self.prepare_create(rt, namespace, object, options, &[]).await?;
+        let service = is_service(rt);
         for _ in 0..ALLOCATION_RETRIES {
-            let mut object = prepared.clone();
-            let allocations = if is_service(rt) {
-                self.allocate_service(&mut object, None, &Default::default()).await?
-            } else {
-                Vec::new()
-            };
+            // Only a Service comes round again (its picked addresses taken), so only a
+            // Service's prepared object is copied for the next round.
+            let mut object = if service { prepared.clone() } else { std::mem::take(&mut prepared) };
+            let allocations =
+                if service { self.allocate_service(&mut object, None, &Default::default()).await? } else { Vec::new() };
             if options.dry_run {
                 return Ok((object, warnings));
             }
@@ -1851,12 +1890,14 @@ fn watch_event(
 
 /// The QoS class a pod's requests and limits put it in.
 fn qos_class(pod: &Value) -> &'static str {
-    let containers = pod.pointer("/spec/containers").and_then(Value::as_array).cloned().unwrap_or_default();
+    let containers = pod.get("spec").and_then(|s| s.get("containers")).and_then(Value::as_array);
+    let containers = containers.map(Vec::as_slice).unwrap_or_default();
     let mut any = false;
     let mut guaranteed = !containers.is_empty();
-    for c in &containers {
-        let requests = c.pointer("/resources/requests").and_then(Value::as_object);
-        let limits = c.pointer("/resources/limits").and_then(Value::as_object);
+    for c in containers {
+        let resources = c.get("resources");
+        let requests = resources.and_then(|r| r.get("requests")).and_then(Value::as_object);
+        let limits = resources.and_then(|r| r.get("limits")).and_then(Value::as_object);
         any |= requests.is_some_and(|r| !r.is_empty()) || limits.is_some_and(|l| !l.is_empty());
         for resource in ["cpu", "memory"] {
             let limit = limits.and_then(|l| l.get(resource));
@@ -1878,6 +1919,22 @@ fn qos_class(pod: &Value) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn stored_objects_carry_no_resource_version() {
+        let rt = crate::registry::builtins()
+            .into_iter()
+            .find(|rt| rt.group.is_empty() && rt.plural == "configmaps")
+            .expect("configmaps are built in");
+        let object = json!({"apiVersion": "v1", "kind": "ConfigMap",
+            "metadata": {"name": "a", "resourceVersion": "7", "labels": {"x": "y"}}, "data": {"k": "v"}});
+        let stored: Value = serde_json::from_slice(&encode(&rt, &object).expect("encodes")).expect("JSON");
+        let mut expected = object.clone();
+        object::meta_mut(&mut expected).remove("resourceVersion");
+        assert_eq!(stored, expected);
+        // Not an object at all: written as it is.
+        assert_eq!(encode(&rt, &json!([1])).expect("encodes"), b"[1]");
+    }
 
     #[test]
     fn continue_tokens_roundtrip_and_are_checked() {
