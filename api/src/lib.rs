@@ -6,6 +6,7 @@
 
 pub mod admission;
 pub mod apply;
+pub mod canonical;
 pub mod convert;
 pub mod crd;
 pub mod defaults;

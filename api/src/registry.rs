@@ -16,7 +16,16 @@ use crate::instrumentation::ResourceStats;
 
 /// Decodes a body into the kind's type and encodes it again: what survives is what the kind
 /// has. Errors name the offending field as serde reports it.
-pub type Roundtrip = fn(&Value) -> Result<Value, String>;
+pub type Roundtrip = fn(&Value) -> Result<Decoded, String>;
+
+/// What a body became on its pass through the kind's type.
+#[derive(Debug, PartialEq)]
+pub enum Decoded {
+    /// Exactly the body: every field known, every value in its canonical form.
+    Unchanged,
+    /// The body as the type writes it: unknown fields dropped, values made canonical.
+    Changed(Value),
+}
 pub type SchemaFn = fn(&mut SchemaGenerator) -> Schema;
 
 /// Where to find the scale of a resource that has a `scale` subresource.
@@ -133,10 +142,13 @@ fn storage_prefix(group: &str, plural: &str) -> String {
     format!("/registry/{group}/{plural}/")
 }
 
-fn roundtrip<K: Serialize + DeserializeOwned>(value: &Value) -> Result<Value, String> {
+fn roundtrip<K: Serialize + DeserializeOwned>(value: &Value) -> Result<Decoded, String> {
     // Deserializing from a reference spares a copy of the whole object.
     let typed = K::deserialize(value).map_err(|e| e.to_string())?;
-    serde_json::to_value(&typed).map_err(|e| e.to_string())
+    if crate::canonical::serializes_to(&typed, value) {
+        return Ok(Decoded::Unchanged);
+    }
+    serde_json::to_value(&typed).map(Decoded::Changed).map_err(|e| e.to_string())
 }
 
 fn schema<K: JsonSchema>(generator: &mut SchemaGenerator) -> Schema {

@@ -798,12 +798,18 @@ impl Api {
                         rt.kind, rt.version, rt.kind
                     ))
                 })?;
-                let mut unknown = Vec::new();
-                object::unknown_fields(&object, &decoded, "", &mut unknown);
-                (decoded, unknown)
+                match decoded {
+                    // Nothing to drop or rewrite: the body is kept as it came.
+                    crate::registry::Decoded::Unchanged => (object, Vec::new()),
+                    crate::registry::Decoded::Changed(decoded) => {
+                        let mut unknown = Vec::new();
+                        object::unknown_fields(&object, &decoded, "", &mut unknown);
+                        (decoded, unknown)
+                    }
+                }
             }
             Shape::Custom { schema, preserve_unknown } => {
-                let mut pruned = object.clone();
+                let mut pruned = object;
                 let mut unknown = Vec::new();
                 if let Some(schema) = schema {
                     crate::schema::check(schema, &mut pruned, "", *preserve_unknown, &mut causes, &mut unknown);
@@ -813,7 +819,7 @@ impl Api {
         };
         causes.extend(kind_causes(rt, &decoded));
         if !causes.is_empty() {
-            return Err(ApiError::invalid(&rt.kind, &rt.group, object::name(&object), causes));
+            return Err(ApiError::invalid(&rt.kind, &rt.group, object::name(&decoded), causes));
         }
         let warnings: Vec<String> = unknown.iter().map(|f| format!("unknown field \"{f}\"")).collect();
         if validation == FieldValidation::Strict && !warnings.is_empty() {

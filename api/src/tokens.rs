@@ -677,7 +677,9 @@ impl Api {
                 ApiError::bad_request(format!("TokenReview in version \"v1\" cannot be handled as a TokenReview: {e}"))
             })?;
             let mut unknown = Vec::new();
-            object::unknown_fields(&review, &decoded, "", &mut unknown);
+            if let crate::registry::Decoded::Changed(decoded) = &decoded {
+                object::unknown_fields(&review, decoded, "", &mut unknown);
+            }
             warnings = unknown.iter().map(|f| format!("unknown field \"{f}\"")).collect();
             if validation == FieldValidation::Strict && !warnings.is_empty() {
                 return Err(ApiError::bad_request(format!("strict decoding error: {}", warnings.join(", "))));
