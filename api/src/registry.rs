@@ -442,6 +442,35 @@ pub fn custom_storage_prefix(group: &str, plural: &str) -> String {
 mod tests {
     use super::*;
 
+    /// A Pod as a create leaves it (defaulted, server fields set) takes the cheap path: the
+    /// body is kept rather than rebuilt. If this stops holding, creates still work but cost
+    /// the full decode-encode-compare again.
+    #[test]
+    fn a_typical_defaulted_pod_is_already_canonical() {
+        let pods = builtins().into_iter().find(|rt| rt.group.is_empty() && rt.plural == "pods").expect("pods");
+        let Shape::Typed { roundtrip, .. } = pods.shape else { panic!("pods are typed") };
+        let mut pod = serde_json::json!({
+            "apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": "web-1", "namespace": "default", "labels": {"app": "web"},
+                "uid": "8d4f3c1e-2b7a-4c5d-9e6f-0a1b2c3d4e5f", "generation": 1,
+                "creationTimestamp": crate::object::now_rfc3339()},
+            "spec": {"containers": [{"name": "app", "image": "registry.local/app:1.2.3",
+                "command": ["/app/server"], "args": ["--port=8080"],
+                "ports": [{"name": "http", "containerPort": 8080}],
+                "env": [{"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}}],
+                "resources": {"requests": {"cpu": "100m"}, "limits": {"cpu": "500m", "memory": "256Mi"}},
+                "readinessProbe": {"httpGet": {"path": "/ready", "port": 8080}, "periodSeconds": 5},
+                "volumeMounts": [{"name": "config", "mountPath": "/etc/app"}]}],
+                "volumes": [{"name": "config", "configMap": {"name": "app-config"}}]},
+            "status": {"phase": "Pending", "qosClass": "Burstable"}
+        });
+        crate::defaults::apply("Pod", "", &mut pod);
+        assert_eq!(roundtrip(&pod), Ok(Decoded::Unchanged));
+        pod["spec"]["bogus"] = serde_json::json!(1);
+        let Ok(Decoded::Changed(decoded)) = roundtrip(&pod) else { panic!("an unknown field changes the body") };
+        assert!(decoded["spec"].get("bogus").is_none());
+    }
+
     #[test]
     fn builtins_are_described_from_their_types() {
         let types = builtins();
