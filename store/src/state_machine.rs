@@ -324,6 +324,9 @@ impl StateMachine {
             .and_then(|c| c.create_checkpoint(&staged))
             .map_err(|e| StoreError::storage("create snapshot checkpoint", e))?;
         drop(db);
+        // Generations replaced by installed snapshots go once nothing reads them any more,
+        // whether or not this build publishes a new snapshot.
+        shared.drop_unused_generations();
         let meta = checkpoint_meta(&staged)?;
         if let Some((current, dir)) = shared.snapshots.current()?
             && current.last_log_id >= meta.last_log_id
@@ -333,7 +336,6 @@ impl StateMachine {
             return Ok(Snapshot { meta: current, snapshot: dir });
         }
         let dir = shared.snapshots.commit(&staged, &meta)?;
-        shared.drop_unused_generations();
         Ok(Snapshot { meta, snapshot: dir })
     }
 
