@@ -152,9 +152,37 @@ async fn bad_requests_get_status_errors_and_write_nothing() {
         "no-such-ns",
     );
 
+    // Defaulting runs before validation. A value of the wrong type on defaulting's way is
+    // refused by validation: it once panicked the handler (a string spec; the client saw the
+    // connection drop) or was replaced by defaults (a number where an object belongs).
+    let pods = "/api/v1/namespaces/default/pods";
+    let string_spec =
+        json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "string-spec"}, "spec": "not an object"});
+    assert_status(
+        &http.send(Method::POST, pods, json_ct, string_spec.to_string()).await,
+        400,
+        "BadRequest",
+        "cannot be handled as a Pod",
+    );
+    let deployments = "/apis/apps/v1/namespaces/default/deployments";
+    let numeric_rolling_update = json!({"apiVersion": "apps/v1", "kind": "Deployment",
+        "metadata": {"name": "numeric-rolling-update"},
+        "spec": {"selector": {"matchLabels": {"app": "a"}}, "strategy": {"rollingUpdate": 3},
+            "template": {"metadata": {"labels": {"app": "a"}}, "spec": {"containers": [{"name": "c", "image": "x:1"}]}}}});
+    assert_status(
+        &http.send(Method::POST, deployments, json_ct, numeric_rolling_update.to_string()).await,
+        400,
+        "BadRequest",
+        "cannot be handled as a Deployment",
+    );
+
     // Nothing of the above was written.
     let (_, list) = http.send(Method::GET, cms, json_ct, Bytes::new()).await;
     assert_eq!(list["items"].as_array().map(Vec::len), Some(0), "{list}");
+    for kind in [pods, deployments] {
+        let (_, list) = http.send(Method::GET, kind, json_ct, Bytes::new()).await;
+        assert_eq!(list["items"].as_array().map(Vec::len), Some(0), "{list}");
+    }
 
     // Conflicts, missing objects, unknown patch types, unknown resources and bad queries.
     let good = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "good"}, "data": {"a": "1"}});
