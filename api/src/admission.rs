@@ -116,10 +116,10 @@ fn namespace_key(name: &str) -> String {
 #[derive(serde::Deserialize)]
 struct NamespaceLife {
     #[serde(default)]
-    metadata: NamespaceLifeMeta,
+    metadata: Option<NamespaceLifeMeta>,
 }
 
-#[derive(serde::Deserialize, Default)]
+#[derive(serde::Deserialize)]
 struct NamespaceLifeMeta {
     #[serde(rename = "deletionTimestamp", default)]
     deletion_timestamp: Option<serde::de::IgnoredAny>,
@@ -163,7 +163,7 @@ impl Plugin for NamespaceLifecycle {
             // not built, on every create.
             let ns: NamespaceLife = serde_json::from_slice(&found.value)
                 .map_err(|e| ApiError::internal(format!("namespace {namespace} is not JSON: {e}")))?;
-            if ns.metadata.deletion_timestamp.is_some() {
+            if ns.metadata.is_some_and(|m| m.deletion_timestamp.is_some()) {
                 return Err(ApiError::Forbidden {
                     resource: a.resource.plural.clone(),
                     name: a.name.into(),

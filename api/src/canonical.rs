@@ -251,7 +251,9 @@ impl ser::SerializeTupleVariant for Items<'_> {
 }
 
 /// An object's fields, each looked up by name; every field of the expected object must be
-/// written once. Map keys are captured into one reused buffer.
+/// written once. Map keys are captured into one reused buffer. Fields are counted, not
+/// remembered: a Serialize impl that wrote one field twice would pass for two fields. None of
+/// the k8s-openapi types does, and a map cannot.
 struct Fields<'a> {
     expected: &'a Map<String, Value>,
     matched: usize,

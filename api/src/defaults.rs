@@ -246,12 +246,16 @@ fn autoscaler(object: &mut Value) {
     if object.get("apiVersion").and_then(Value::as_str) == Some("autoscaling/v1") {
         return;
     }
-    if object.pointer("/spec/metrics").and_then(Value::as_array).is_none_or(|m| m.is_empty()) {
-        set_if_absent(object, "/spec", json!({}));
-        object["spec"]["metrics"] = json!([{
-            "type": "Resource",
-            "resource": {"name": "cpu", "target": {"type": "Utilization", "averageUtilization": 80}},
-        }]);
+    if object.pointer("/spec/metrics").and_then(Value::as_array).is_none_or(|m| m.is_empty())
+        && let Some(spec) = object.get_mut("spec").and_then(Value::as_object_mut)
+    {
+        spec.insert(
+            "metrics".into(),
+            json!([{
+                "type": "Resource",
+                "resource": {"name": "cpu", "target": {"type": "Utilization", "averageUtilization": 80}},
+            }]),
+        );
     }
     let Some(behavior) = object.pointer_mut("/spec/behavior").filter(|b| b.is_object()) else { return };
     for (direction, policies, window) in [
@@ -263,8 +267,10 @@ fn autoscaler(object: &mut Value) {
         ("scaleDown", json!([{"type": "Percent", "value": 100, "periodSeconds": 15}]), None),
     ] {
         set_if_absent(behavior, &format!("/{direction}/selectPolicy"), json!("Max"));
-        if behavior[direction].get("policies").and_then(Value::as_array).is_none_or(|p| p.is_empty()) {
-            behavior[direction]["policies"] = policies;
+        if let Some(rules) = behavior.get_mut(direction).and_then(Value::as_object_mut)
+            && rules.get("policies").and_then(Value::as_array).is_none_or(|p| p.is_empty())
+        {
+            rules.insert("policies".into(), policies);
         }
         // scaleDown's window stays unset: the controller's flag (300 s) applies.
         if let Some(seconds) = window {
@@ -301,6 +307,13 @@ mod tests {
         apply("Deployment", "apps", &mut deployment);
         assert_eq!(deployment["spec"]["strategy"]["rollingUpdate"], 3);
         assert_eq!(deployment["spec"]["template"]["spec"], json!([]));
+        let mut autoscaler = json!({"apiVersion": "autoscaling/v2", "spec": "x"});
+        apply("HorizontalPodAutoscaler", "autoscaling", &mut autoscaler);
+        assert_eq!(autoscaler["spec"], "x");
+        let mut autoscaler = json!({"apiVersion": "autoscaling/v2", "spec": {"behavior": {"scaleUp": 5}}});
+        apply("HorizontalPodAutoscaler", "autoscaling", &mut autoscaler);
+        assert_eq!(autoscaler["spec"]["behavior"]["scaleUp"], 5);
+        assert_eq!(autoscaler["spec"]["behavior"]["scaleDown"]["selectPolicy"], "Max");
     }
 
     #[test]
