@@ -10,7 +10,7 @@ use axum::body::{Body, Bytes};
 use axum::extract::{Request, State};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::ReceiverStream;
@@ -247,11 +247,26 @@ async fn handle(State(api): State<Arc<Api>>, request: Request) -> Response {
     let _entered = span.enter();
     drop(_entered);
     let mut observed = Observed::Nothing;
-    let response = match tracing::Instrument::instrument(route(api.clone(), request, &mut observed), span).await {
-        Ok(response) => response,
-        Err(error) => {
+    // As kube-apiserver's panic recovery: a bug hit by one request answers it with a 500
+    // Status and an error in the log, rather than dropping the client's connection.
+    let routed =
+        std::panic::AssertUnwindSafe(tracing::Instrument::instrument(route(api.clone(), request, &mut observed), span))
+            .catch_unwind()
+            .await;
+    let response = match routed {
+        Ok(Ok(response)) => response,
+        Ok(Err(error)) => {
             tracing::debug!(%method, %path, code = error.code(), %error, "request failed");
             error_response(&error)
+        }
+        Err(panic) => {
+            let cause = panic
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_default();
+            tracing::error!(%method, %path, %cause, "request handler panicked");
+            error_response(&ApiError::internal(format!("the server failed while handling {method} {path}")))
         }
     };
     observed.record(&api.instrumentation, response.status().as_u16(), started);
