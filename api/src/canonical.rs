@@ -206,49 +206,28 @@ impl<'a> Items<'a> {
     }
 }
 
-impl ser::SerializeSeq for Items<'_> {
-    type Ok = ();
-    type Error = Differs;
-    fn serialize_element<T: Serialize + ?Sized>(&mut self, value: &T) -> Outcome {
-        self.element(value)
-    }
-    fn end(self) -> Outcome {
-        self.finish()
-    }
+/// The four sequence traits differ only in their method's name.
+macro_rules! items_match_elements {
+    ($($trait:ident::$method:ident),*) => {$(
+        impl ser::$trait for Items<'_> {
+            type Ok = ();
+            type Error = Differs;
+            fn $method<T: Serialize + ?Sized>(&mut self, value: &T) -> Outcome {
+                self.element(value)
+            }
+            fn end(self) -> Outcome {
+                self.finish()
+            }
+        }
+    )*};
 }
 
-impl ser::SerializeTuple for Items<'_> {
-    type Ok = ();
-    type Error = Differs;
-    fn serialize_element<T: Serialize + ?Sized>(&mut self, value: &T) -> Outcome {
-        self.element(value)
-    }
-    fn end(self) -> Outcome {
-        self.finish()
-    }
-}
-
-impl ser::SerializeTupleStruct for Items<'_> {
-    type Ok = ();
-    type Error = Differs;
-    fn serialize_field<T: Serialize + ?Sized>(&mut self, value: &T) -> Outcome {
-        self.element(value)
-    }
-    fn end(self) -> Outcome {
-        self.finish()
-    }
-}
-
-impl ser::SerializeTupleVariant for Items<'_> {
-    type Ok = ();
-    type Error = Differs;
-    fn serialize_field<T: Serialize + ?Sized>(&mut self, value: &T) -> Outcome {
-        self.element(value)
-    }
-    fn end(self) -> Outcome {
-        self.finish()
-    }
-}
+items_match_elements!(
+    SerializeSeq::serialize_element,
+    SerializeTuple::serialize_element,
+    SerializeTupleStruct::serialize_field,
+    SerializeTupleVariant::serialize_field
+);
 
 /// An object's fields, each looked up by name; every field of the expected object must be
 /// written once. Map keys are captured into one reused buffer. Fields are counted, not
@@ -297,27 +276,23 @@ impl ser::SerializeMap for Fields<'_> {
     }
 }
 
-impl ser::SerializeStruct for Fields<'_> {
-    type Ok = ();
-    type Error = Differs;
-    fn serialize_field<T: Serialize + ?Sized>(&mut self, key: &'static str, value: &T) -> Outcome {
-        self.field(key, value)
-    }
-    fn end(self) -> Outcome {
-        self.finish()
-    }
+/// A struct and a struct variant's fields are matched alike.
+macro_rules! fields_match_struct {
+    ($($trait:ident),*) => {$(
+        impl ser::$trait for Fields<'_> {
+            type Ok = ();
+            type Error = Differs;
+            fn serialize_field<T: Serialize + ?Sized>(&mut self, key: &'static str, value: &T) -> Outcome {
+                self.field(key, value)
+            }
+            fn end(self) -> Outcome {
+                self.finish()
+            }
+        }
+    )*};
 }
 
-impl ser::SerializeStructVariant for Fields<'_> {
-    type Ok = ();
-    type Error = Differs;
-    fn serialize_field<T: Serialize + ?Sized>(&mut self, key: &'static str, value: &T) -> Outcome {
-        self.field(key, value)
-    }
-    fn end(self) -> Outcome {
-        self.finish()
-    }
-}
+fields_match_struct!(SerializeStruct, SerializeStructVariant);
 
 /// Takes a map key that is a string; any other key counts as a difference.
 struct KeyCapture<'a>(&'a mut String);
