@@ -14,28 +14,29 @@ fn set_if_absent(object: &mut Value, pointer: &str, value: Value) {
     };
     let mut cursor = object;
     for part in parents.split('/').filter(|p| !p.is_empty()) {
-        if cursor.is_null() {
-            *cursor = Value::Object(Default::default());
-        }
-        let Value::Object(map) = cursor else { return };
+        let Some(map) = object_or_made(cursor) else { return };
         if !map.contains_key(part) {
             map.insert(part.to_string(), Value::Null);
         }
         let Some(next) = map.get_mut(part) else { return };
         cursor = next;
     }
-    if cursor.is_null() {
-        *cursor = Value::Object(Default::default());
-    }
-    if let Value::Object(map) = cursor {
-        match map.get_mut(last) {
-            Some(existing) if existing.is_null() => *existing = value,
-            Some(_) => {}
-            None => {
-                map.insert(last.to_string(), value);
-            }
+    let Some(map) = object_or_made(cursor) else { return };
+    match map.get_mut(last) {
+        Some(existing) if existing.is_null() => *existing = value,
+        Some(_) => {}
+        None => {
+            map.insert(last.to_string(), value);
         }
     }
+}
+
+/// The object `value` holds, made an empty one first if it is null; None for anything else.
+fn object_or_made(value: &mut Value) -> Option<&mut serde_json::Map<String, Value>> {
+    if value.is_null() {
+        *value = Value::Object(Default::default());
+    }
+    value.as_object_mut()
 }
 
 fn image_pull_policy(image: &str) -> &'static str {

@@ -248,9 +248,8 @@ pub fn validate_meta(object: &Value, namespaced: bool, name_rule: fn(&str) -> Re
 
 /// Fields of `submitted` that `decoded` (the same body after a pass through the kind's type)
 /// lost: the fields the kind does not have. Nulls do not count; they mean "unset".
-pub fn unknown_fields(submitted: &Value, decoded: &Value, path: &str, out: &mut Vec<String>) {
-    let mut trail = Vec::new();
-    lost_fields(submitted, decoded, path, &mut trail, out);
+pub fn unknown_fields(submitted: &Value, decoded: &Value, out: &mut Vec<String>) {
+    lost_fields(submitted, decoded, &mut Vec::new(), out);
 }
 
 enum Step<'a> {
@@ -260,13 +259,7 @@ enum Step<'a> {
 
 /// The walk behind [`unknown_fields`]. A path is written out only for a field that was lost:
 /// nearly every request loses none, and formatting every field's path cost more than the walk.
-fn lost_fields<'a>(
-    submitted: &'a Value,
-    decoded: &Value,
-    root: &str,
-    trail: &mut Vec<Step<'a>>,
-    out: &mut Vec<String>,
-) {
+fn lost_fields<'a>(submitted: &'a Value, decoded: &Value, trail: &mut Vec<Step<'a>>, out: &mut Vec<String>) {
     match (submitted, decoded) {
         (Value::Object(sub), Value::Object(dec)) => {
             for (key, value) in sub {
@@ -275,8 +268,8 @@ fn lost_fields<'a>(
                 }
                 trail.push(Step::Field(key));
                 match dec.get(key) {
-                    Some(d) => lost_fields(value, d, root, trail, out),
-                    None => out.push(render_path(root, trail)),
+                    Some(d) => lost_fields(value, d, trail, out),
+                    None => out.push(render_path(trail)),
                 }
                 trail.pop();
             }
@@ -284,7 +277,7 @@ fn lost_fields<'a>(
         (Value::Array(sub), Value::Array(dec)) => {
             for (i, (s, d)) in sub.iter().zip(dec).enumerate() {
                 trail.push(Step::Index(i));
-                lost_fields(s, d, root, trail, out);
+                lost_fields(s, d, trail, out);
                 trail.pop();
             }
         }
@@ -292,13 +285,15 @@ fn lost_fields<'a>(
     }
 }
 
-fn render_path(root: &str, trail: &[Step<'_>]) -> String {
-    let mut path = root.to_string();
+/// `spec.containers[0].bogus`, as kube names a field in its messages.
+fn render_path(trail: &[Step<'_>]) -> String {
+    let mut path = String::new();
     for step in trail {
         match step {
-            Step::Field(key) if path.is_empty() => path.push_str(key),
             Step::Field(key) => {
-                path.push('.');
+                if !path.is_empty() {
+                    path.push('.');
+                }
                 path.push_str(key);
             }
             Step::Index(i) => path.push_str(&format!("[{i}]")),
@@ -344,7 +339,7 @@ mod tests {
             json!({"spec": {"replicas": 1, "bogus": 2, "template": {"x": null}}, "items": [{"a": 1, "b": 2}]});
         let decoded = json!({"spec": {"replicas": 1, "template": {}}, "items": [{"a": 1}]});
         let mut out = Vec::new();
-        unknown_fields(&submitted, &decoded, "", &mut out);
+        unknown_fields(&submitted, &decoded, &mut out);
         assert_eq!(out, vec!["items[0].b", "spec.bogus"]);
     }
 

@@ -803,7 +803,7 @@ impl Api {
                     crate::registry::Decoded::Unchanged => (object, Vec::new()),
                     crate::registry::Decoded::Changed(decoded) => {
                         let mut unknown = Vec::new();
-                        object::unknown_fields(&object, &decoded, "", &mut unknown);
+                        object::unknown_fields(&object, &decoded, &mut unknown);
                         (decoded, unknown)
                     }
                 }

@@ -678,7 +678,7 @@ impl Api {
             })?;
             let mut unknown = Vec::new();
             if let crate::registry::Decoded::Changed(decoded) = &decoded {
-                object::unknown_fields(&review, decoded, "", &mut unknown);
+                object::unknown_fields(&review, decoded, &mut unknown);
             }
             warnings = unknown.iter().map(|f| format!("unknown field \"{f}\"")).collect();
             if validation == FieldValidation::Strict && !warnings.is_empty() {
