@@ -6,42 +6,31 @@
 //! does not keep is counted as it happens (leader changes, failed proposals, fsync times).
 
 use keel_prometheus::{Collect, Encoder, Kind};
-use openraft::ServerState;
-use openraft::async_runtime::WatchReceiver;
 
 use crate::node::Store;
 
 impl Collect for Store {
     fn collect(&self, encoder: &mut Encoder) {
         let inner = &self.inner;
-        let (has_leader, is_leader, is_learner, committed, applied) = {
-            let metrics = inner.raft.metrics();
-            let m = metrics.borrow_watched();
-            (
-                m.current_leader.is_some(),
-                m.state == ServerState::Leader && m.current_leader == Some(inner.id),
-                !m.membership_config.voter_ids().any(|v| v == inner.id),
-                m.local_committed.as_ref().map_or(0, |l| l.index),
-                m.last_applied.as_ref().map_or(0, |l| l.index),
-            )
-        };
+        // The same figures `etcdctl endpoint status` reads, taken the same way.
+        let status = self.status();
         encoder
             .family("etcd_server_has_leader", "Whether or not a leader exists. 1 is existence, 0 is not.", Kind::Gauge)
-            .sample(&[], has_leader);
+            .sample(&[], status.leader.is_some());
         encoder
             .family(
                 "etcd_server_is_leader",
                 "Whether or not this member is a leader. 1 if is, 0 otherwise.",
                 Kind::Gauge,
             )
-            .sample(&[], is_leader);
+            .sample(&[], self.is_leader());
         encoder
             .family(
                 "etcd_server_is_learner",
                 "Whether or not this member is a learner. 1 if is, 0 otherwise.",
                 Kind::Gauge,
             )
-            .sample(&[], is_learner);
+            .sample(&[], status.is_learner);
         encoder
             .family("etcd_server_leader_changes_seen_total", "The number of leader changes seen.", Kind::Counter)
             .sample(&[], inner.leader_changes.get());
@@ -52,14 +41,14 @@ impl Collect for Store {
                 "The total number of consensus proposals committed.",
                 Kind::Gauge,
             )
-            .sample(&[], committed);
+            .sample(&[], status.committed_index);
         encoder
             .family(
                 "etcd_server_proposals_applied_total",
                 "The total number of consensus proposals applied.",
                 Kind::Gauge,
             )
-            .sample(&[], applied);
+            .sample(&[], status.applied_index);
         encoder
             .family("etcd_server_proposals_failed_total", "The total number of failed proposals seen.", Kind::Counter)
             .sample(&[], inner.proposals_failed.get());
@@ -78,7 +67,7 @@ impl Collect for Store {
                 "Total size of the underlying database physically allocated in bytes.",
                 Kind::Gauge,
             )
-            .sample(&[], inner.sm.disk_size() + inner.log.disk_size());
+            .sample(&[], status.db_size);
         encoder
             .family("etcd_debugging_mvcc_keys_total", "Total number of keys.", Kind::Gauge)
             .sample(&[], inner.sm.live_keys.get());
