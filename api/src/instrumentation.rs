@@ -262,7 +262,7 @@ impl ResourceStats {
     }
 
     fn watched(&self, scope: Scope) -> bool {
-        let slot = Verb::Watch as usize * SCOPES.len() + scope as usize;
+        let slot = Operation { verb: Verb::Watch, scope, subresource: 0 }.slot();
         self.requests[0].get().is_some_and(|by_verb| by_verb[slot].get().is_some())
     }
 }

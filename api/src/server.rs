@@ -330,11 +330,12 @@ async fn route(api: Arc<Api>, request: Request, observed: &mut Observed) -> Resu
         _ => {}
     }
     let target = resolve(&api, &segments)?.ok_or(ApiError::NoRoute)?;
+    let watching = target.watch_path || query.flag("watch");
     let operation = Operation::classify(
         &method,
         target.name.is_some(),
         target.namespace.is_some(),
-        target.watch_path || query.flag("watch"),
+        watching,
         target.subresource.as_deref(),
         parts.headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()),
     );
@@ -450,7 +451,8 @@ async fn resource(
         return Err(ApiError::MethodNotAllowed { method: method.to_string(), what: rt.qualified() });
     }
     // Metrics are computed on each read: nothing to write or watch.
-    if rt.read_only && (method != Method::GET || target.watch_path || query.flag("watch")) {
+    let watching = target.watch_path || query.flag("watch");
+    if rt.read_only && (method != Method::GET || watching) {
         let verb = if method == Method::GET { "watch".to_string() } else { method.to_string() };
         return Err(ApiError::MethodNotAllowed { method: verb, what: rt.qualified() });
     }
@@ -470,7 +472,6 @@ async fn resource(
     };
     match (method, target.name.as_deref()) {
         (Method::GET, None) => {
-            let watching = target.watch_path || query.flag("watch");
             if watching {
                 return watch(api, target, &query, negotiated).await;
             }
@@ -622,11 +623,9 @@ async fn watch(api: Arc<Api>, target: Target, query: &Query, negotiated: Negotia
     let events = api.watch(rt.clone(), target.namespace.clone(), options).await?;
     let (table_mode, include_object) = (negotiated.table, negotiated.include_object);
     let pretty = matches!(negotiated.format, Format::Json { pretty: true });
-    let scope = match (&target.name, &target.namespace) {
-        (Some(_), _) => Scope::Resource,
-        (None, Some(_)) => Scope::Namespace,
-        (None, None) => Scope::Cluster,
-    };
+    // Only collections are watched here (a named watch is a list with a name selector), so a
+    // watch's scope is its namespace's or the cluster's, as `Operation::classify` counts it.
+    let scope = if target.namespace.is_some() { Scope::Namespace } else { Scope::Cluster };
     let open = rt.stats.watch_opened(scope);
     let stream = ReceiverStream::new(events).map(move |event| {
         // The watch counts as open for as long as its stream is being sent.
