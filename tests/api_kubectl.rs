@@ -477,8 +477,8 @@ fn scrape_http(api: &str) -> (String, String, String) {
     let status = head.lines().next().unwrap_or("").to_string();
     let content_type = head
         .lines()
-        .find_map(|l| l.strip_prefix("content-type: ").or_else(|| l.strip_prefix("Content-Type: ")))
-        .unwrap_or("")
+        .find_map(|l| l.split_once(':').filter(|(name, _)| name.eq_ignore_ascii_case("content-type")))
+        .map_or("", |(_, value)| value.trim())
         .to_string();
     (status, content_type, body.to_string())
 }

@@ -190,6 +190,7 @@ pub fn parse(text: &str) -> Result<Exposition, String> {
 fn check_histograms(exposition: &Exposition) -> Result<(), String> {
     for (family, _) in exposition.types.iter().filter(|(_, t)| *t == "histogram") {
         let bucket = format!("{family}_bucket");
+        let count_name = format!("{family}_count");
         let mut series: BTreeMap<BTreeMap<String, String>, Vec<(f64, f64)>> = BTreeMap::new();
         for s in exposition.samples.iter().filter(|s| s.name == bucket) {
             let mut labels = s.labels.clone();
@@ -206,7 +207,7 @@ fn check_histograms(exposition: &Exposition) -> Result<(), String> {
             let count = exposition
                 .samples
                 .iter()
-                .find(|s| s.name == format!("{family}_count") && s.labels == labels)
+                .find(|s| s.name == count_name && s.labels == labels)
                 .map(|s| s.value)
                 .ok_or(format!("{family}{pairs:?} has no _count"))?;
             if count != inf.1 {

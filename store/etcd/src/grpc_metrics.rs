@@ -89,15 +89,16 @@ impl GrpcMetrics {
         GrpcMetricsLayer(self.clone())
     }
 
-    fn handled(&self, method: usize, code: usize) {
-        self.handled[method * CODES.len() + code].inc();
+    fn handled(&self, method: usize, code: usize) -> &Counter {
+        &self.handled[method * CODES.len() + code]
     }
 
     /// Calls of `method` (e.g. `Range`) that ended with `code` (e.g. `OK`).
-    pub fn handled_count(&self, method: &str, code: &str) -> Option<u64> {
+    #[cfg(test)]
+    fn handled_count(&self, method: &str, code: &str) -> Option<u64> {
         let method = METHODS.iter().position(|m| m.2 == method)?;
         let code = CODES.iter().position(|c| *c == code)?;
-        Some(self.handled[method * CODES.len() + code].get())
+        Some(self.handled(method, code).get())
     }
 }
 
@@ -118,7 +119,7 @@ impl Collect for GrpcMetrics {
         );
         for (i, (_, service, method, kind)) in METHODS.iter().enumerate() {
             for (c, code) in CODES.iter().enumerate() {
-                let count = self.handled[i * CODES.len() + c].get();
+                let count = self.handled(i, c).get();
                 // Codes never seen are left out; the OK series is always there to rate.
                 if count > 0 || c == 0 {
                     handled.sample(
@@ -189,7 +190,7 @@ struct Call {
 impl Call {
     fn end(&mut self, code: usize) {
         if let Some(metrics) = self.metrics.take() {
-            metrics.handled(self.method, code);
+            metrics.handled(self.method, code).inc();
         }
     }
 }
