@@ -464,25 +464,6 @@ fn scrape(k: &Kubectl) -> support::prometheus::Exposition {
     support::prometheus::parse(&text).unwrap_or_else(|e| panic!("/metrics is not a valid exposition: {e}\n{text}"))
 }
 
-/// `GET /metrics` over plain HTTP, as Prometheus scrapes: (status line, content type, body).
-fn scrape_http(api: &str) -> (String, String, String) {
-    use std::io::{Read, Write};
-    let mut stream = std::net::TcpStream::connect(api).expect("connect to the API");
-    stream.set_read_timeout(Some(Duration::from_secs(20))).expect("read timeout");
-    write!(stream, "GET /metrics HTTP/1.1\r\nHost: {api}\r\nAccept: text/plain\r\nConnection: close\r\n\r\n")
-        .expect("send the request");
-    let mut response = String::new();
-    stream.read_to_string(&mut response).expect("read the response");
-    let (head, body) = response.split_once("\r\n\r\n").expect("a response with a body");
-    let status = head.lines().next().unwrap_or("").to_string();
-    let content_type = head
-        .lines()
-        .find_map(|l| l.split_once(':').filter(|(name, _)| name.eq_ignore_ascii_case("content-type")))
-        .map_or("", |(_, value)| value.trim())
-        .to_string();
-    (status, content_type, body.to_string())
-}
-
 #[test]
 fn the_exposition_reader_refuses_what_prometheus_would() {
     use support::prometheus::parse;
@@ -670,7 +651,7 @@ async fn metrics_count_what_each_member_serves() {
     .await;
 
     // Prometheus' own request: plain HTTP, the text format's content type.
-    let (status, content_type, body) = scrape_http(&cluster.members[follower].api);
+    let (status, content_type, body) = support::prometheus::scrape_http(&cluster.members[follower].api);
     assert!(status.contains(" 200 "), "{status}");
     assert!(content_type.starts_with("text/plain; version=0.0.4"), "{content_type}");
     support::prometheus::parse(&body).unwrap_or_else(|e| panic!("{e}"));

@@ -222,3 +222,24 @@ async fn damaged_data_directories_are_refused_at_start() {
     let kv = cluster.members[0].etcd().get("k199").await.expect("read");
     assert!(kv.is_some());
 }
+
+/// A log filter that does not parse stops the binary with the parser's reason; it used to be
+/// replaced by `info` without a word.
+#[test]
+fn an_invalid_log_filter_is_refused() {
+    let out = std::process::Command::new(support::processes::keel_binary())
+        .args([
+            "--log-level",
+            "keel_store=loud",
+            "server",
+            "--name",
+            "m1",
+            "--data-dir",
+            "/nonexistent/keel-log-filter-test",
+        ])
+        .output()
+        .expect("keel runs");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("invalid --log-level \"keel_store=loud\"") && stderr.contains("level"), "{stderr}");
+}

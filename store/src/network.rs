@@ -3,7 +3,7 @@
 //! to drop, delay, partition or isolate, for fault-injection tests; without one, calls go
 //! straight out.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
@@ -151,6 +151,22 @@ impl Channels {
     }
 }
 
+/// Raft messages to each peer that could not be delivered or got no answer, by peer (etcd's
+/// `etcd_network_peer_sent_failures_total`): the figure that shows a member cannot reach
+/// another, and how hard it is trying.
+#[derive(Clone, Default)]
+pub struct PeerFailures(Arc<Mutex<BTreeMap<NodeId, u64>>>);
+
+impl PeerFailures {
+    fn record(&self, target: NodeId) {
+        *self.0.lock().entry(target).or_default() += 1;
+    }
+
+    pub fn by_peer(&self) -> Vec<(NodeId, u64)> {
+        self.0.lock().iter().map(|(peer, failures)| (*peer, *failures)).collect()
+    }
+}
+
 /// Builds the per-peer network clients openraft asks for.
 #[derive(Clone)]
 pub struct Network {
@@ -158,6 +174,7 @@ pub struct Network {
     pub cluster_id: u64,
     pub channels: Channels,
     pub filter: Option<Arc<NetworkFilter>>,
+    pub failures: PeerFailures,
 }
 
 impl RaftNetworkFactory<TypeConfig> for Network {
@@ -171,6 +188,7 @@ impl RaftNetworkFactory<TypeConfig> for Network {
             cluster_id: self.cluster_id,
             channels: self.channels.clone(),
             filter: self.filter.clone(),
+            failures: self.failures.clone(),
         }
     }
 }
@@ -182,6 +200,7 @@ pub struct PeerNetwork {
     cluster_id: u64,
     channels: Channels,
     filter: Option<Arc<NetworkFilter>>,
+    failures: PeerFailures,
 }
 
 type RpcResult<T> = Result<T, RPCError<TypeConfig>>;
@@ -204,6 +223,18 @@ fn unreachable(msg: impl ToString) -> RPCError<TypeConfig> {
 
 impl PeerNetwork {
     async fn call<Req, Resp>(&mut self, kind: u32, request: &Req, option: &RPCOption) -> RpcResult<Resp>
+    where
+        Req: Serialize,
+        Resp: DeserializeOwned,
+    {
+        let result = self.call_once(kind, request, option).await;
+        if result.is_err() {
+            self.failures.record(self.target);
+        }
+        result
+    }
+
+    async fn call_once<Req, Resp>(&mut self, kind: u32, request: &Req, option: &RPCOption) -> RpcResult<Resp>
     where
         Req: Serialize,
         Resp: DeserializeOwned,
@@ -262,7 +293,20 @@ impl RaftNetworkV2<TypeConfig> for PeerNetwork {
         S: Stream<Item = AppendEntriesRequest<TypeConfig>> + Send + Unpin + 'static,
     {
         Box::pin(async move {
+            // openraft waits out its backoff after a failed session while it produces the next
+            // request, so the first one is taken before connecting. A transport that connects
+            // first never waits: a peer that refuses connections (a killed member) is retried
+            // as fast as connect() fails, tens of thousands of times a second, with two
+            // warnings logged each time.
+            let mut input = input;
+            let Some(first) = input.next().await else {
+                // Nothing to send: openraft ended this session before it began.
+                return Ok(Box::pin(futures::stream::empty()) as BoxStream<'s, _>);
+            };
+            let input = futures::stream::iter([first]).chain(input);
+            let failures = self.failures.clone();
             if pass_filter(&self.filter, self.from, self.target).await.is_err() {
+                failures.record(self.target);
                 return Err(unreachable(format!("filtered: {} -> {}", self.from, self.target)));
             }
             let (filter, from, target, cluster_id) = (self.filter.clone(), self.from, self.target, self.cluster_id);
@@ -283,26 +327,31 @@ impl RaftNetworkV2<TypeConfig> for PeerNetwork {
                 })
                 .take_while(|r| futures::future::ready(r.is_some()))
                 .filter_map(futures::future::ready);
-            let mut client = self.channels.client(&self.addr).map_err(unreachable)?;
-            let opened = tokio::time::timeout(option.hard_ttl(), client.stream_append(outgoing)).await;
-            let replies = match opened {
-                Err(_) => {
-                    return Err(RPCError::Timeout(Timeout {
+            let opened = async {
+                let mut client = self.channels.client(&self.addr).map_err(unreachable)?;
+                match tokio::time::timeout(option.hard_ttl(), client.stream_append(outgoing)).await {
+                    Err(_) => Err(RPCError::Timeout(Timeout {
                         action: RPCTypes::AppendEntries,
                         id: from,
                         target,
                         timeout: option.hard_ttl(),
-                    }));
+                    })),
+                    Ok(Err(status)) => Err(status_error(&status)),
+                    Ok(Ok(response)) => Ok(response.into_inner()),
                 }
-                Ok(Err(status)) => return Err(status_error(&status)),
-                Ok(Ok(response)) => response.into_inner(),
             };
-            let results = replies.map(|reply| {
-                let reply = reply.map_err(|status| status_error(&status))?;
-                let decoded: Result<StreamAppendResult<TypeConfig>, String> =
-                    from_bytes(&reply.payload, "append reply")
-                        .map_err(|e| RPCError::Network(NetworkError::from_string(e)))?;
-                decoded.map_err(unreachable)
+            let replies = opened.await.inspect_err(|_| failures.record(target))?;
+            let results = replies.map(move |reply| {
+                let result = reply.map_err(|status| status_error(&status)).and_then(|reply| {
+                    let decoded: Result<StreamAppendResult<TypeConfig>, String> =
+                        from_bytes(&reply.payload, "append reply")
+                            .map_err(|e| RPCError::Network(NetworkError::from_string(e)))?;
+                    decoded.map_err(unreachable)
+                });
+                if result.is_err() {
+                    failures.record(target);
+                }
+                result
             });
             let ended_by_filter = futures::stream::once(async move {
                 cut.load(Ordering::Relaxed).then(|| Err(unreachable(format!("filtered: {from} -> {target}"))))
@@ -349,6 +398,7 @@ impl RaftNetworkV2<TypeConfig> for PeerNetwork {
     ) -> Result<SnapshotResponse<TypeConfig>, StreamingError<TypeConfig>> {
         let result = self.send_snapshot(vote, snapshot, cancel, option).await;
         if let Err(e) = &result {
+            self.failures.record(self.target);
             tracing::warn!(target = %format!("{:x}", self.target), error = %e, "sending a snapshot failed");
         }
         result

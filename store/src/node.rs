@@ -26,7 +26,7 @@ use crate::lease::{Lessor, MAX_LEASE_TTL};
 use crate::log_store::LogStore;
 use crate::member::{Identity, MemberInfo, members_of};
 use crate::mvcc::View;
-use crate::network::{Channels, Network, NetworkFilter, pass_filter};
+use crate::network::{Channels, Network, NetworkFilter, PeerFailures, pass_filter};
 use crate::peer::PeerService;
 use crate::read_index::ReadIndexBatcher;
 use crate::state_machine::{SmShared, StateMachine};
@@ -174,6 +174,7 @@ pub(crate) struct Inner {
     /// Proposals made here that did not commit: no leader in time, a lost leadership, a
     /// timeout (etcd's `proposals_failed_total`).
     pub(crate) proposals_failed: Counter,
+    pub(crate) peer_failures: PeerFailures,
 }
 
 impl Store {
@@ -212,7 +213,14 @@ impl Store {
         .map_err(|e| StoreError::InvalidArgument(format!("raft configuration: {e}")))?;
 
         let channels = Channels::default();
-        let network = Network { id, cluster_id, channels: channels.clone(), filter: config.filter.clone() };
+        let peer_failures = PeerFailures::default();
+        let network = Network {
+            id,
+            cluster_id,
+            channels: channels.clone(),
+            filter: config.filter.clone(),
+            failures: peer_failures.clone(),
+        };
         // Built but not yet running: the peer service must be answering before this member
         // campaigns, or its first votes land on peers that cannot reply yet.
         let raft = Raft::build(id, Arc::new(raft_config), network, log.clone(), sm)
@@ -247,6 +255,7 @@ impl Store {
                 peer_server: Mutex::new(None),
                 leader_changes: Counter::default(),
                 proposals_failed: Counter::default(),
+                peer_failures,
             }
         });
         let store = Store { inner };

@@ -78,6 +78,14 @@ impl Collect for Store {
                 Kind::Histogram,
             )
             .histogram(&[], inner.log.fsync_durations());
+        let mut failures = encoder.family(
+            "etcd_network_peer_sent_failures_total",
+            "The total number of send failures from peers.",
+            Kind::Counter,
+        );
+        for (peer, count) in inner.peer_failures.by_peer() {
+            failures.sample(&[("To", &format!("{peer:x}"))], count);
+        }
         encoder
             .family(
                 "keel_store_mirrored_keys",
