@@ -199,3 +199,22 @@ async fn a_dead_member_is_retried_at_the_backoff_pace_and_caught_up_when_back() 
     })
     .await;
 }
+
+/// A healthy start logs no errors. Members announcing their addresses together used to
+/// collide in openraft's membership changes, each refusal logged as an ERROR (a dozen per new
+/// three-member cluster); the leader now makes those changes one at a time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_cluster_starts_without_errors_in_its_logs() {
+    let cluster = Cluster::start(3, &[]).await;
+    let etcd = cluster.members[0].etcd();
+    eventually(Duration::from_secs(20), "every member's client address announced", || async {
+        let members = etcd.members().await.ok()?;
+        (members.len() == 3 && members.iter().all(|m| !m.client_ur_ls.is_empty())).then_some(())
+    })
+    .await;
+    for member in &cluster.members {
+        let log = member.log_text();
+        let errors: Vec<&str> = log.lines().filter(|l| l.contains("ERROR")).collect();
+        assert!(errors.is_empty(), "{} logged errors at start:\n{}", member.name, errors.join("\n"));
+    }
+}

@@ -175,6 +175,8 @@ pub(crate) struct Inner {
     /// timeout (etcd's `proposals_failed_total`).
     pub(crate) proposals_failed: Counter,
     pub(crate) peer_failures: PeerFailures,
+    /// Held while a membership change is made here as leader (see `retry_while_in_progress`).
+    membership_changes: tokio::sync::Mutex<()>,
 }
 
 impl Store {
@@ -256,6 +258,7 @@ impl Store {
                 leader_changes: Counter::default(),
                 proposals_failed: Counter::default(),
                 peer_failures,
+                membership_changes: tokio::sync::Mutex::new(()),
             }
         });
         let store = Store { inner };
@@ -1041,7 +1044,7 @@ impl Store {
                         "can only promote a learner member which is in sync with leader".into(),
                     ));
                 }
-                change_membership(raft, ChangeMembers::AddVoterIds([id].into())).await?;
+                change_membership(&self.inner, ChangeMembers::AddVoterIds([id].into())).await?;
                 Ok(ForwardOk::Members(self.members()))
             }
             ForwardRequest::RemoveMember(id) => {
@@ -1050,9 +1053,9 @@ impl Store {
                     return Err(StoreError::MemberNotFound);
                 }
                 if m.membership_config.voter_ids().any(|v| v == id) {
-                    change_membership(raft, ChangeMembers::RemoveVoters([id].into())).await?;
+                    change_membership(&self.inner, ChangeMembers::RemoveVoters([id].into())).await?;
                 } else {
-                    change_membership(raft, ChangeMembers::RemoveNodes([id].into())).await?;
+                    change_membership(&self.inner, ChangeMembers::RemoveNodes([id].into())).await?;
                 }
                 Ok(ForwardOk::Members(self.members()))
             }
@@ -1060,7 +1063,7 @@ impl Store {
                 if raft.metrics().borrow_watched().membership_config.get_node(&id).is_none() {
                     return Err(StoreError::MemberNotFound);
                 }
-                change_membership(raft, ChangeMembers::SetNodes([(id, member)].into())).await?;
+                change_membership(&self.inner, ChangeMembers::SetNodes([(id, member)].into())).await?;
                 Ok(ForwardOk::Members(self.members()))
             }
             ForwardRequest::TransferLeader(to) => {
@@ -1086,9 +1089,9 @@ impl Store {
         let raft = &self.inner.raft;
         let existing = raft.metrics().borrow_watched().membership_config.get_node(&id).cloned();
         let Some(current) = existing else {
-            add_learner(raft, id, member, wait).await?;
+            add_learner(&self.inner, id, member, wait).await?;
             if voter {
-                change_membership(raft, ChangeMembers::AddVoterIds([id].into())).await?;
+                change_membership(&self.inner, ChangeMembers::AddVoterIds([id].into())).await?;
             }
             return Ok(ForwardOk::Done);
         };
@@ -1097,10 +1100,10 @@ impl Store {
         let merged =
             Member { name: if member.name.is_empty() { current.name.clone() } else { member.name.clone() }, ..member };
         if merged != current {
-            change_membership(raft, ChangeMembers::SetNodes([(id, merged.clone())].into())).await?;
+            change_membership(&self.inner, ChangeMembers::SetNodes([(id, merged.clone())].into())).await?;
         }
         if wait {
-            add_learner(raft, id, merged, true).await?;
+            add_learner(&self.inner, id, merged, true).await?;
         }
         Ok(ForwardOk::Done)
     }
@@ -1113,24 +1116,40 @@ fn membership_reply(reply: ForwardOk) -> Result<Vec<MemberInfo>> {
     }
 }
 
-async fn change_membership(raft: &Raft, change: ChangeMembers<NodeId, Member>) -> Result<ForwardOk> {
-    retry_while_in_progress(|| raft.change_membership(change.clone(), false)).await?;
+async fn change_membership(inner: &Inner, change: ChangeMembers<NodeId, Member>) -> Result<ForwardOk> {
+    retry_while_in_progress(inner, || inner.raft.change_membership(change.clone(), false)).await?;
     Ok(ForwardOk::Done)
 }
 
-async fn add_learner(raft: &Raft, id: NodeId, member: Member, wait: bool) -> Result<()> {
-    retry_while_in_progress(|| raft.add_learner(id, member.clone(), wait)).await.map(|_| ())
+async fn add_learner(inner: &Inner, id: NodeId, member: Member, wait: bool) -> Result<()> {
+    retry_while_in_progress(inner, || inner.raft.add_learner(id, member.clone(), wait)).await.map(|_| ())
 }
 
-/// Runs a membership change, waiting out another change still in flight (members announcing
-/// their addresses at start-up, or two operators at once) for up to ten seconds.
-async fn retry_while_in_progress<F, Fut, T>(mut change: F) -> Result<T>
+/// Runs a membership change made here as leader: one at a time, each once the one before has
+/// committed, for up to ten seconds. openraft refuses a change while another is uncommitted
+/// and logs every refusal as an error; members announcing their addresses together at
+/// start-up filled a new cluster's logs with them.
+async fn retry_while_in_progress<F, Fut, T>(inner: &Inner, mut change: F) -> Result<T>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = std::result::Result<T, RaftError<TypeConfig, ClientWriteError<TypeConfig>>>>,
 {
     let deadline = Instant::now() + Duration::from_secs(10);
+    let _one_at_a_time = tokio::time::timeout_at(deadline.into(), inner.membership_changes.lock())
+        .await
+        .map_err(|_| StoreError::Membership("another membership change is still in progress".into()))?;
     loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        // A member that does not lead goes straight on: the change tells the caller where the
+        // leader is. Still not committed at the deadline: the change says so.
+        let _ = inner
+            .raft
+            .wait(Some(left))
+            .metrics(
+                |m| m.state != ServerState::Leader || m.membership_config.log_id() <= &m.last_applied,
+                "the last membership change to commit",
+            )
+            .await;
         match change().await {
             Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(
                 openraft::error::ChangeMembershipError::InProgress(_),
