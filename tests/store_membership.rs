@@ -160,10 +160,11 @@ async fn a_member_joining_after_the_log_was_purged_is_caught_up_by_snapshot() {
     assert_eq!(a, b);
 }
 
-/// A member that is down is retried at openraft's backoff pace. The leader used to reconnect
-/// to a killed follower as fast as `connect()` failed — tens of thousands of times a second,
-/// a core busy and two warnings logged each time — because openraft's backoff only runs
-/// while it produces a request, which the transport asked for only once connected.
+/// A member that is down is retried at openraft's backoff pace, and its peers say so once, not
+/// per failed message. The leader used to reconnect to a killed follower as fast as
+/// `connect()` failed — tens of thousands of times a second, a core busy and two warnings
+/// logged each time — because openraft's backoff only runs while it produces a request, which
+/// the transport asked for only once connected.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dead_member_is_retried_at_the_backoff_pace_and_caught_up_when_back() {
     let mut cluster = Cluster::start(3, &[]).await;
@@ -175,6 +176,7 @@ async fn a_dead_member_is_retried_at_the_backoff_pace_and_caught_up_when_back() 
         support::prometheus::scrape(&leader_api).count("etcd_network_peer_sent_failures_total", &[("To", &follower_id)])
     };
 
+    let logged_before = cluster.members[leader].log_text().len();
     cluster.members[follower].kill();
     let etcd = cluster.members[leader].etcd();
     etcd.put("while-down", "1").await.expect("a write with one of three members down");
@@ -198,6 +200,19 @@ async fn a_dead_member_is_retried_at_the_backoff_pace_and_caught_up_when_back() 
         (kv.mod_revision >= revision).then_some(())
     })
     .await;
+
+    // The outage in the leader's log: its start and its end, and openraft's per-message
+    // warnings once each (they pass once per 30 s).
+    let log = eventually(Duration::from_secs(10), "the leader to log the member's return", || async {
+        let log = cluster.members[leader].log_text().split_off(logged_before);
+        log.contains("member reachable again").then_some(log)
+    })
+    .await;
+    let lines = |text: &str| log.lines().filter(|l| l.contains(text) && l.contains(&follower_id)).count();
+    assert_eq!(lines("lost contact with member"), 1, "{log}");
+    assert_eq!(lines("member reachable again"), 1, "{log}");
+    let heartbeat_warnings = log.lines().filter(|l| l.contains("failed to send a heartbeat")).count();
+    assert!(heartbeat_warnings <= 1, "{heartbeat_warnings} heartbeat warnings in 3 s:\n{log}");
 }
 
 /// A healthy start logs no errors. Members announcing their addresses together used to

@@ -9,6 +9,7 @@ mod bench_pods;
 mod bench_scheduler;
 mod image;
 mod kubeconfig;
+mod logging;
 mod member;
 mod server;
 mod up;
@@ -60,7 +61,7 @@ fn main() -> std::process::ExitCode {
             return std::process::ExitCode::from(2);
         }
     };
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    logging::init(filter);
     let threads = match &cli.command {
         Command::Server(args) => args.runtime_threads,
         _ => 0,

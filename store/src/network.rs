@@ -6,7 +6,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::future::Future;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures::{Stream, StreamExt};
 use keel_proto::peer::{self as pb, peer_client::PeerClient};
@@ -24,7 +24,7 @@ use parking_lot::{Mutex, RwLock};
 use rand::Rng;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use tokio::io::AsyncReadExt;
 use tonic::transport::{Channel, Endpoint};
 
@@ -151,19 +151,81 @@ impl Channels {
     }
 }
 
-/// Raft messages to each peer that could not be delivered or got no answer, by peer (etcd's
-/// `etcd_network_peer_sent_failures_total`): the figure that shows a member cannot reach
-/// another, and how hard it is trying.
+/// How Raft messages to each peer fare, for operators: failures are counted per peer (etcd's
+/// `etcd_network_peer_sent_failures_total`), and a peer going out of reach and coming back is
+/// logged once each, with a reminder every minute in between, rather than per message.
 #[derive(Clone, Default)]
-pub struct PeerFailures(Arc<Mutex<BTreeMap<NodeId, u64>>>);
+pub struct PeerHealth(Arc<Mutex<BTreeMap<NodeId, Arc<PeerLink>>>>);
 
-impl PeerFailures {
-    fn record(&self, target: NodeId) {
-        *self.0.lock().entry(target).or_default() += 1;
+impl PeerHealth {
+    fn link(&self, peer: NodeId) -> Arc<PeerLink> {
+        self.0.lock().entry(peer).or_default().clone()
     }
 
-    pub fn by_peer(&self) -> Vec<(NodeId, u64)> {
-        self.0.lock().iter().map(|(peer, failures)| (*peer, *failures)).collect()
+    pub fn failures_by_peer(&self) -> Vec<(NodeId, u64)> {
+        self.0.lock().iter().map(|(peer, link)| (*peer, link.failures.load(Ordering::Relaxed))).collect()
+    }
+}
+
+/// How often a member that stays out of reach is mentioned again.
+const OUTAGE_REMINDER: Duration = Duration::from_secs(60);
+
+#[derive(Default)]
+pub struct PeerLink {
+    failures: AtomicU64,
+    /// Set while the peer is out of reach, so that a delivered message costs one load.
+    out_of_reach: AtomicBool,
+    outage: Mutex<Option<Outage>>,
+}
+
+struct Outage {
+    since: Instant,
+    reported: Instant,
+    failed_messages: u64,
+}
+
+impl PeerLink {
+    fn failed(&self, peer: NodeId, addr: &str, error: &dyn std::fmt::Display) {
+        self.failures.fetch_add(1, Ordering::Relaxed);
+        let now = Instant::now();
+        let mut outage = self.outage.lock();
+        match outage.as_mut() {
+            None => {
+                *outage = Some(Outage { since: now, reported: now, failed_messages: 1 });
+                self.out_of_reach.store(true, Ordering::Relaxed);
+                tracing::warn!(peer = %format!("{peer:x}"), %addr, %error, "lost contact with member; retrying");
+            }
+            Some(outage) => {
+                outage.failed_messages += 1;
+                if now.duration_since(outage.reported) >= OUTAGE_REMINDER {
+                    outage.reported = now;
+                    tracing::warn!(
+                        peer = %format!("{peer:x}"),
+                        %addr,
+                        %error,
+                        out_of_reach_for = ?now.duration_since(outage.since),
+                        failed_messages = outage.failed_messages,
+                        "still no contact with member"
+                    );
+                }
+            }
+        }
+    }
+
+    fn delivered(&self, peer: NodeId, addr: &str) {
+        if !self.out_of_reach.load(Ordering::Relaxed) {
+            return;
+        }
+        if let Some(outage) = self.outage.lock().take() {
+            self.out_of_reach.store(false, Ordering::Relaxed);
+            tracing::info!(
+                peer = %format!("{peer:x}"),
+                %addr,
+                out_of_reach_for = ?outage.since.elapsed(),
+                failed_messages = outage.failed_messages,
+                "member reachable again"
+            );
+        }
     }
 }
 
@@ -174,7 +236,7 @@ pub struct Network {
     pub cluster_id: u64,
     pub channels: Channels,
     pub filter: Option<Arc<NetworkFilter>>,
-    pub failures: PeerFailures,
+    pub health: PeerHealth,
 }
 
 impl RaftNetworkFactory<TypeConfig> for Network {
@@ -188,7 +250,7 @@ impl RaftNetworkFactory<TypeConfig> for Network {
             cluster_id: self.cluster_id,
             channels: self.channels.clone(),
             filter: self.filter.clone(),
-            failures: self.failures.clone(),
+            link: self.health.link(target),
         }
     }
 }
@@ -200,7 +262,7 @@ pub struct PeerNetwork {
     cluster_id: u64,
     channels: Channels,
     filter: Option<Arc<NetworkFilter>>,
-    failures: PeerFailures,
+    link: Arc<PeerLink>,
 }
 
 type RpcResult<T> = Result<T, RPCError<TypeConfig>>;
@@ -228,10 +290,15 @@ impl PeerNetwork {
         Resp: DeserializeOwned,
     {
         let result = self.call_once(kind, request, option).await;
-        if result.is_err() {
-            self.failures.record(self.target);
-        }
+        self.observe(&result);
         result
+    }
+
+    fn observe<T, E: std::fmt::Display>(&self, result: &Result<T, E>) {
+        match result {
+            Ok(_) => self.link.delivered(self.target, &self.addr),
+            Err(e) => self.link.failed(self.target, &self.addr, e),
+        }
     }
 
     async fn call_once<Req, Resp>(&mut self, kind: u32, request: &Req, option: &RPCOption) -> RpcResult<Resp>
@@ -304,10 +371,10 @@ impl RaftNetworkV2<TypeConfig> for PeerNetwork {
                 return Ok(Box::pin(futures::stream::empty()) as BoxStream<'s, _>);
             };
             let input = futures::stream::iter([first]).chain(input);
-            let failures = self.failures.clone();
             if pass_filter(&self.filter, self.from, self.target).await.is_err() {
-                failures.record(self.target);
-                return Err(unreachable(format!("filtered: {} -> {}", self.from, self.target)));
+                let refused = Err(unreachable(format!("filtered: {} -> {}", self.from, self.target)));
+                self.observe(&refused);
+                return refused;
             }
             let (filter, from, target, cluster_id) = (self.filter.clone(), self.from, self.target, self.cluster_id);
             let cut = Arc::new(AtomicBool::new(false));
@@ -340,7 +407,10 @@ impl RaftNetworkV2<TypeConfig> for PeerNetwork {
                     Ok(Ok(response)) => Ok(response.into_inner()),
                 }
             };
-            let replies = opened.await.inspect_err(|_| failures.record(target))?;
+            let opened = opened.await;
+            self.observe(&opened);
+            let replies = opened?;
+            let (link, addr) = (self.link.clone(), self.addr.clone());
             let results = replies.map(move |reply| {
                 let result = reply.map_err(|status| status_error(&status)).and_then(|reply| {
                     let decoded: Result<StreamAppendResult<TypeConfig>, String> =
@@ -348,8 +418,8 @@ impl RaftNetworkV2<TypeConfig> for PeerNetwork {
                             .map_err(|e| RPCError::Network(NetworkError::from_string(e)))?;
                     decoded.map_err(unreachable)
                 });
-                if result.is_err() {
-                    failures.record(target);
+                if let Err(e) = &result {
+                    link.failed(target, &addr, e);
                 }
                 result
             });
@@ -397,8 +467,8 @@ impl RaftNetworkV2<TypeConfig> for PeerNetwork {
         option: RPCOption,
     ) -> Result<SnapshotResponse<TypeConfig>, StreamingError<TypeConfig>> {
         let result = self.send_snapshot(vote, snapshot, cancel, option).await;
+        self.observe(&result);
         if let Err(e) = &result {
-            self.failures.record(self.target);
             tracing::warn!(target = %format!("{:x}", self.target), error = %e, "sending a snapshot failed");
         }
         result

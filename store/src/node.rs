@@ -26,7 +26,7 @@ use crate::lease::{Lessor, MAX_LEASE_TTL};
 use crate::log_store::LogStore;
 use crate::member::{Identity, MemberInfo, members_of};
 use crate::mvcc::View;
-use crate::network::{Channels, Network, NetworkFilter, PeerFailures, pass_filter};
+use crate::network::{Channels, Network, NetworkFilter, PeerHealth, pass_filter};
 use crate::peer::PeerService;
 use crate::read_index::ReadIndexBatcher;
 use crate::state_machine::{SmShared, StateMachine};
@@ -174,7 +174,7 @@ pub(crate) struct Inner {
     /// Proposals made here that did not commit: no leader in time, a lost leadership, a
     /// timeout (etcd's `proposals_failed_total`).
     pub(crate) proposals_failed: Counter,
-    pub(crate) peer_failures: PeerFailures,
+    pub(crate) peer_health: PeerHealth,
     /// Held while a membership change is made here as leader (see `retry_while_in_progress`).
     membership_changes: tokio::sync::Mutex<()>,
 }
@@ -215,13 +215,13 @@ impl Store {
         .map_err(|e| StoreError::InvalidArgument(format!("raft configuration: {e}")))?;
 
         let channels = Channels::default();
-        let peer_failures = PeerFailures::default();
+        let peer_health = PeerHealth::default();
         let network = Network {
             id,
             cluster_id,
             channels: channels.clone(),
             filter: config.filter.clone(),
-            failures: peer_failures.clone(),
+            health: peer_health.clone(),
         };
         // Built but not yet running: the peer service must be answering before this member
         // campaigns, or its first votes land on peers that cannot reply yet.
@@ -257,7 +257,7 @@ impl Store {
                 peer_server: Mutex::new(None),
                 leader_changes: Counter::default(),
                 proposals_failed: Counter::default(),
-                peer_failures,
+                peer_health,
                 membership_changes: tokio::sync::Mutex::new(()),
             }
         });

@@ -83,7 +83,7 @@ impl Collect for Store {
             "The total number of send failures from peers.",
             Kind::Counter,
         );
-        for (peer, count) in inner.peer_failures.by_peer() {
+        for (peer, count) in inner.peer_health.failures_by_peer() {
             failures.sample(&[("To", &format!("{peer:x}"))], count);
         }
         encoder
