@@ -593,6 +593,34 @@ async fn metrics_count_what_each_member_serves() {
     assert_eq!(requests(&after, "GET", "resource", "200") - requests(&before, "GET", "resource", "200"), 1.0);
     assert_eq!(requests(&after, "GET", "resource", "404") - requests(&before, "GET", "resource", "404"), 1.0);
     assert_eq!(requests(&after, "LIST", "namespace", "200") - requests(&before, "LIST", "namespace", "200"), 1.0);
+
+    // An object's GET ignores `watch=true` and counts as a GET, as in kube; the deprecated
+    // `/watch/` path of an object watches it alone and counts as a WATCH of one resource.
+    let before_named = scrape(k);
+    let object: serde_json::Value =
+        serde_json::from_str(&k.ok(&["get", "--raw", "/api/v1/namespaces/metrics/configmaps/cm-0?watch=true"]))
+            .expect("an object");
+    assert_eq!(object["metadata"]["name"], "cm-0", "{object}");
+    let events = k.ok(&["get", "--raw", "/api/v1/watch/namespaces/metrics/configmaps/cm-0?timeoutSeconds=1"]);
+    let events: Vec<serde_json::Value> =
+        events.lines().map(|l| serde_json::from_str(l).expect("a watch event")).collect();
+    assert_eq!(events.len(), 1, "{events:?}");
+    assert_eq!(
+        (events[0]["type"].as_str(), events[0]["object"]["metadata"]["name"].as_str()),
+        (Some("ADDED"), Some("cm-0"))
+    );
+    let refused = k.fails(&[
+        "get",
+        "--raw",
+        "/api/v1/watch/namespaces/metrics/configmaps/cm-0?fieldSelector=metadata.name%3Dcm-1",
+    ]);
+    assert!(refused.contains("BadRequest") || refused.contains("doesn't match requested name"), "{refused}");
+    let after_named = scrape(k);
+    let named =
+        |verb, code| requests(&after_named, verb, "resource", code) - requests(&before_named, verb, "resource", code);
+    assert_eq!(named("GET", "200"), 1.0);
+    assert_eq!(named("WATCH", "200"), 1.0);
+    assert_eq!(named("WATCH", "400"), 1.0);
     let creates_timed = |e: &support::prometheus::Exposition| {
         e.count("apiserver_request_duration_seconds_count", &[("verb", "POST"), ("resource", "configmaps")])
     };

@@ -199,6 +199,15 @@ struct Target {
     watch_path: bool,
 }
 
+impl Target {
+    /// Whether the request watches, as kube-apiserver decides: a collection with `?watch=true`,
+    /// or anything under the deprecated `/watch/` paths (an object's among them). An object's
+    /// GET ignores `watch`.
+    fn watches(&self, query: &Query) -> bool {
+        self.watch_path || (self.name.is_none() && query.flag("watch"))
+    }
+}
+
 fn resolve(api: &Api, segments: &[&str]) -> Result<Option<Target>> {
     let (group, version, mut rest) = match segments {
         ["api", version, rest @ ..] => ("", *version, rest),
@@ -330,7 +339,7 @@ async fn route(api: Arc<Api>, request: Request, observed: &mut Observed) -> Resu
         _ => {}
     }
     let target = resolve(&api, &segments)?.ok_or(ApiError::NoRoute)?;
-    let watching = target.watch_path || query.flag("watch");
+    let watching = target.watches(&query);
     let operation = Operation::classify(
         &method,
         target.name.is_some(),
@@ -451,7 +460,7 @@ async fn resource(
         return Err(ApiError::MethodNotAllowed { method: method.to_string(), what: rt.qualified() });
     }
     // Metrics are computed on each read: nothing to write or watch.
-    let watching = target.watch_path || query.flag("watch");
+    let watching = target.watches(&query);
     if rt.read_only && (method != Method::GET || watching) {
         let verb = if method == Method::GET { "watch".to_string() } else { method.to_string() };
         return Err(ApiError::MethodNotAllowed { method: verb, what: rt.qualified() });
@@ -511,8 +520,11 @@ async fn resource(
             Ok(respond(StatusCode::OK, format, &list, &[]))
         }
         (Method::GET, Some(name)) => {
-            if target.watch_path {
-                return Err(ApiError::NoRoute);
+            if watching {
+                if sub.is_some() {
+                    return Err(ApiError::NoRoute);
+                }
+                return watch(api, target, &query, negotiated).await;
             }
             let object = api.get(&rt, ns, name).await?;
             if sub == Some("scale") {
@@ -605,9 +617,15 @@ fn delete_options(headers: &HeaderMap, body: &Bytes, query: &Query) -> Result<De
 async fn watch(api: Arc<Api>, target: Target, query: &Query, negotiated: Negotiated) -> Result<Response> {
     let rt = target.rt.clone();
     let mut list = list_options(query, &rt)?;
+    // An object's watch (the deprecated `/watch/…/{name}` path) is its collection's watch by
+    // name; a field selector of its own must select that same name, as in kube.
     if let Some(name) = &target.name {
-        list.field_selector =
-            FieldSelector::parse(&format!("metadata.name={name}"), &rt.kind).map_err(ApiError::bad_request)?;
+        if list.field_selector.is_empty() {
+            list.field_selector =
+                FieldSelector::parse(&format!("metadata.name={name}"), &rt.kind).map_err(ApiError::bad_request)?;
+        } else if list.field_selector.exact_name() != Some(name.as_str()) {
+            return Err(ApiError::bad_request("fieldSelector metadata.name doesn't match requested name"));
+        }
     }
     let options = WatchOptions {
         list,
@@ -623,9 +641,14 @@ async fn watch(api: Arc<Api>, target: Target, query: &Query, negotiated: Negotia
     let events = api.watch(rt.clone(), target.namespace.clone(), options).await?;
     let (table_mode, include_object) = (negotiated.table, negotiated.include_object);
     let pretty = matches!(negotiated.format, Format::Json { pretty: true });
-    // Only collections are watched here (a named watch is a list with a name selector), so a
-    // watch's scope is its namespace's or the cluster's, as `Operation::classify` counts it.
-    let scope = if target.namespace.is_some() { Scope::Namespace } else { Scope::Cluster };
+    // Scoped as `Operation::classify` counts it.
+    let scope = if target.name.is_some() {
+        Scope::Resource
+    } else if target.namespace.is_some() {
+        Scope::Namespace
+    } else {
+        Scope::Cluster
+    };
     let open = rt.stats.watch_opened(scope);
     let stream = ReceiverStream::new(events).map(move |event| {
         // The watch counts as open for as long as its stream is being sent.
