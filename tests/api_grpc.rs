@@ -205,6 +205,21 @@ async fn grpc_verbs_and_atomic_apply() {
         .unwrap();
     assert!(!output.status.success());
     assert!(String::from_utf8_lossy(&output.stderr).contains("not valid YAML"));
+
+    // The object API's calls are counted on the member's /metrics as the etcd API's are.
+    let metrics = support::prometheus::scrape(&api);
+    let handled = |method: &str, code: &str| {
+        metrics.count(
+            "grpc_server_handled_total",
+            &[("grpc_service", "keel.objects.v1.Objects"), ("grpc_method", method), ("grpc_code", code)],
+        )
+    };
+    assert!(handled("Create", "OK") >= 1.0);
+    assert_eq!(handled("Create", "AlreadyExists"), 1.0);
+    assert!(handled("Get", "NotFound") >= 2.0);
+    assert!(handled("ApplyAtomic", "OK") >= 1.0);
+    let watches = &[("grpc_service", "keel.objects.v1.Objects"), ("grpc_method", "Watch")];
+    assert!(metrics.count("grpc_server_started_total", watches) >= 1.0);
 }
 
 use futures::StreamExt;

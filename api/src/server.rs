@@ -40,19 +40,18 @@ pub async fn serve(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    serve_with(api, axum::Router::new(), listener, shutdown).await
+    serve_router(router(api), listener, shutdown).await
 }
 
-/// [`serve`], with more services on the same port (the node agents' streams), routed before
-/// the REST paths.
-pub async fn serve_with(
-    api: Arc<Api>,
-    services: axum::Router,
+/// [`serve`] for an API [`router`] that the caller has composed: with more services on the
+/// same port (the node agents' streams), with layers (the gRPC metrics).
+pub async fn serve_router(
+    app: axum::Router,
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let server = axum::serve(listener, services.merge(router(api))).with_graceful_shutdown(async move {
+    let server = axum::serve(listener, app).with_graceful_shutdown(async move {
         let mut rx = stop_rx;
         let _ = rx.wait_for(|stop| *stop).await;
     });

@@ -208,7 +208,7 @@ pub async fn run_until(args: ServerArgs, shutdown: impl std::future::Future<Outp
     // /metrics on the API port reports the store and its etcd API as well, as etcd's own
     // /metrics would.
     let collectors: Vec<std::sync::Arc<dyn keel_prometheus::Collect>> =
-        vec![std::sync::Arc::new(store.clone()), grpc_metrics];
+        vec![std::sync::Arc::new(store.clone()), grpc_metrics.clone()];
     let api = std::sync::Arc::new(
         keel_api::rest::Api::new(storage, registry)
             .with_token_settings(tokens)
@@ -220,8 +220,13 @@ pub async fn run_until(args: ServerArgs, shutdown: impl std::future::Future<Outp
     let api_address = args.advertise_api.clone().unwrap_or_else(|| args.listen_api.clone());
     let node_service = keel_node_service::NodeService::start(api.clone(), args.name.clone(), api_address.clone());
     api.tunnels.set(std::sync::Arc::new(node_service.clone()), api_address);
-    let services = axum::Router::new().route_service("/keel.node.v1.NodeAgent/{*method}", node_service.server());
-    let api_server = tokio::spawn(keel_api::server::serve_with(api.clone(), services, api_listener, async {
+    // The agents' streams are routed before the REST paths; every gRPC call on the port (the
+    // object API's, the agents') is counted as the etcd API's are.
+    let app = axum::Router::new()
+        .route_service("/keel.node.v1.NodeAgent/{*method}", node_service.server())
+        .merge(keel_api::server::router(api.clone()))
+        .layer(grpc_metrics.layer());
+    let api_server = tokio::spawn(keel_api::server::serve_router(app, api_listener, async {
         let _ = api_stop_rx.await;
     }));
     let crd_sync = tokio::spawn(keel_api::crd::sync(api.clone()));

@@ -1,7 +1,9 @@
-//! The gRPC server metrics etcd exports through go-grpc-prometheus, for the etcd API:
-//! `grpc_server_started_total` when a call arrives and `grpc_server_handled_total` with its
-//! status code when it ends, labelled by `grpc_type`, `grpc_service`, `grpc_method` and
-//! (handled only) `grpc_code`, so etcd's dashboards of request rates and errors read keel.
+//! The gRPC server metrics etcd exports through go-grpc-prometheus, for every gRPC method a
+//! member serves (the etcd API on the client port; keel's object API and the node agents'
+//! streams on the API port): `grpc_server_started_total` when a call arrives and
+//! `grpc_server_handled_total` with its status code when it ends, labelled by `grpc_type`,
+//! `grpc_service`, `grpc_method` and (handled only) `grpc_code`, so etcd's dashboards of
+//! request rates and errors read keel.
 //!
 //! Counted by a tower layer around the whole server: the method is found from the request
 //! path in a fixed table (no allocation, no lock), and the code from the `grpc-status` of a
@@ -42,6 +44,15 @@ const METHODS: &[(&str, &str, &str, &str)] = &[
     ("/etcdserverpb.Maintenance/HashKV", "etcdserverpb.Maintenance", "HashKV", "unary"),
     ("/etcdserverpb.Maintenance/Snapshot", "etcdserverpb.Maintenance", "Snapshot", "server_stream"),
     ("/etcdserverpb.Maintenance/MoveLeader", "etcdserverpb.Maintenance", "MoveLeader", "unary"),
+    ("/keel.objects.v1.Objects/Get", "keel.objects.v1.Objects", "Get", "unary"),
+    ("/keel.objects.v1.Objects/List", "keel.objects.v1.Objects", "List", "unary"),
+    ("/keel.objects.v1.Objects/Watch", "keel.objects.v1.Objects", "Watch", "server_stream"),
+    ("/keel.objects.v1.Objects/Create", "keel.objects.v1.Objects", "Create", "unary"),
+    ("/keel.objects.v1.Objects/Update", "keel.objects.v1.Objects", "Update", "unary"),
+    ("/keel.objects.v1.Objects/Patch", "keel.objects.v1.Objects", "Patch", "unary"),
+    ("/keel.objects.v1.Objects/Delete", "keel.objects.v1.Objects", "Delete", "unary"),
+    ("/keel.objects.v1.Objects/ApplyAtomic", "keel.objects.v1.Objects", "ApplyAtomic", "unary"),
+    ("/keel.node.v1.NodeAgent/Session", "keel.node.v1.NodeAgent", "Session", "bidi_stream"),
 ];
 
 /// gRPC status codes by number, spelled as Go's `codes.Code` prints them.
