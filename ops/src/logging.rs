@@ -23,11 +23,18 @@ pub const OPENRAFT_WARNING_PERIOD: Duration = Duration::from_secs(30);
 
 /// Installs the log for the whole process.
 pub fn init(filter: EnvFilter) {
-    let output = tracing_subscriber::fmt::layer()
-        .with_writer(std::io::stderr)
-        .with_filter(filter)
-        .with_filter(OncePerPeriod::new("openraft", OPENRAFT_WARNING_PERIOD));
-    tracing_subscriber::registry().with(output).init();
+    subscriber(tracing_subscriber::fmt::layer().with_writer(std::io::stderr), filter).init();
+}
+
+/// `output` behind `filter`, then [`OncePerPeriod`]. `filter` is the outer one: what it turns
+/// off is off for good at each call site (a single level check, as without the thinning), the
+/// global level hint is its own, and a warning's period starts only when it is let through.
+fn subscriber<L>(output: L, filter: EnvFilter) -> impl tracing::Subscriber + Send + Sync
+where
+    L: Layer<tracing_subscriber::Registry> + Send + Sync + 'static,
+{
+    tracing_subscriber::registry()
+        .with(output.with_filter(OncePerPeriod::new("openraft", OPENRAFT_WARNING_PERIOD)).with_filter(filter))
 }
 
 /// Lets a warning from `target` (and its submodules) through at most once per `period` from
@@ -123,11 +130,32 @@ mod tests {
 
     #[test]
     fn a_warning_passes_again_once_the_period_is_over() {
-        let emitted = logged(Duration::ZERO, || {
-            for _ in 0..5 {
-                tracing::warn!(target: "openraft::replication", "recv RPCError");
+        let period = Duration::from_millis(50);
+        let emitted = logged(period, || {
+            for _ in 0..3 {
+                for _ in 0..5 {
+                    tracing::warn!(target: "openraft::replication", "recv RPCError");
+                }
+                std::thread::sleep(period + Duration::from_millis(10));
             }
         });
-        assert_eq!(emitted, 5);
+        assert_eq!(emitted, 3);
+    }
+
+    /// The process's stack: what `--log-level` turns off costs one level check, and the
+    /// thinning applies to what it lets through.
+    #[test]
+    fn the_level_filter_comes_first() {
+        let seen = Arc::new(AtomicUsize::new(0));
+        let stack = subscriber(Count(seen.clone()), EnvFilter::new("info"));
+        assert_eq!(tracing::Subscriber::max_level_hint(&stack), Some(tracing::level_filters::LevelFilter::INFO));
+        tracing::subscriber::with_default(stack, || {
+            for _ in 0..10 {
+                tracing::debug!(target: "keel_store", "off");
+                tracing::warn!(target: "openraft::core", "thinned");
+                tracing::info!(target: "keel_store", "on");
+            }
+        });
+        assert_eq!(seen.load(Ordering::Relaxed), 11);
     }
 }

@@ -175,30 +175,49 @@ pub struct PeerLink {
     failures: AtomicU64,
     /// Set while the peer is out of reach, so that a delivered message costs one load.
     out_of_reach: AtomicBool,
-    outage: Mutex<Option<Outage>>,
+    outage: Mutex<Outages>,
+}
+
+#[derive(Default)]
+struct Outages {
+    current: Option<Outage>,
+    /// When an outage was last logged: a link that keeps failing and recovering is logged
+    /// once per reminder period, not at every flap.
+    last_logged: Option<Instant>,
 }
 
 struct Outage {
     since: Instant,
     reported: Instant,
     failed_messages: u64,
+    logged: bool,
 }
 
 impl PeerLink {
     fn failed(&self, peer: NodeId, addr: &str, error: &dyn std::fmt::Display) {
         self.failures.fetch_add(1, Ordering::Relaxed);
         let now = Instant::now();
-        let mut outage = self.outage.lock();
-        match outage.as_mut() {
+        let mut guard = self.outage.lock();
+        let outages = &mut *guard;
+        let recently_logged = outages.last_logged.is_some_and(|at| now.duration_since(at) < OUTAGE_REMINDER);
+        match outages.current.as_mut() {
             None => {
-                *outage = Some(Outage { since: now, reported: now, failed_messages: 1 });
+                outages.current =
+                    Some(Outage { since: now, reported: now, failed_messages: 1, logged: !recently_logged });
                 self.out_of_reach.store(true, Ordering::Relaxed);
-                tracing::warn!(peer = %format!("{peer:x}"), %addr, %error, "lost contact with member; retrying");
+                if recently_logged {
+                    tracing::debug!(peer = %format!("{peer:x}"), %addr, %error, "lost contact with member again");
+                } else {
+                    outages.last_logged = Some(now);
+                    tracing::warn!(peer = %format!("{peer:x}"), %addr, %error, "lost contact with member; retrying");
+                }
             }
             Some(outage) => {
                 outage.failed_messages += 1;
                 if now.duration_since(outage.reported) >= OUTAGE_REMINDER {
                     outage.reported = now;
+                    outage.logged = true;
+                    outages.last_logged = Some(now);
                     tracing::warn!(
                         peer = %format!("{peer:x}"),
                         %addr,
@@ -216,8 +235,11 @@ impl PeerLink {
         if !self.out_of_reach.load(Ordering::Relaxed) {
             return;
         }
-        if let Some(outage) = self.outage.lock().take() {
+        if let Some(outage) = self.outage.lock().current.take() {
             self.out_of_reach.store(false, Ordering::Relaxed);
+            if !outage.logged {
+                return;
+            }
             tracing::info!(
                 peer = %format!("{peer:x}"),
                 %addr,
@@ -312,7 +334,8 @@ impl PeerNetwork {
         let payload = to_bytes(request).map_err(|e| RPCError::Network(NetworkError::from_string(e)))?;
         let mut client = self.channels.client(&self.addr).map_err(unreachable)?;
         let message = pb::RaftRequest { kind, cluster_id: self.cluster_id, payload: payload.into() };
-        let ttl = option.hard_ttl();
+        // Within openraft's own limit, so that a timeout is seen (and counted) here.
+        let ttl = option.soft_ttl();
         let reply = match tokio::time::timeout(ttl, client.raft(message)).await {
             Err(_) => {
                 let action = match kind {
@@ -396,12 +419,14 @@ impl RaftNetworkV2<TypeConfig> for PeerNetwork {
                 .filter_map(futures::future::ready);
             let opened = async {
                 let mut client = self.channels.client(&self.addr).map_err(unreachable)?;
-                match tokio::time::timeout(option.hard_ttl(), client.stream_append(outgoing)).await {
+                // Within openraft's own limit (it times heartbeats out at the hard TTL), so
+                // that a peer that does not answer is seen, and counted, here.
+                match tokio::time::timeout(option.soft_ttl(), client.stream_append(outgoing)).await {
                     Err(_) => Err(RPCError::Timeout(Timeout {
                         action: RPCTypes::AppendEntries,
                         id: from,
                         target,
-                        timeout: option.hard_ttl(),
+                        timeout: option.soft_ttl(),
                     })),
                     Ok(Err(status)) => Err(status_error(&status)),
                     Ok(Ok(response)) => Ok(response.into_inner()),
@@ -467,7 +492,11 @@ impl RaftNetworkV2<TypeConfig> for PeerNetwork {
         option: RPCOption,
     ) -> Result<SnapshotResponse<TypeConfig>, StreamingError<TypeConfig>> {
         let result = self.send_snapshot(vote, snapshot, cancel, option).await;
-        self.observe(&result);
+        match &result {
+            // Cancelled by openraft, or a local read that failed: nothing about the peer.
+            Err(StreamingError::Closed(_) | StreamingError::StorageError(_)) => {}
+            other => self.observe(other),
+        }
         if let Err(e) = &result {
             tracing::warn!(target = %format!("{:x}", self.target), error = %e, "sending a snapshot failed");
         }
@@ -546,5 +575,57 @@ impl PeerNetwork {
         let decoded: Result<SnapshotResponse<TypeConfig>, String> =
             from_bytes(&reply.payload, "snapshot reply").map_err(|e| streaming(e.to_string()))?;
         decoded.map_err(|e| StreamingError::Unreachable(Unreachable::from_string(e)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tracing::Level;
+    use tracing_subscriber::layer::{Context, SubscriberExt};
+
+    use super::*;
+
+    /// Keeps each event's level and message.
+    struct Lines(Arc<Mutex<Vec<(Level, String)>>>);
+
+    impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for Lines {
+        fn on_event(&self, event: &tracing::Event<'_>, _: Context<'_, S>) {
+            struct Message(String);
+            impl tracing::field::Visit for Message {
+                fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+                    if field.name() == "message" {
+                        self.0 = format!("{value:?}");
+                    }
+                }
+            }
+            let mut message = Message(String::new());
+            event.record(&mut message);
+            self.0.lock().push((*event.metadata().level(), message.0));
+        }
+    }
+
+    #[test]
+    fn an_outage_is_logged_when_it_starts_and_ends_and_a_flapping_link_once() {
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        let link = PeerLink::default();
+        tracing::subscriber::with_default(tracing_subscriber::registry().with(Lines(lines.clone())), || {
+            for _ in 0..100 {
+                link.failed(7, "127.0.0.1:2380", &"connection refused");
+            }
+            link.delivered(7, "127.0.0.1:2380");
+            link.delivered(7, "127.0.0.1:2380");
+            // The link fails again at once: counted, logged at debug only.
+            link.failed(7, "127.0.0.1:2380", &"connection refused");
+            link.delivered(7, "127.0.0.1:2380");
+        });
+        let logged: Vec<(String, String)> = lines
+            .lock()
+            .iter()
+            .filter(|(level, _)| *level <= Level::INFO)
+            .map(|(level, message)| (level.to_string(), message.clone()))
+            .collect();
+        let expected = [("WARN", "lost contact with member; retrying"), ("INFO", "member reachable again")];
+        assert_eq!(logged, expected.map(|(l, m)| (l.to_string(), m.to_string())));
+        assert_eq!(link.failures.load(Ordering::Relaxed), 101);
     }
 }

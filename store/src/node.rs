@@ -1121,8 +1121,38 @@ async fn change_membership(inner: &Inner, change: ChangeMembers<NodeId, Member>)
     Ok(ForwardOk::Done)
 }
 
+/// Adds a learner and, with `wait`, waits for it to catch up (as openraft's blocking
+/// `add_learner` does) after releasing the membership lock: a catch-up by snapshot can take
+/// minutes, and other membership changes need not wait for it.
 async fn add_learner(inner: &Inner, id: NodeId, member: Member, wait: bool) -> Result<()> {
-    retry_while_in_progress(inner, || inner.raft.add_learner(id, member.clone(), wait)).await.map(|_| ())
+    let added = retry_while_in_progress(inner, || inner.raft.add_learner(id, member.clone(), false)).await?;
+    if !wait {
+        return Ok(());
+    }
+    let threshold = inner.raft.config().replication_lag_threshold;
+    let membership = Some(added.log_id);
+    let _ = inner
+        .raft
+        .wait(None)
+        .metrics(
+            |m| {
+                if m.membership_config.log_id() < &membership {
+                    return false;
+                }
+                // Removed meanwhile, or this member no longer leads: nothing left to wait for.
+                let Some(replication) = m.replication.as_ref() else { return true };
+                if m.membership_config.membership().get_node(&id).is_none() {
+                    return true;
+                }
+                replication.get(&id).is_some_and(|matched| {
+                    let matched = matched.as_ref().map_or(0, |l| l.index);
+                    m.last_log_index.unwrap_or(0).saturating_sub(matched) <= threshold
+                })
+            },
+            "the new learner to catch up",
+        )
+        .await;
+    Ok(())
 }
 
 /// Runs a membership change made here as leader: one at a time, each once the one before has
@@ -1146,7 +1176,10 @@ where
             .raft
             .wait(Some(left))
             .metrics(
-                |m| m.state != ServerState::Leader || m.membership_config.log_id() <= &m.last_applied,
+                |m| {
+                    m.state != ServerState::Leader
+                        || m.membership_config.log_id() == m.committed_membership_config.log_id()
+                },
                 "the last membership change to commit",
             )
             .await;
