@@ -8,6 +8,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use keel_proto::etcdserverpb as pb;
+use support::eventually;
 use support::processes::Cluster;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -243,4 +244,72 @@ fn an_invalid_log_filter_is_refused() {
     assert_eq!(out.status.code(), Some(2), "{stderr}");
     assert!(stderr.contains("invalid --log-level \"keel_store=loud\""), "{stderr}");
     assert!(stderr.contains("expected one of"), "the parser's reason: {stderr}");
+}
+
+/// Unmounts the small filesystem a test made, however the test ends.
+struct Mounted(std::path::PathBuf);
+
+impl Drop for Mounted {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+/// A full disk stops the member with the reason and a non-zero exit, as etcd stops on a failed
+/// WAL write, and loses no acknowledged write: it used to stay up with its Raft stopped,
+/// answering `/healthz` with 200, failing every write and logging an error for each (60 MB in
+/// 20 s). With room again it starts with everything it acknowledged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_stops_the_member_and_loses_no_acknowledged_write() {
+    let mut cluster = Cluster::start(1, &[]).await;
+    let status = cluster.members[0].terminate();
+    assert!(status.success(), "clean stop: {status:?}");
+    // The member's data directory moves onto a 64 MiB tmpfs (the tests run as root, as the
+    // containerd ones need).
+    let small = cluster.dir().join("small");
+    std::fs::create_dir_all(&small).expect("mount point");
+    let mounted =
+        std::process::Command::new("mount").args(["-t", "tmpfs", "-o", "size=64m", "tmpfs"]).arg(&small).status();
+    assert!(mounted.is_ok_and(|s| s.success()), "mount a tmpfs (needs root)");
+    let _unmount = Mounted(small.clone());
+    let data_dir = cluster.members[0].data_dir.clone();
+    copy_dir(&data_dir, &small.join("m1"));
+    std::fs::remove_dir_all(&data_dir).expect("move the data directory");
+    std::os::unix::fs::symlink(small.join("m1"), &data_dir).expect("link the data directory");
+    cluster.members[0].start();
+    let etcd = cluster.members[0].etcd();
+    let value = "v".repeat(256 * 1024);
+    eventually(Duration::from_secs(20), "the member back", || async { etcd.status().await.ok() }).await;
+
+    let mut acknowledged = Vec::new();
+    let mut refused = None;
+    for i in 0..1_000 {
+        let key = format!("full/{i:04}");
+        match etcd.put(&key, &value).await {
+            Ok(_) => acknowledged.push(key),
+            Err(status) => {
+                refused = Some(status);
+                break;
+            }
+        }
+    }
+    assert!(refused.is_some(), "1,000 writes of 256 KiB fit on 64 MiB");
+    assert!(acknowledged.len() > 10, "only {} writes before the disk filled", acknowledged.len());
+    let (status, log) =
+        cluster.members[0].wait_exit(Duration::from_secs(20)).expect("the member stops when its disk is full");
+    assert!(!status.success(), "{status:?}");
+    assert!(log.contains("the store stopped") && log.contains("No space left on device"), "{log}");
+    assert!(log.len() < 200_000, "{} bytes of log", log.len());
+
+    // With room again, it starts with every write it acknowledged.
+    let grown = std::process::Command::new("mount").args(["-o", "remount,size=512m"]).arg(&small).status();
+    assert!(grown.is_ok_and(|s| s.success()), "grow the tmpfs");
+    std::fs::write(&cluster.members[0].log, b"").expect("clear log");
+    cluster.members[0].start();
+    eventually(Duration::from_secs(20), "the member back", || async { etcd.status().await.ok() }).await;
+    for key in &acknowledged {
+        let kv = etcd.get(key).await.expect("read").unwrap_or_else(|| panic!("{key} was acknowledged and is gone"));
+        assert_eq!(kv.value.len(), value.len(), "{key}");
+    }
+    etcd.put("after", "room again").await.expect("a write with room again");
 }

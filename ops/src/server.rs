@@ -275,8 +275,14 @@ pub async fn run_until(args: ServerArgs, shutdown: impl std::future::Future<Outp
     ));
     tracing::info!(peer = %args.listen_peer, client = %args.listen_client, api = %args.listen_api, "serving");
 
-    shutdown.await;
-    tracing::info!("stopping");
+    let failure = tokio::select! {
+        _ = shutdown => None,
+        reason = store.failed() => Some(reason),
+    };
+    match &failure {
+        None => tracing::info!("stopping"),
+        Some(reason) => tracing::error!(%reason, "the store has stopped; stopping the member"),
+    }
     bootstrap.abort();
     signing_key.abort();
     controllers.abort();
@@ -292,7 +298,10 @@ pub async fn run_until(args: ServerArgs, shutdown: impl std::future::Future<Outp
         Ok(Err(e)) => tracing::warn!(error = %e, "etcd API server task"),
         _ => {}
     }
-    Ok(())
+    match failure {
+        None => Ok(()),
+        Some(reason) => bail!("the store stopped: {reason}"),
+    }
 }
 
 /// The system namespaces (and, on a new cluster, the default `local-path` StorageClass)

@@ -56,6 +56,16 @@ impl StoreError {
         StoreError::Corrupt(context.to_string())
     }
 
+    /// A database that would not open: corruption when RocksDB says so, otherwise a storage
+    /// error (a full disk, permissions, a missing directory) that says what it is.
+    pub fn opening(what: &str, path: &std::path::Path, e: rocksdb::Error) -> Self {
+        let context = format!("cannot open {what} at {}: {e}", path.display());
+        match e.kind() {
+            rocksdb::ErrorKind::Corruption => StoreError::Corrupt(context),
+            _ => StoreError::Storage(context),
+        }
+    }
+
     /// Whether retrying the same request elsewhere cannot apply it twice.
     pub fn is_retryable_unapplied(&self) -> bool {
         matches!(self, StoreError::NoLeader | StoreError::Stopped)

@@ -63,8 +63,7 @@ impl LogStore {
         opts.set_wal_recovery_mode(rocksdb::DBRecoveryMode::PointInTime);
         opts.set_max_total_wal_size(64 << 20);
         let cfs = [CF_LOGS, CF_META].map(|name| ColumnFamilyDescriptor::new(name, Options::default()));
-        let db = DB::open_cf_descriptors(&opts, path, cfs)
-            .map_err(|e| StoreError::corrupt(format!("cannot open the Raft log at {}: {e}", path.display())))?;
+        let db = DB::open_cf_descriptors(&opts, path, cfs).map_err(|e| StoreError::opening("the Raft log", path, e))?;
         let db = Arc::new(db);
         let fsyncs = Arc::new(Histogram::new(WAL_FSYNC_BUCKETS));
         let flusher = Arc::new(spawn_flusher(db.clone(), fsyncs.clone())?);

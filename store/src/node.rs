@@ -839,6 +839,29 @@ impl Store {
         Ok((view.hash_kv(revision)?, view.compacted()?, revision))
     }
 
+    /// Resolves, with the reason, if Raft stops on its own: a storage error (a full or failing
+    /// disk) or a panic in its core. Such a member can neither write nor serve a linearizable
+    /// read again; the binary exits, as etcd does on a failed WAL write, so that whatever
+    /// supervises it sees the reason and restarts it. Pending forever after [`Store::shutdown`].
+    pub async fn failed(&self) -> String {
+        let mut metrics = self.inner.raft.metrics();
+        loop {
+            let stopped = match &metrics.borrow_watched().running_state {
+                Ok(()) => None,
+                Err(openraft::error::Fatal::Stopped) => Some(None),
+                Err(fatal) => Some(Some(fatal.to_string())),
+            };
+            match stopped {
+                Some(Some(reason)) => return reason,
+                Some(None) => return std::future::pending().await,
+                None => {}
+            }
+            if metrics.changed().await.is_err() {
+                return std::future::pending().await;
+            }
+        }
+    }
+
     /// Stops the member. A leader first hands leadership to the most up-to-date voter so the
     /// cluster does not wait out an election timeout.
     pub async fn shutdown(&self) {

@@ -448,8 +448,7 @@ pub(crate) fn open_db(path: &Path, create: bool) -> Result<DB> {
         cf_opts.set_block_based_table_factory(&table);
         ColumnFamilyDescriptor::new(name, cf_opts)
     });
-    DB::open_cf_descriptors(&opts, path, cfs)
-        .map_err(|e| StoreError::corrupt(format!("cannot open the state machine at {}: {e}", path.display())))
+    DB::open_cf_descriptors(&opts, path, cfs).map_err(|e| StoreError::opening("the state machine", path, e))
 }
 
 fn write_current(state_dir: &Path, generation: &str) -> Result<()> {
