@@ -312,4 +312,7 @@ async fn a_full_disk_stops_the_member_and_loses_no_acknowledged_write() {
         assert_eq!(kv.value.len(), value.len(), "{key}");
     }
     etcd.put("after", "room again").await.expect("a write with room again");
+    // A single member is its own majority: ready.
+    let (status, _, body) = support::http_get(&cluster.members[0].api, "/readyz?verbose");
+    assert!(status.contains(" 200 ") && body.contains("[+]etcd ok"), "{status}\n{body}");
 }

@@ -233,3 +233,40 @@ async fn a_new_cluster_starts_without_errors_in_its_logs() {
         assert!(errors.is_empty(), "{} logged errors at start:\n{}", member.name, errors.join("\n"));
     }
 }
+
+/// `/readyz` says whether a member can serve, as kube-apiserver's does for etcd: a member cut
+/// off from the majority fails it (HTTP 500, naming the store) within an election timeout,
+/// and passes again once the majority is back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readyz_fails_on_a_member_cut_off_from_the_majority() {
+    let mut cluster = Cluster::start(3, &[]).await;
+    let readyz = |api: &str| support::http_get(api, "/readyz?verbose");
+    for member in &cluster.members {
+        let api = member.api.clone();
+        eventually(Duration::from_secs(10), "every member ready", || async {
+            let (status, _, body) = readyz(&api);
+            (status.contains(" 200 ") && body.contains("[+]etcd ok")).then_some(())
+        })
+        .await;
+    }
+    let leader = cluster.wait_for_leader().await;
+    let survivor = (0..3).find(|&i| i != leader).expect("a follower");
+    let other = (0..3).find(|&i| i != leader && i != survivor).expect("another follower");
+    cluster.members[leader].kill();
+    cluster.members[other].kill();
+    let api = cluster.members[survivor].api.clone();
+    let body = eventually(Duration::from_secs(10), "the survivor to report itself not ready", || async {
+        let (status, _, body) = readyz(&api);
+        status.contains(" 500 ").then_some(body)
+    })
+    .await;
+    assert!(body.contains("[-]etcd failed") && body.contains("readyz check failed"), "{body}");
+    // The probe itself stays up: /livez answers.
+    assert!(support::http_get(&api, "/livez").0.contains(" 200 "));
+
+    cluster.members[other].start();
+    eventually(Duration::from_secs(20), "the survivor ready again with a majority back", || async {
+        readyz(&api).0.contains(" 200 ").then_some(())
+    })
+    .await;
+}

@@ -295,7 +295,12 @@ async fn route(api: Arc<Api>, request: Request, observed: &mut Observed) -> Resu
         *observed = Observed::NonResource(path);
     }
     match segments.as_slice() {
-        ["healthz" | "livez" | "readyz", ..] if get => return Ok((StatusCode::OK, "ok").into_response()),
+        ["healthz" | "livez", ..] if get => return Ok((StatusCode::OK, "ok").into_response()),
+        ["readyz", check @ ..] if get => {
+            // `?verbose` alone asks for it, as in kube.
+            let verbose = query.get("verbose").is_some_and(|v| v != "false" && v != "0");
+            return readyz(&api, check, verbose);
+        }
         ["version"] if get => return Ok(ok_json(discovery::version())),
         // Like /version and /healthz: served to anyone who can reach the API port.
         ["metrics"] if get => {
@@ -611,6 +616,37 @@ fn delete_options(headers: &HeaderMap, body: &Bytes, query: &Query) -> Result<De
         options.dry_run = true;
     }
     Ok(options)
+}
+
+/// `/readyz` as kube-apiserver answers it: `ok`, or 500 naming the check that failed (the
+/// store: a member that knows no leader can neither write nor read linearizably, so a load
+/// balancer should send its clients elsewhere); `?verbose` lists every check, and
+/// `/readyz/<check>` asks for one. A member whose store has stopped exits, so liveness
+/// (`/livez`, `/healthz`) is the process answering.
+fn readyz(api: &Api, only: &[&str], verbose: bool) -> Result<Response> {
+    let checks = [("ping", Ok(())), ("etcd", api.storage.ready())];
+    let selected: Vec<_> = match only {
+        [] => checks.iter().collect(),
+        [name] => checks.iter().filter(|(check, _)| check == name).collect(),
+        _ => Vec::new(),
+    };
+    if selected.is_empty() {
+        return Err(ApiError::NoRoute);
+    }
+    let passed = selected.iter().all(|(_, outcome)| outcome.is_ok());
+    if passed && !verbose {
+        return Ok((StatusCode::OK, "ok").into_response());
+    }
+    let mut body = String::new();
+    for (check, outcome) in &selected {
+        match outcome {
+            Ok(()) => body.push_str(&format!("[+]{check} ok\n")),
+            Err(reason) => body.push_str(&format!("[-]{check} failed: {reason}\n")),
+        }
+    }
+    body.push_str(if passed { "readyz check passed\n" } else { "readyz check failed\n" });
+    let code = if passed { StatusCode::OK } else { StatusCode::INTERNAL_SERVER_ERROR };
+    Ok((code, [(header::CONTENT_TYPE, "text/plain; charset=utf-8")], body).into_response())
 }
 
 async fn watch(api: Arc<Api>, target: Target, query: &Query, negotiated: Negotiated) -> Result<Response> {

@@ -127,6 +127,13 @@ pub trait Storage: Send + Sync + 'static {
     /// The oldest revision still readable.
     fn compacted_revision(&self) -> i64;
 
+    /// Whether this replica can serve reads and writes now: `Err` with the reason (no leader
+    /// known) when they would only wait and time out. `/readyz` reports it, as
+    /// kube-apiserver's reports etcd's.
+    fn ready(&self) -> std::result::Result<(), String> {
+        Ok(())
+    }
+
     /// Grants a lease of `ttl_seconds`; keys put under it go when it expires or is revoked.
     /// Only keel's own records outside the Kubernetes keyspace use leases (node metrics).
     fn lease_grant(&self, _ttl_seconds: i64) -> BoxFuture<'_, Result<i64>> {
@@ -300,6 +307,10 @@ impl Storage for Store {
 
     fn local_revision(&self) -> i64 {
         self.state().applied_revision()
+    }
+
+    fn ready(&self) -> std::result::Result<(), String> {
+        self.readiness()
     }
 
     fn compacted_revision(&self) -> i64 {

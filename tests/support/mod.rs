@@ -16,6 +16,26 @@ pub mod workload;
 use std::future::Future;
 use std::time::{Duration, Instant};
 
+/// A plain HTTP/1.1 `GET` of `path` on `addr`, as a load balancer's or Prometheus' probe sends
+/// it: (status line, content type, body).
+pub fn http_get(addr: &str, path: &str) -> (String, String, String) {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(addr).expect("connect");
+    stream.set_read_timeout(Some(Duration::from_secs(20))).expect("read timeout");
+    write!(stream, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nAccept: text/plain\r\nConnection: close\r\n\r\n")
+        .expect("send the request");
+    let mut response = String::new();
+    stream.read_to_string(&mut response).expect("read the response");
+    let (head, body) = response.split_once("\r\n\r\n").expect("a response with a body");
+    let status = head.lines().next().unwrap_or("").to_string();
+    let content_type = head
+        .lines()
+        .find_map(|l| l.split_once(':').filter(|(name, _)| name.eq_ignore_ascii_case("content-type")))
+        .map_or("", |(_, value)| value.trim())
+        .to_string();
+    (status, content_type, body.to_string())
+}
+
 /// Sends the store's logs to the test's output (`KEEL_TEST_LOG` filters, default `warn`).
 pub fn init_logging() {
     let filter = std::env::var("KEEL_TEST_LOG").unwrap_or_else(|_| "warn".into());

@@ -5,7 +5,6 @@
 //! and a histogram's buckets are cumulative with `+Inf` equal to `_count`.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::{Read, Write};
 
 #[derive(Debug, Clone)]
 pub struct Sample {
@@ -221,20 +220,7 @@ fn check_histograms(exposition: &Exposition) -> Result<(), String> {
 
 /// `GET /metrics` over plain HTTP, as Prometheus scrapes: (status line, content type, body).
 pub fn scrape_http(api: &str) -> (String, String, String) {
-    let mut stream = std::net::TcpStream::connect(api).expect("connect to the API");
-    stream.set_read_timeout(Some(std::time::Duration::from_secs(20))).expect("read timeout");
-    write!(stream, "GET /metrics HTTP/1.1\r\nHost: {api}\r\nAccept: text/plain\r\nConnection: close\r\n\r\n")
-        .expect("send the request");
-    let mut response = String::new();
-    stream.read_to_string(&mut response).expect("read the response");
-    let (head, body) = response.split_once("\r\n\r\n").expect("a response with a body");
-    let status = head.lines().next().unwrap_or("").to_string();
-    let content_type = head
-        .lines()
-        .find_map(|l| l.split_once(':').filter(|(name, _)| name.eq_ignore_ascii_case("content-type")))
-        .map_or("", |(_, value)| value.trim())
-        .to_string();
-    (status, content_type, body.to_string())
+    super::http_get(api, "/metrics")
 }
 
 /// `/metrics` of the member whose API listens on `api`, over plain HTTP, parsed and checked.
