@@ -299,7 +299,7 @@ async fn route(api: Arc<Api>, request: Request, observed: &mut Observed) -> Resu
         ["readyz", check @ ..] if get => {
             // `?verbose` alone asks for it, as in kube.
             let verbose = query.get("verbose").is_some_and(|v| v != "false" && v != "0");
-            return readyz(&api, check, verbose);
+            return readyz(&api, check, verbose).await;
         }
         ["version"] if get => return Ok(ok_json(discovery::version())),
         // Like /version and /healthz: served to anyone who can reach the API port.
@@ -619,12 +619,12 @@ fn delete_options(headers: &HeaderMap, body: &Bytes, query: &Query) -> Result<De
 }
 
 /// `/readyz` as kube-apiserver answers it: `ok`, or 500 naming the check that failed (the
-/// store: a member that knows no leader can neither write nor read linearizably, so a load
-/// balancer should send its clients elsewhere); `?verbose` lists every check, and
+/// store: a member whose linearizable read cannot complete can serve nothing but stale reads,
+/// so a load balancer should send its clients elsewhere); `?verbose` lists every check, and
 /// `/readyz/<check>` asks for one. A member whose store has stopped exits, so liveness
 /// (`/livez`, `/healthz`) is the process answering.
-fn readyz(api: &Api, only: &[&str], verbose: bool) -> Result<Response> {
-    let checks = [("ping", Ok(())), ("etcd", api.storage.ready())];
+async fn readyz(api: &Api, only: &[&str], verbose: bool) -> Result<Response> {
+    let checks = [("ping", Ok(())), ("etcd", api.storage.ready().await)];
     let selected: Vec<_> = match only {
         [] => checks.iter().collect(),
         [name] => checks.iter().filter(|(check, _)| check == name).collect(),

@@ -127,11 +127,11 @@ pub trait Storage: Send + Sync + 'static {
     /// The oldest revision still readable.
     fn compacted_revision(&self) -> i64;
 
-    /// Whether this replica can serve reads and writes now: `Err` with the reason (no leader
-    /// known) when they would only wait and time out. `/readyz` reports it, as
+    /// Whether this replica can serve reads and writes now: `Err` with the reason when they
+    /// would only wait and time out. `/readyz` reports it, as
     /// kube-apiserver's reports etcd's.
-    fn ready(&self) -> std::result::Result<(), String> {
-        Ok(())
+    fn ready(&self) -> BoxFuture<'_, std::result::Result<(), String>> {
+        Box::pin(async { Ok(()) })
     }
 
     /// Grants a lease of `ttl_seconds`; keys put under it go when it expires or is revoked.
@@ -309,8 +309,8 @@ impl Storage for Store {
         self.state().applied_revision()
     }
 
-    fn ready(&self) -> std::result::Result<(), String> {
-        self.readiness()
+    fn ready(&self) -> BoxFuture<'_, std::result::Result<(), String>> {
+        Box::pin(self.readiness())
     }
 
     fn compacted_revision(&self) -> i64 {

@@ -177,31 +177,6 @@ pub(crate) struct Inner {
     pub(crate) peer_health: PeerHealth,
     /// Held while a membership change is made here as leader (see `retry_while_in_progress`).
     membership_changes: tokio::sync::Mutex<()>,
-    /// When a leader's AppendEntries (entries or a heartbeat) last arrived, for readiness.
-    pub(crate) leader_contact: LeaderContact,
-}
-
-/// The time of the last message from a leader, as milliseconds since the member started.
-pub(crate) struct LeaderContact {
-    started: Instant,
-    at_millis: std::sync::atomic::AtomicU64,
-}
-
-impl LeaderContact {
-    fn new() -> LeaderContact {
-        LeaderContact { started: Instant::now(), at_millis: std::sync::atomic::AtomicU64::new(u64::MAX) }
-    }
-
-    pub(crate) fn heard(&self) {
-        let now = self.started.elapsed().as_millis() as u64;
-        self.at_millis.store(now, std::sync::atomic::Ordering::Relaxed);
-    }
-
-    /// How long ago; `None` if never.
-    fn since(&self) -> Option<Duration> {
-        let at = self.at_millis.load(std::sync::atomic::Ordering::Relaxed);
-        (at != u64::MAX).then(|| self.started.elapsed().saturating_sub(Duration::from_millis(at)))
-    }
 }
 
 impl Store {
@@ -284,7 +259,6 @@ impl Store {
                 proposals_failed: Counter::default(),
                 peer_health,
                 membership_changes: tokio::sync::Mutex::new(()),
-                leader_contact: LeaderContact::new(),
             }
         });
         let store = Store { inner };
@@ -561,38 +535,21 @@ impl Store {
         &self.inner.sm
     }
 
-    /// Whether this member is the Raft leader right now.
-    /// Whether this member can serve writes and linearizable reads now, as far as it can
-    /// tell, with the reason when not: a leader that a quorum has acknowledged within the
-    /// longest election timeout, or a follower that knows a leader and has heard from it
-    /// within that time. A member cut off from the majority says so within that time, where
-    /// its requests would only wait and time out.
-    pub fn readiness(&self) -> std::result::Result<(), String> {
-        use openraft::Instant as _;
+    /// Whether this member can serve writes and linearizable reads now, with the reason when
+    /// not, found as kube-apiserver's etcd check finds it: by doing it. A linearizable read
+    /// round (ReadIndex, confirmed by a quorum) must finish within the longest election
+    /// timeout. A member cut off from the majority, or led by a leader that lost its own,
+    /// fails it where its requests would only wait and time out.
+    pub async fn readiness(&self) -> std::result::Result<(), String> {
         let limit = self.inner.config.tuning.election_timeout.1;
-        let (state, leader, quorum_acked, alone) = {
-            let m = self.inner.raft.metrics();
-            let m = m.borrow_watched();
-            // A single voter is its own quorum: openraft records no acknowledgement for it.
-            let alone = m.membership_config.membership().voter_ids().all(|voter| voter == self.inner.id);
-            (m.state, m.current_leader, m.last_quorum_acked.as_ref().map(|at| at.elapsed()), alone)
-        };
-        match (state, leader) {
-            (ServerState::Leader, _) if alone => Ok(()),
-            (ServerState::Leader, _) => match quorum_acked {
-                Some(since) if since <= limit => Ok(()),
-                Some(since) => Err(format!("leading, but no quorum has answered for {since:.1?}")),
-                None => Err("leading, but no quorum has answered yet".into()),
-            },
-            (_, None) => Err("no leader".into()),
-            (_, Some(leader)) => match self.inner.leader_contact.since() {
-                Some(since) if since <= limit => Ok(()),
-                Some(since) => Err(format!("nothing from the leader ({leader:x}) for {since:.1?}")),
-                None => Err(format!("nothing from the leader ({leader:x}) yet")),
-            },
+        match tokio::time::timeout(limit, self.inner.read_index.read_index()).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(_) => Err(format!("a linearizable read did not complete within {limit:?}")),
         }
     }
 
+    /// Whether this member is the Raft leader right now.
     pub fn is_leader(&self) -> bool {
         let m = self.inner.raft.metrics().borrow_watched().clone();
         m.state == ServerState::Leader && m.current_leader == Some(self.inner.id)
@@ -899,7 +856,8 @@ impl Store {
     /// Resolves, with the reason, if Raft stops on its own: a storage error (a full or failing
     /// disk) or a panic in its core. Such a member can neither write nor serve a linearizable
     /// read again; the binary exits, as etcd does on a failed WAL write, so that whatever
-    /// supervises it sees the reason and restarts it. Pending forever after [`Store::shutdown`].
+    /// supervises it sees the reason and restarts it. Pending forever once [`Store::shutdown`]
+    /// has stopped Raft.
     pub async fn failed(&self) -> String {
         let mut metrics = self.inner.raft.metrics();
         loop {
@@ -914,7 +872,9 @@ impl Store {
                 None => {}
             }
             if metrics.changed().await.is_err() {
-                return std::future::pending().await;
+                // openraft reports every stop, its own included, before it lets go of its
+                // metrics; gone without a report, its core panicked.
+                return "the Raft core ended without a report (a panic in openraft)".into();
             }
         }
     }

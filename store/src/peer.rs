@@ -180,7 +180,6 @@ impl peer_server::Peer for PeerService {
         match request.kind {
             KIND_APPEND => {
                 let rpc: AppendEntriesRequest<_> = decode(&request.payload)?;
-                inner.leader_contact.heard();
                 encode(raft.append_entries(rpc).await)
             }
             KIND_VOTE => {
@@ -207,19 +206,12 @@ impl peer_server::Peer for PeerService {
     ) -> Result<Response<Self::StreamAppendStream>, Status> {
         let inner = self.inner()?;
         let cluster_id = inner.cluster_id;
-        let member = self.member.clone();
-        let input = request.into_inner().filter_map(move |msg| {
-            let member = member.clone();
-            async move {
-                let msg = msg.ok()?;
-                if msg.cluster_id != cluster_id || msg.kind != KIND_APPEND {
-                    return None;
-                }
-                if let Some(inner) = member.upgrade() {
-                    inner.leader_contact.heard();
-                }
-                from_bytes::<AppendEntriesRequest<_>>(&msg.payload, "append entries").ok()
+        let input = request.into_inner().filter_map(move |msg| async move {
+            let msg = msg.ok()?;
+            if msg.cluster_id != cluster_id || msg.kind != KIND_APPEND {
+                return None;
             }
+            from_bytes::<AppendEntriesRequest<_>>(&msg.payload, "append entries").ok()
         });
         let output = inner.raft.stream_append(Box::pin(input)).map(|item| {
             let item = item.map_err(|e| e.to_string());
