@@ -221,11 +221,12 @@ pub async fn run_until(args: ServerArgs, shutdown: impl std::future::Future<Outp
     let node_service = keel_node_service::NodeService::start(api.clone(), args.name.clone(), api_address.clone());
     api.tunnels.set(std::sync::Arc::new(node_service.clone()), api_address);
     // The agents' streams are routed before the REST paths; every gRPC call on the port (the
-    // object API's, the agents') is counted as the etcd API's are.
+    // object API's, the agents') is counted as the etcd API's are. A route layer wraps the
+    // routes only, the gRPC services, not the REST fallback.
     let app = axum::Router::new()
         .route_service("/keel.node.v1.NodeAgent/{*method}", node_service.server())
         .merge(keel_api::server::router(api.clone()))
-        .layer(grpc_metrics.layer());
+        .route_layer(grpc_metrics.layer());
     let api_server = tokio::spawn(keel_api::server::serve_router(app, api_listener, async {
         let _ = api_stop_rx.await;
     }));

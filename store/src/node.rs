@@ -861,15 +861,11 @@ impl Store {
     pub async fn failed(&self) -> String {
         let mut metrics = self.inner.raft.metrics();
         loop {
-            let stopped = match &metrics.borrow_watched().running_state {
-                Ok(()) => None,
-                Err(openraft::error::Fatal::Stopped) => Some(None),
-                Err(fatal) => Some(Some(fatal.to_string())),
-            };
-            match stopped {
-                Some(Some(reason)) => return reason,
-                Some(None) => return std::future::pending().await,
-                None => {}
+            let running = metrics.borrow_watched().running_state.clone();
+            match running {
+                Ok(()) => {}
+                Err(openraft::error::Fatal::Stopped) => return std::future::pending().await,
+                Err(fatal) => return fatal.to_string(),
             }
             if metrics.changed().await.is_err() {
                 // openraft reports every stop, its own included, before it lets go of its
