@@ -167,14 +167,20 @@ impl PeerHealth {
     }
 }
 
+/// How long a peer stays out of reach before that is logged. A member still starting, or one
+/// reply that came late, is not an outage an operator needs to hear about; and a short blip
+/// logged as an outage would mute the next real one (see `Outages::last_logged`).
+const OUTAGE_GRACE: Duration = Duration::from_secs(1);
+
 /// How often a member that stays out of reach is mentioned again.
 const OUTAGE_REMINDER: Duration = Duration::from_secs(60);
 
 #[derive(Default)]
 pub struct PeerLink {
     failures: AtomicU64,
-    /// Set while the peer is out of reach, so that a delivered message costs one load.
-    out_of_reach: AtomicBool,
+    /// Set while the peer answers, so that a delivered message costs one load. Clear at first,
+    /// so the first answer ever is seen by the slow path.
+    answering: AtomicBool,
     outage: Mutex<Outages>,
 }
 
@@ -184,69 +190,92 @@ struct Outages {
     /// When an outage was last logged: a link that keeps failing and recovering is logged
     /// once per reminder period, not at every flap.
     last_logged: Option<Instant>,
+    /// Whether the peer has ever answered. A member not reached yet (the cluster is starting,
+    /// or it was added and not started) has not been lost, and is not an outage to mute the
+    /// next one for.
+    reached: bool,
 }
 
 struct Outage {
     since: Instant,
-    reported: Instant,
+    /// When the outage was last logged; `None` while it has not been.
+    reported: Option<Instant>,
     failed_messages: u64,
-    logged: bool,
+}
+
+/// What a failed message makes worth saying.
+enum OutageNews {
+    Nothing,
+    NotReachedYet,
+    Lost,
+    StillLost,
 }
 
 impl PeerLink {
     fn failed(&self, peer: NodeId, addr: &str, error: &dyn std::fmt::Display) {
+        self.failed_at(Instant::now(), peer, addr, error)
+    }
+
+    fn failed_at(&self, now: Instant, peer: NodeId, addr: &str, error: &dyn std::fmt::Display) {
         self.failures.fetch_add(1, Ordering::Relaxed);
-        let now = Instant::now();
+        self.answering.store(false, Ordering::Relaxed);
+        let peer = format!("{peer:x}");
         let mut guard = self.outage.lock();
         let outages = &mut *guard;
+        let Some(outage) = outages.current.as_mut() else {
+            outages.current = Some(Outage { since: now, reported: None, failed_messages: 1 });
+            tracing::debug!(%peer, %addr, %error, "a message to a member failed");
+            return;
+        };
+        outage.failed_messages += 1;
+        let out_of_reach_for = now.duration_since(outage.since);
         let recently_logged = outages.last_logged.is_some_and(|at| now.duration_since(at) < OUTAGE_REMINDER);
-        match outages.current.as_mut() {
-            None => {
-                outages.current =
-                    Some(Outage { since: now, reported: now, failed_messages: 1, logged: !recently_logged });
-                self.out_of_reach.store(true, Ordering::Relaxed);
-                if recently_logged {
-                    tracing::debug!(peer = %format!("{peer:x}"), %addr, %error, "lost contact with member again");
-                } else {
-                    outages.last_logged = Some(now);
-                    tracing::warn!(peer = %format!("{peer:x}"), %addr, %error, "lost contact with member; retrying");
-                }
+        let news = match outage.reported {
+            Some(at) if now.duration_since(at) >= OUTAGE_REMINDER => OutageNews::StillLost,
+            Some(_) => OutageNews::Nothing,
+            None if out_of_reach_for < OUTAGE_GRACE => OutageNews::Nothing,
+            None if !outages.reached => OutageNews::NotReachedYet,
+            None if !recently_logged => OutageNews::Lost,
+            // A flapping link's outage that has lasted: said once per reminder period all the same.
+            None if out_of_reach_for >= OUTAGE_REMINDER => OutageNews::StillLost,
+            None => OutageNews::Nothing,
+        };
+        let failed_messages = outage.failed_messages;
+        match news {
+            OutageNews::Nothing => return,
+            OutageNews::NotReachedYet => {
+                tracing::info!(%peer, %addr, %error, ?out_of_reach_for, "member not reachable yet; retrying");
             }
-            Some(outage) => {
-                outage.failed_messages += 1;
-                if now.duration_since(outage.reported) >= OUTAGE_REMINDER {
-                    outage.reported = now;
-                    outage.logged = true;
-                    outages.last_logged = Some(now);
-                    tracing::warn!(
-                        peer = %format!("{peer:x}"),
-                        %addr,
-                        %error,
-                        out_of_reach_for = ?now.duration_since(outage.since),
-                        failed_messages = outage.failed_messages,
-                        "still no contact with member"
-                    );
-                }
+            OutageNews::Lost => {
+                outages.last_logged = Some(now);
+                tracing::warn!(%peer, %addr, %error, ?out_of_reach_for, "lost contact with member; retrying");
+            }
+            OutageNews::StillLost => {
+                outages.last_logged = Some(now);
+                tracing::warn!(%peer, %addr, %error, ?out_of_reach_for, failed_messages, "still no contact with member");
             }
         }
+        outage.reported = Some(now);
     }
 
     fn delivered(&self, peer: NodeId, addr: &str) {
-        if !self.out_of_reach.load(Ordering::Relaxed) {
+        if self.answering.load(Ordering::Relaxed) {
             return;
         }
-        if let Some(outage) = self.outage.lock().current.take() {
-            self.out_of_reach.store(false, Ordering::Relaxed);
-            if !outage.logged {
-                return;
-            }
-            tracing::info!(
-                peer = %format!("{peer:x}"),
-                %addr,
-                out_of_reach_for = ?outage.since.elapsed(),
-                failed_messages = outage.failed_messages,
-                "member reachable again"
-            );
+        let mut outages = self.outage.lock();
+        self.answering.store(true, Ordering::Relaxed);
+        let first_answer = !std::mem::replace(&mut outages.reached, true);
+        let Some(outage) = outages.current.take() else { return };
+        if outage.reported.is_none() {
+            return;
+        }
+        let peer = format!("{peer:x}");
+        let out_of_reach_for = outage.since.elapsed();
+        let failed_messages = outage.failed_messages;
+        if first_answer {
+            tracing::info!(%peer, %addr, ?out_of_reach_for, failed_messages, "member reachable");
+        } else {
+            tracing::info!(%peer, %addr, ?out_of_reach_for, failed_messages, "member reachable again");
         }
     }
 }
@@ -604,28 +633,79 @@ mod tests {
         }
     }
 
+    const PEER: NodeId = 7;
+    const ADDR: &str = "127.0.0.1:2380";
+
+    /// Runs `events` and returns what they logged at info and above.
+    fn logged(events: impl FnOnce()) -> Vec<(Level, String)> {
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        tracing::subscriber::with_default(tracing_subscriber::registry().with(Lines(lines.clone())), events);
+        let lines = lines.lock();
+        lines.iter().filter(|(level, _)| *level <= Level::INFO).cloned().collect()
+    }
+
+    /// Fails a message every `step_ms` from `from_ms` until `to_ms`, counting from `start`.
+    fn fail_between(link: &PeerLink, start: Instant, from_ms: u64, to_ms: u64, step_ms: usize) {
+        for ms in (from_ms..to_ms).step_by(step_ms) {
+            link.failed_at(start + Duration::from_millis(ms), PEER, ADDR, &"connection refused");
+        }
+    }
+
     #[test]
     fn an_outage_is_logged_when_it_starts_and_ends_and_a_flapping_link_once() {
-        let lines = Arc::new(Mutex::new(Vec::new()));
         let link = PeerLink::default();
-        tracing::subscriber::with_default(tracing_subscriber::registry().with(Lines(lines.clone())), || {
-            for _ in 0..100 {
-                link.failed(7, "127.0.0.1:2380", &"connection refused");
-            }
-            link.delivered(7, "127.0.0.1:2380");
-            link.delivered(7, "127.0.0.1:2380");
-            // The link fails again at once: counted, logged at debug only.
-            link.failed(7, "127.0.0.1:2380", &"connection refused");
-            link.delivered(7, "127.0.0.1:2380");
+        let start = Instant::now();
+        let lines = logged(|| {
+            link.delivered(PEER, ADDR);
+            // A blip shorter than the grace period: counted, not logged.
+            fail_between(&link, start, 0, 600, 300);
+            link.delivered(PEER, ADDR);
+            // An outage: two seconds of heartbeats failing.
+            fail_between(&link, start, 1_000, 3_000, 50);
+            link.delivered(PEER, ADDR);
+            link.delivered(PEER, ADDR);
+            // The link fails again within the minute: counted, logged at debug only.
+            fail_between(&link, start, 10_000, 12_000, 50);
+            link.delivered(PEER, ADDR);
+            // Once more, and this time it stays down: said once the minute is over.
+            fail_between(&link, start, 20_000, 70_000, 1_000);
+            link.delivered(PEER, ADDR);
         });
-        let logged: Vec<(String, String)> = lines
-            .lock()
-            .iter()
-            .filter(|(level, _)| *level <= Level::INFO)
-            .map(|(level, message)| (level.to_string(), message.clone()))
-            .collect();
-        let expected = [("WARN", "lost contact with member; retrying"), ("INFO", "member reachable again")];
-        assert_eq!(logged, expected.map(|(l, m)| (l.to_string(), m.to_string())));
-        assert_eq!(link.failures.load(Ordering::Relaxed), 101);
+        let expected = [
+            (Level::WARN, "lost contact with member; retrying"),
+            (Level::INFO, "member reachable again"),
+            (Level::WARN, "lost contact with member; retrying"),
+            (Level::INFO, "member reachable again"),
+        ];
+        assert_eq!(lines, expected.map(|(level, message)| (level, message.to_string())));
+        assert_eq!(link.failures.load(Ordering::Relaxed), 2 + 40 + 40 + 50);
+    }
+
+    /// Members of a new cluster start at their own pace; one not reached yet has not been lost,
+    /// and its first answer must not mute the warning when it is lost for real.
+    #[test]
+    fn a_member_not_reached_yet_is_not_an_outage() {
+        let link = PeerLink::default();
+        let start = Instant::now();
+        let quick_start = logged(|| {
+            fail_between(&link, start, 0, 300, 50);
+            link.delivered(PEER, ADDR);
+        });
+        assert_eq!(quick_start, []);
+
+        let link = PeerLink::default();
+        let lines = logged(|| {
+            fail_between(&link, start, 0, 2_000, 50);
+            link.delivered(PEER, ADDR);
+            fail_between(&link, start, 5_000, 7_000, 50);
+            link.delivered(PEER, ADDR);
+        });
+        let expected = [
+            (Level::INFO, "member not reachable yet; retrying"),
+            (Level::INFO, "member reachable"),
+            (Level::WARN, "lost contact with member; retrying"),
+            (Level::INFO, "member reachable again"),
+        ];
+        assert_eq!(lines, expected.map(|(level, message)| (level, message.to_string())));
     }
 }
