@@ -6,19 +6,27 @@
 #
 #   ops/bench/store-vs-etcd.sh                 # uses target/release/keel
 #   DURATION=20s ROUNDS=3 ops/bench/store-vs-etcd.sh
+#   KEEL=old/keel KEEL_B=target/release/keel ops/bench/store-vs-etcd.sh   # two keel builds
 #
-# Each scenario runs ROUNDS times per system, alternating keel and etcd; the table shows the
-# median of the rounds.
+# Each scenario runs ROUNDS times per system, alternating the two; the table shows the median
+# of the rounds. With KEEL_B set, the second system is a three-member cluster of that keel
+# binary instead of etcd (rows "keel" and "keel-B", ratio B/A), to measure a change to the
+# store side by side.
 set -euo pipefail
 
 KEEL=${KEEL:-target/release/keel}
+KEEL_B=${KEEL_B:-}
 ETCD=${ETCD:-etcd}
 DURATION=${DURATION:-10s}
 WARMUP=${WARMUP:-2s}
 ROUNDS=${ROUNDS:-3}
 
-command -v "$ETCD" >/dev/null || { echo "etcd not found: apt-get install etcd-server" >&2; exit 1; }
 [ -x "$KEEL" ] || { echo "$KEEL not found: cargo build --release -p keel" >&2; exit 1; }
+if [ -n "$KEEL_B" ]; then
+  [ -x "$KEEL_B" ] || { echo "KEEL_B=$KEEL_B not found" >&2; exit 1; }
+else
+  command -v "$ETCD" >/dev/null || { echo "etcd not found: apt-get install etcd-server" >&2; exit 1; }
+fi
 
 work=$(mktemp -d /tmp/keel-bench.XXXXXX)
 pids=()
@@ -31,20 +39,32 @@ trap cleanup EXIT
 
 # shellcheck source=ops/bench/etcd-cluster.sh
 . "$(dirname "$0")/etcd-cluster.sh"
+# start_keel_cluster BINARY HOST_PREFIX NAME_PREFIX: three members at ${HOST_PREFIX}1..3.
 # keel's members each run their request handling on one thread (--runtime-threads 1), as
 # etcd's run on one Go thread (etcd-cluster.sh).
-keel_cluster="k1=127.0.0.21:2380,k2=127.0.0.22:2380,k3=127.0.0.23:2380"
-for i in 1 2 3; do
-  "$KEEL" server --name "k$i" --data-dir "$work/k$i" \
-    --listen-peer "127.0.0.2$i:2380" --listen-client "127.0.0.2$i:2379" --listen-api "127.0.0.2$i:6443" \
-    --initial-cluster "$keel_cluster" --runtime-threads 1 --log-level warn 2>"$work/k$i.log" &
-  pids+=($!)
-done
-start_etcd_cluster "$work" 127.0.0.3 keel-bench
+start_keel_cluster() {
+  local keel=$1 prefix=$2 name=$3 cluster="" i
+  for i in 1 2 3; do cluster+="${cluster:+,}$name$i=$prefix$i:2380"; done
+  for i in 1 2 3; do
+    "$keel" server --name "$name$i" --data-dir "$work/$name$i" \
+      --listen-peer "$prefix$i:2380" --listen-client "$prefix$i:2379" --listen-api "$prefix$i:6443" \
+      --initial-cluster "$cluster" --runtime-threads 1 --log-level warn 2>"$work/$name$i.log" &
+    pids+=($!)
+  done
+}
+start_keel_cluster "$KEEL" 127.0.0.2 k
 keel_eps="127.0.0.21:2379,127.0.0.22:2379,127.0.0.23:2379"
-etcd_eps=$ETCD_ENDPOINTS
+if [ -n "$KEEL_B" ]; then
+  start_keel_cluster "$KEEL_B" 127.0.0.4 b
+  other=keel-B
+  other_eps="127.0.0.41:2379,127.0.0.42:2379,127.0.0.43:2379"
+else
+  start_etcd_cluster "$work" 127.0.0.3 keel-bench
+  other=etcd
+  other_eps=$ETCD_ENDPOINTS
+fi
 wait_healthy "$keel_eps" "$work"
-wait_healthy "$etcd_eps" "$work"
+wait_healthy "$other_eps" "$work"
 
 # name|flags
 scenarios=(
@@ -57,8 +77,8 @@ for scenario in "${scenarios[@]}"; do
   name=${scenario%%|*}
   flags=${scenario#*|}
   for round in $(seq 1 "$ROUNDS"); do
-    for system in keel etcd; do
-      eps=$keel_eps; [ "$system" = etcd ] && eps=$etcd_eps
+    for system in keel "$other"; do
+      eps=$keel_eps; [ "$system" = "$other" ] && eps=$other_eps
       # shellcheck disable=SC2086
       "$KEEL" bench store --endpoints "$eps" --value-size 256 --keys 10000 \
         --duration "$DURATION" --warmup "$WARMUP" --label "$system|$name|$round" --json $flags >>"$results"
@@ -66,8 +86,9 @@ for scenario in "${scenarios[@]}"; do
   done
 done
 
-python3 - "$results" <<'PY'
+python3 - "$results" "$other" <<'PY'
 import json, statistics, sys
+other = sys.argv[2]
 rows = {}
 for line in open(sys.argv[1]):
     r = json.loads(line)
@@ -78,11 +99,14 @@ def med(ops, field):
     return statistics.median(o[field] for o in ops)
 print(f"{'scenario':32} {'system':6} {'ops/s':>10} {'p50 ms':>8} {'p99 ms':>8} {'p999 ms':>8} {'errors':>7}")
 for name, systems in rows.items():
-    for system in ("keel", "etcd"):
+    for system in ("keel", other):
         ops = systems[system]
         print(f"{name:32} {system:6} {med(ops,'ops_per_sec'):10.0f} {med(ops,'p50_ms'):8.2f} "
               f"{med(ops,'p99_ms'):8.2f} {med(ops,'p999_ms'):8.2f} {sum(o['errors'] for o in ops):7d}")
-    k, e = systems["keel"], systems["etcd"]
-    print(f"{'':32} {'ratio':6} {med(k,'ops_per_sec')/med(e,'ops_per_sec'):10.2f}x "
+    # keel/etcd, or for two keel builds B/A: above 1 means the first-named system is faster
+    # in ops/s and slower in latency.
+    k, e = (systems["keel"], systems["etcd"]) if other == "etcd" else (systems["keel-B"], systems["keel"])
+    label = "ratio" if other == "etcd" else "B/A"
+    print(f"{'':32} {label:6} {med(k,'ops_per_sec')/med(e,'ops_per_sec'):10.2f}x "
           f"{med(k,'p50_ms')/med(e,'p50_ms'):7.2f}x {med(k,'p99_ms')/med(e,'p99_ms'):7.2f}x")
 PY
