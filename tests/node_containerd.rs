@@ -77,7 +77,7 @@ impl Agent {
         let text = std::fs::read_to_string(&self.log).unwrap_or_default();
         text.lines()
             .rev()
-            .filter(|l| l.contains("registered serving_member="))
+            .filter(|l| l.contains("registered") && l.contains("serving_member="))
             .filter_map(|l| l.split("serving_member=").nth(1))
             .find_map(|rest| rest.split_whitespace().next())
             .map(String::from)

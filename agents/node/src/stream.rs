@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
 use keel_proto::node::agent_message::Message as ToMember;
@@ -24,6 +24,8 @@ const BATCH: usize = 500;
 /// How long reports gather before a batch goes (coalescing a pod's quick succession of
 /// states into one write).
 const GATHER: Duration = Duration::from_millis(20);
+/// How often an agent that cannot reach any member says so again.
+const OUTAGE_REMINDER: Duration = Duration::from_secs(60);
 
 pub struct Connector {
     config: NodeConfig,
@@ -32,10 +34,46 @@ pub struct Connector {
     current: Mutex<Option<String>>,
     /// Streams established so far.
     connects: AtomicU64,
+    outage: Mutex<Outage>,
     /// `kubectl logs`/`exec`/`attach` sessions riding on the current stream.
     pod_streams: PodStreams,
     /// The latest resource usage sample (`crate::metrics`).
     metrics: tokio::sync::watch::Receiver<Option<ResourceMetrics>>,
+}
+
+/// A run of failed streams, for the log: its start is news, and so is each minute it lasts,
+/// but not each of the attempts in between (every member is tried in turn every two seconds).
+#[derive(Default)]
+struct Outage {
+    /// Since when no stream has been up, and when that was last said.
+    current: Option<(Instant, Instant)>,
+}
+
+enum OutageNews {
+    Started,
+    Lasting(Duration),
+    Nothing,
+}
+
+impl Outage {
+    fn failed(&mut self, now: Instant) -> OutageNews {
+        match &mut self.current {
+            None => {
+                self.current = Some((now, now));
+                OutageNews::Started
+            }
+            Some((since, said)) if now.duration_since(*said) >= OUTAGE_REMINDER => {
+                *said = now;
+                OutageNews::Lasting(now.duration_since(*since))
+            }
+            Some(_) => OutageNews::Nothing,
+        }
+    }
+
+    /// A stream is up: how long there was none, if an outage had been said.
+    fn ended(&mut self, now: Instant) -> Option<Duration> {
+        self.current.take().map(|(since, _)| now.duration_since(since))
+    }
 }
 
 fn message(message: ToMember) -> AgentMessage {
@@ -61,6 +99,7 @@ impl Connector {
             workers,
             current: Mutex::new(None),
             connects: AtomicU64::new(0),
+            outage: Mutex::new(Outage::default()),
             pod_streams: PodStreams::default(),
             metrics,
         }
@@ -94,18 +133,33 @@ impl Connector {
         for attempt in 0usize.. {
             let server = self.config.servers[attempt % self.config.servers.len()].clone();
             let span = tracing::info_span!("node_stream", node = %self.config.name, member = %server);
+            let connects_before = self.connects();
             let outcome = self.session(&server, &version).instrument(span).await;
             *self.current.lock() = None;
             self.pod_streams.close_all();
             self.workers.context().tokens.disconnected();
+            if self.connects() > connects_before {
+                failures = 0;
+            }
+            let now = Instant::now();
             match outcome {
-                Ok(()) => {
-                    tracing::info!(node = %self.config.name, member = %server, "the member ended the stream");
-                    failures = 0;
-                }
+                Ok(()) => tracing::info!(node = %self.config.name, member = %server, "the member ended the stream"),
+                // A stream that was up and broke, or the first failure in a row, is news; the
+                // rest of a run of failures (members down, every one tried in turn every two
+                // seconds) is said once a minute.
                 Err(e) => {
-                    tracing::info!(node = %self.config.name, member = %server, error = %format!("{e:#}"), "stream failed");
                     failures += 1;
+                    let error = format!("{e:#}");
+                    let (node, member) = (&self.config.name, &server);
+                    match self.outage.lock().failed(now) {
+                        OutageNews::Started => {
+                            tracing::warn!(%node, %member, %error, "stream failed; trying the members in turn");
+                        }
+                        OutageNews::Lasting(out_for) => {
+                            tracing::warn!(%node, %member, %error, ?out_for, failures, "still no member reachable");
+                        }
+                        OutageNews::Nothing => tracing::debug!(%node, %member, %error, "stream failed"),
+                    }
                 }
             }
             // The next member at once; a pause only once every member has failed in a row.
@@ -141,7 +195,10 @@ impl Connector {
         let mut incoming = response.into_inner();
         match incoming.message().await.context("waiting for Registered")? {
             Some(MemberMessage { message: Some(FromMember::Registered(registered)) }) => {
-                tracing::info!(serving_member = %registered.member, "registered");
+                match self.outage.lock().ended(Instant::now()) {
+                    Some(after) => tracing::info!(serving_member = %registered.member, ?after, "registered again"),
+                    None => tracing::info!(serving_member = %registered.member, "registered"),
+                }
             }
             other => bail!("the member answered Register with {other:?}"),
         }
@@ -224,5 +281,33 @@ impl Connector {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_run_of_failures_is_news_at_its_start_and_once_a_minute() {
+        let mut outage = Outage::default();
+        let start = Instant::now();
+        let at = |seconds: u64| start + Duration::from_secs(seconds);
+        let news: Vec<String> = [0, 2, 4, 58, 60, 62, 119, 120]
+            .into_iter()
+            .map(|s| match outage.failed(at(s)) {
+                OutageNews::Started => format!("{s}: started"),
+                OutageNews::Lasting(d) => format!("{s}: lasting {}s", d.as_secs()),
+                OutageNews::Nothing => format!("{s}: -"),
+            })
+            .collect();
+        assert_eq!(
+            news,
+            ["0: started", "2: -", "4: -", "58: -", "60: lasting 60s", "62: -", "119: -", "120: lasting 120s"]
+        );
+        assert_eq!(outage.ended(at(125)), Some(Duration::from_secs(125)));
+        // Connected with no outage said: nothing to end; the next failure starts a new one.
+        assert_eq!(outage.ended(at(130)), None);
+        assert!(matches!(outage.failed(at(131)), OutageNews::Started));
     }
 }
