@@ -24,8 +24,10 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 #[derive(Parser)]
 #[command(name = "keel", version, about = "A Kubernetes-style orchestrator on a purpose-built Raft store")]
 struct Cli {
-    /// Log filter (tracing's EnvFilter syntax), e.g. `info` or `keel_store=debug`.
-    #[arg(long, global = true, env = "KEEL_LOG", default_value = "info")]
+    /// Log filter (tracing's EnvFilter syntax), e.g. `info` or `keel_store=debug`. openraft's
+    /// own info lines (internal state dumps at every vote and membership step) are left out by
+    /// default; keel logs elections and membership changes itself.
+    #[arg(long, global = true, env = "KEEL_LOG", default_value = "info,openraft=warn")]
     log_level: String,
     #[command(subcommand)]
     command: Command,

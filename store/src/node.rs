@@ -290,17 +290,41 @@ impl Store {
         self.inner.tasks.lock().push(handle);
     }
 
-    /// Counts each new leader this member learns of, as etcd does: a change to a known leader
-    /// from another or from none (so a leader lost and elected again counts, when this member
-    /// noticed the gap). The server metrics change only with the vote, state, leader or
-    /// membership, not with every applied entry, so this wakes rarely.
+    /// Counts and logs each new leader this member learns of, as etcd does: a change to a
+    /// known leader from another or from none (so a leader lost and elected again counts, when
+    /// this member noticed the gap). The server metrics change only with the vote, state,
+    /// leader or membership, not with every applied entry, so this wakes rarely.
     async fn count_leader_changes(self) {
         let mut metrics = self.inner.raft.server_metrics();
         let mut last = None;
+        let mut last_members = Vec::new();
         loop {
-            let leader = metrics.borrow_watched().current_leader;
-            if leader.is_some() && leader != last {
-                self.inner.leader_changes.inc();
+            let (leader, term, membership) = {
+                let m = metrics.borrow_watched();
+                (m.current_leader, m.vote.leader_id().term, m.committed_membership_config.clone())
+            };
+            // Who is in the cluster and in what role; members announcing their client
+            // addresses are membership changes too, but not news to an operator.
+            let members: Vec<String> = members_of(&membership)
+                .iter()
+                .map(|m| {
+                    let role = if m.is_learner { "learner" } else { "voter" };
+                    format!("{}={:x} {role} at {}", m.member.name, m.id, m.member.peer_addr)
+                })
+                .collect();
+            if members != last_members {
+                tracing::info!(?members, "cluster membership committed");
+                last_members = members;
+            }
+            match (leader, last) {
+                (Some(new), _) if leader != last => {
+                    self.inner.leader_changes.inc();
+                    tracing::info!(leader = %format!("{new:x}"), term, "leader elected");
+                }
+                (None, Some(old)) => {
+                    tracing::info!(previous = %format!("{old:x}"), term, "lost the leader; an election is under way");
+                }
+                _ => {}
             }
             last = leader;
             if metrics.changed().await.is_err() {
