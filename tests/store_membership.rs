@@ -233,7 +233,7 @@ async fn a_new_cluster_starts_without_errors_in_its_logs() {
         assert!(errors.is_empty(), "{} logged errors at start:\n{}", member.name, errors.join("\n"));
         // What an operator reads instead of openraft's state dumps: the election, and who is in.
         assert!(log.contains("leader elected"), "{} did not log the election:\n{log}", member.name);
-        let membership = log.lines().filter(|l| l.contains("cluster membership committed")).next_back();
+        let membership = log.lines().rfind(|l| l.contains("cluster membership committed"));
         let membership = membership.unwrap_or_else(|| panic!("{} did not log the membership:\n{log}", member.name));
         assert_eq!(membership.matches(" voter at ").count(), 3, "{membership}");
         for other in &cluster.members {
