@@ -22,6 +22,7 @@ WARMUP=${WARMUP:-2s}
 ROUNDS=${ROUNDS:-3}
 
 [ -x "$KEEL" ] || { echo "$KEEL not found: cargo build --release -p keel" >&2; exit 1; }
+command -v etcdctl >/dev/null || { echo "etcdctl not found (it checks the members' health): apt-get install etcd-client" >&2; exit 1; }
 if [ -n "$KEEL_B" ]; then
   [ -x "$KEEL_B" ] || { echo "KEEL_B=$KEEL_B not found" >&2; exit 1; }
 else
@@ -103,8 +104,8 @@ for name, systems in rows.items():
         ops = systems[system]
         print(f"{name:32} {system:6} {med(ops,'ops_per_sec'):10.0f} {med(ops,'p50_ms'):8.2f} "
               f"{med(ops,'p99_ms'):8.2f} {med(ops,'p999_ms'):8.2f} {sum(o['errors'] for o in ops):7d}")
-    # keel/etcd, or for two keel builds B/A: above 1 means the first-named system is faster
-    # in ops/s and slower in latency.
+    # keel/etcd, or for two keel builds B/A: above 1, the first of the pair has more ops/s,
+    # or higher latency.
     k, e = (systems["keel"], systems["etcd"]) if other == "etcd" else (systems["keel-B"], systems["keel"])
     label = "ratio" if other == "etcd" else "B/A"
     print(f"{'':32} {label:6} {med(k,'ops_per_sec')/med(e,'ops_per_sec'):10.2f}x "

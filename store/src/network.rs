@@ -206,6 +206,8 @@ struct Outage {
 /// What a failed message makes worth saying.
 enum OutageNews {
     Nothing,
+    /// A member this one has never reached: news at info, and no reason to mute the next
+    /// outage (a new cluster's members start at their own pace).
     NotReachedYet,
     Lost,
     StillLost,
@@ -218,9 +220,11 @@ impl PeerLink {
 
     fn failed_at(&self, now: Instant, peer: NodeId, addr: &str, error: &dyn std::fmt::Display) {
         self.failures.fetch_add(1, Ordering::Relaxed);
-        self.answering.store(false, Ordering::Relaxed);
         let peer = format!("{peer:x}");
         let mut guard = self.outage.lock();
+        // Cleared under the lock, so that it always agrees with `current`: a delivery racing
+        // this failure either closes the outage opened here or runs before it opens.
+        self.answering.store(false, Ordering::Relaxed);
         let outages = &mut *guard;
         let Some(outage) = outages.current.as_mut() else {
             outages.current = Some(Outage { since: now, reported: None, failed_messages: 1 });
@@ -229,22 +233,24 @@ impl PeerLink {
         };
         outage.failed_messages += 1;
         let out_of_reach_for = now.duration_since(outage.since);
+        // An outage logged less than a reminder period ago was an earlier one: this link
+        // flaps, and says so once per period. (A muted outage that lasts is logged once that
+        // period is over, since it began after the logged one.)
         let recently_logged = outages.last_logged.is_some_and(|at| now.duration_since(at) < OUTAGE_REMINDER);
         let news = match outage.reported {
-            Some(at) if now.duration_since(at) >= OUTAGE_REMINDER => OutageNews::StillLost,
-            Some(_) => OutageNews::Nothing,
+            Some(at) if now.duration_since(at) < OUTAGE_REMINDER => OutageNews::Nothing,
+            Some(_) if !outages.reached => OutageNews::NotReachedYet,
+            Some(_) => OutageNews::StillLost,
             None if out_of_reach_for < OUTAGE_GRACE => OutageNews::Nothing,
             None if !outages.reached => OutageNews::NotReachedYet,
-            None if !recently_logged => OutageNews::Lost,
-            // A flapping link's outage that has lasted: said once per reminder period all the same.
-            None if out_of_reach_for >= OUTAGE_REMINDER => OutageNews::StillLost,
-            None => OutageNews::Nothing,
+            None if recently_logged => OutageNews::Nothing,
+            None => OutageNews::Lost,
         };
         let failed_messages = outage.failed_messages;
         match news {
             OutageNews::Nothing => return,
             OutageNews::NotReachedYet => {
-                tracing::info!(%peer, %addr, %error, ?out_of_reach_for, "member not reachable yet; retrying");
+                tracing::info!(%peer, %addr, %error, ?out_of_reach_for, failed_messages, "member not reachable yet; retrying");
             }
             OutageNews::Lost => {
                 outages.last_logged = Some(now);
@@ -262,6 +268,10 @@ impl PeerLink {
         if self.answering.load(Ordering::Relaxed) {
             return;
         }
+        self.delivered_at(Instant::now(), peer, addr)
+    }
+
+    fn delivered_at(&self, now: Instant, peer: NodeId, addr: &str) {
         let mut outages = self.outage.lock();
         self.answering.store(true, Ordering::Relaxed);
         let first_answer = !std::mem::replace(&mut outages.reached, true);
@@ -270,7 +280,7 @@ impl PeerLink {
             return;
         }
         let peer = format!("{peer:x}");
-        let out_of_reach_for = outage.since.elapsed();
+        let out_of_reach_for = now.duration_since(outage.since);
         let failed_messages = outage.failed_messages;
         if first_answer {
             tracing::info!(%peer, %addr, ?out_of_reach_for, failed_messages, "member reachable");
@@ -472,8 +482,9 @@ impl RaftNetworkV2<TypeConfig> for PeerNetwork {
                             .map_err(|e| RPCError::Network(NetworkError::from_string(e)))?;
                     decoded.map_err(unreachable)
                 });
-                if let Err(e) = &result {
-                    link.failed(target, &addr, e);
+                match &result {
+                    Ok(_) => link.delivered(target, &addr),
+                    Err(e) => link.failed(target, &addr, e),
                 }
                 result
             });
@@ -651,61 +662,75 @@ mod tests {
         }
     }
 
+    fn deliver_at(link: &PeerLink, start: Instant, ms: u64) {
+        link.delivered_at(start + Duration::from_millis(ms), PEER, ADDR);
+    }
+
+    fn expect(lines: &[(Level, &str)]) -> Vec<(Level, String)> {
+        lines.iter().map(|(level, message)| (*level, message.to_string())).collect()
+    }
+
     #[test]
     fn an_outage_is_logged_when_it_starts_and_ends_and_a_flapping_link_once() {
         let link = PeerLink::default();
         let start = Instant::now();
         let lines = logged(|| {
-            link.delivered(PEER, ADDR);
+            deliver_at(&link, start, 0);
             // A blip shorter than the grace period: counted, not logged.
             fail_between(&link, start, 0, 600, 300);
-            link.delivered(PEER, ADDR);
+            deliver_at(&link, start, 600);
             // An outage: two seconds of heartbeats failing.
             fail_between(&link, start, 1_000, 3_000, 50);
-            link.delivered(PEER, ADDR);
-            link.delivered(PEER, ADDR);
+            deliver_at(&link, start, 3_000);
+            deliver_at(&link, start, 3_050);
             // The link fails again within the minute: counted, logged at debug only.
             fail_between(&link, start, 10_000, 12_000, 50);
-            link.delivered(PEER, ADDR);
-            // Once more, and this time it stays down: said once the minute is over.
-            fail_between(&link, start, 20_000, 70_000, 1_000);
-            link.delivered(PEER, ADDR);
+            deliver_at(&link, start, 12_000);
+            // Once more, and this time it stays down for three minutes: said once the minute
+            // since the last logged outage is over, then once a minute.
+            fail_between(&link, start, 20_000, 200_000, 1_000);
+            deliver_at(&link, start, 200_000);
         });
         let expected = [
             (Level::WARN, "lost contact with member; retrying"),
             (Level::INFO, "member reachable again"),
             (Level::WARN, "lost contact with member; retrying"),
+            (Level::WARN, "still no contact with member"),
+            (Level::WARN, "still no contact with member"),
             (Level::INFO, "member reachable again"),
         ];
-        assert_eq!(lines, expected.map(|(level, message)| (level, message.to_string())));
-        assert_eq!(link.failures.load(Ordering::Relaxed), 2 + 40 + 40 + 50);
+        assert_eq!(lines, expect(&expected));
+        assert_eq!(link.failures.load(Ordering::Relaxed), 2 + 40 + 40 + 180);
     }
 
     /// Members of a new cluster start at their own pace; one not reached yet has not been lost,
-    /// and its first answer must not mute the warning when it is lost for real.
+    /// however long that takes, and must not mute the warning when it is lost for real.
     #[test]
     fn a_member_not_reached_yet_is_not_an_outage() {
-        let link = PeerLink::default();
         let start = Instant::now();
+        let link = PeerLink::default();
         let quick_start = logged(|| {
             fail_between(&link, start, 0, 300, 50);
-            link.delivered(PEER, ADDR);
+            deliver_at(&link, start, 300);
         });
         assert_eq!(quick_start, []);
 
-        let link = PeerLink::default();
-        let lines = logged(|| {
-            fail_between(&link, start, 0, 2_000, 50);
-            link.delivered(PEER, ADDR);
-            fail_between(&link, start, 5_000, 7_000, 50);
-            link.delivered(PEER, ADDR);
-        });
-        let expected = [
-            (Level::INFO, "member not reachable yet; retrying"),
-            (Level::INFO, "member reachable"),
-            (Level::WARN, "lost contact with member; retrying"),
-            (Level::INFO, "member reachable again"),
-        ];
-        assert_eq!(lines, expected.map(|(level, message)| (level, message.to_string())));
+        for (reached_after_ms, reminders) in [(2_000, 0), (130_000, 2)] {
+            let link = PeerLink::default();
+            let lines = logged(|| {
+                fail_between(&link, start, 0, reached_after_ms, 50);
+                deliver_at(&link, start, reached_after_ms);
+                let again = reached_after_ms + 5_000;
+                fail_between(&link, start, again, again + 2_000, 50);
+                deliver_at(&link, start, again + 2_000);
+            });
+            let mut expected = vec![(Level::INFO, "member not reachable yet; retrying"); 1 + reminders];
+            expected.extend([
+                (Level::INFO, "member reachable"),
+                (Level::WARN, "lost contact with member; retrying"),
+                (Level::INFO, "member reachable again"),
+            ]);
+            assert_eq!(lines, expect(&expected), "reached after {reached_after_ms} ms");
+        }
     }
 }

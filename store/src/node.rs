@@ -322,7 +322,7 @@ impl Store {
                     tracing::info!(leader = %format!("{new:x}"), term, "leader elected");
                 }
                 (None, Some(old)) => {
-                    tracing::info!(previous = %format!("{old:x}"), term, "lost the leader; an election is under way");
+                    tracing::info!(previous = %format!("{old:x}"), term, "lost the leader");
                 }
                 _ => {}
             }

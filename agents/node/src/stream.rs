@@ -195,8 +195,13 @@ impl Connector {
         let mut incoming = response.into_inner();
         match incoming.message().await.context("waiting for Registered")? {
             Some(MemberMessage { message: Some(FromMember::Registered(registered)) }) => {
-                match self.outage.lock().ended(Instant::now()) {
-                    Some(after) => tracing::info!(serving_member = %registered.member, ?after, "registered again"),
+                let without_member_for = self.outage.lock().ended(Instant::now());
+                match without_member_for {
+                    Some(after) if self.connects() > 0 => {
+                        tracing::info!(serving_member = %registered.member, ?after, "registered again");
+                    }
+                    // The agent started before any member answered (a cluster booting).
+                    Some(after) => tracing::info!(serving_member = %registered.member, ?after, "registered"),
                     None => tracing::info!(serving_member = %registered.member, "registered"),
                 }
             }
