@@ -67,19 +67,40 @@ fi
 wait_healthy "$keel_eps" "$work"
 wait_healthy "$other_eps" "$work"
 
-# name|flags
+# role ENDPOINTS leader|follower: the endpoint of that system's leader, or of a follower
+# (etcdctl's endpoint status: each member's ID and the leader's, as both systems report them).
+role() {
+  ETCDCTL_API=3 etcdctl --endpoints "$1" endpoint status -w json | python3 -c '
+import json, sys
+want = sys.argv[1]
+status = json.load(sys.stdin)
+for e in status:
+    is_leader = e["Status"]["header"]["member_id"] == e["Status"]["leader"]
+    if is_leader == (want == "leader"):
+        print(e["Endpoint"])
+        break
+' "$2"
+}
+
+# name|flags|endpoints: all (the clients spread over every member), leader or follower. A
+# single client talks to one member; which of them leads differs between the two systems and
+# between runs, and a put sent to a follower takes one more hop, so the single-client case is
+# measured against each system's leader and against a follower, for like to be compared with
+# like.
 scenarios=(
-  "put, 64 clients|--clients 64 --mix put"
-  "put, 1 client|--clients 1 --mix put"
-  "linearizable get, 64 clients|--clients 64 --mix get --consistency l"
+  "put, 64 clients|--clients 64 --mix put|all"
+  "put, 1 client to the leader|--clients 1 --mix put|leader"
+  "put, 1 client to a follower|--clients 1 --mix put|follower"
+  "linearizable get, 64 clients|--clients 64 --mix get --consistency l|all"
 )
 results="$work/results.jsonl"
 for scenario in "${scenarios[@]}"; do
-  name=${scenario%%|*}
-  flags=${scenario#*|}
+  IFS='|' read -r name flags target <<<"$scenario"
   for round in $(seq 1 "$ROUNDS"); do
     for system in keel "$other"; do
       eps=$keel_eps; [ "$system" = "$other" ] && eps=$other_eps
+      [ "$target" = all ] || eps=$(role "$eps" "$target")
+      [ -n "$eps" ] || { echo "$system: no $target found" >&2; exit 1; }
       # shellcheck disable=SC2086
       "$KEEL" bench store --endpoints "$eps" --value-size 256 --keys 10000 \
         --duration "$DURATION" --warmup "$WARMUP" --label "$system|$name|$round" --json $flags >>"$results"
