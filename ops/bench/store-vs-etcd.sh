@@ -99,8 +99,10 @@ for scenario in "${scenarios[@]}"; do
   for round in $(seq 1 "$ROUNDS"); do
     for system in keel "$other"; do
       eps=$keel_eps; [ "$system" = "$other" ] && eps=$other_eps
-      [ "$target" = all ] || eps=$(role "$eps" "$target")
-      [ -n "$eps" ] || { echo "$system: no $target found" >&2; exit 1; }
+      if [ "$target" != all ]; then
+        eps=$(role "$eps" "$target") || { echo "$system: etcdctl endpoint status failed" >&2; exit 1; }
+        [ -n "$eps" ] || { echo "$system: no $target found" >&2; exit 1; }
+      fi
       # shellcheck disable=SC2086
       "$KEEL" bench store --endpoints "$eps" --value-size 256 --keys 10000 \
         --duration "$DURATION" --warmup "$WARMUP" --label "$system|$name|$round" --json $flags >>"$results"
