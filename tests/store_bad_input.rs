@@ -319,3 +319,25 @@ async fn a_full_disk_stops_the_member_and_loses_no_acknowledged_write() {
     let (status, _, body) = support::http_get(&cluster.members[0].api, "/readyz?verbose");
     assert!(status.contains(" 200 ") && body.contains("[+]etcd ok"), "{status}\n{body}");
 }
+
+/// A SIGTERM that arrives while a member is still starting stops it cleanly once it has
+/// started. The handler used to be installed only when everything was up, so a signal in
+/// between killed the member outright: on a loaded machine, a test that stopped a member just
+/// after its start saw it die of SIGTERM.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sigterm_while_starting_stops_the_member_cleanly() {
+    let mut cluster = Cluster::start(1, &[]).await;
+    assert!(cluster.members[0].terminate().success(), "clean stop");
+    let member = &mut cluster.members[0];
+    let starts = |member: &support::processes::Member| member.log_text().matches("store member started").count();
+    let before = starts(member);
+    member.start();
+    // As early as the log shows: the store is open, the APIs are not served yet.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while starts(member) == before {
+        assert!(std::time::Instant::now() < deadline, "the member did not start:\n{}", member.log_text());
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    let status = member.terminate();
+    assert!(status.success(), "stopped by SIGTERM while starting: {status:?}\n{}", member.log_text());
+}

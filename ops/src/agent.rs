@@ -140,12 +140,8 @@ fn server_address(raw: &str) -> Result<String> {
 }
 
 pub async fn run(args: AgentArgs) -> Result<()> {
-    run_until(args, async {
-        if let Err(e) = crate::server::wait_for_signal().await {
-            tracing::error!(error = %e, "cannot wait for signals; stopping");
-        }
-    })
-    .await
+    let signals = crate::server::ShutdownSignals::install()?;
+    run_until(args, signals.received()).await
 }
 
 /// Runs the agent (or the simulated nodes) until `shutdown` resolves.

@@ -131,12 +131,8 @@ async fn bind(addr: &str, what: &str) -> Result<TcpListener> {
 }
 
 pub async fn run(args: ServerArgs) -> Result<()> {
-    run_until(args, async {
-        if let Err(e) = wait_for_signal().await {
-            tracing::error!(error = %e, "cannot wait for signals; stopping");
-        }
-    })
-    .await
+    let signals = ShutdownSignals::install()?;
+    run_until(args, signals.received()).await
 }
 
 /// Runs the member until `shutdown` resolves (`keel up` runs one beside an agent).
@@ -324,13 +320,28 @@ async fn ensure_system_namespaces(api: std::sync::Arc<keel_api::rest::Api>) {
     }
 }
 
-pub async fn wait_for_signal() -> Result<()> {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate()).context("install SIGTERM handler")?;
-    let mut int = signal(SignalKind::interrupt()).context("install SIGINT handler")?;
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
+/// SIGTERM and SIGINT, caught from the moment this is made. Installed before anything starts:
+/// a signal that arrives while the process is still starting is kept, and stops it cleanly
+/// once started, where the default action would kill it on the spot (a member killed
+/// mid-start skips handing over leadership and flushing its state).
+pub struct ShutdownSignals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
+
+impl ShutdownSignals {
+    pub fn install() -> Result<ShutdownSignals> {
+        use tokio::signal::unix::{SignalKind, signal};
+        let term = signal(SignalKind::terminate()).context("install SIGTERM handler")?;
+        let int = signal(SignalKind::interrupt()).context("install SIGINT handler")?;
+        Ok(ShutdownSignals { term, int })
     }
-    Ok(())
+
+    /// Resolves at the first signal (or at once, for one that came before this was polled).
+    pub async fn received(mut self) {
+        tokio::select! {
+            _ = self.term.recv() => {}
+            _ = self.int.recv() => {}
+        }
+    }
 }

@@ -104,6 +104,7 @@ fn missing_prerequisites(images: &Path) -> Vec<String> {
 }
 
 pub async fn run(args: UpArgs) -> Result<()> {
+    let signals = crate::server::ShutdownSignals::install()?;
     let images = args.images_dir.clone().unwrap_or_else(|| args.data_dir.join("images"));
     let missing = missing_prerequisites(&images);
     if !missing.is_empty() {
@@ -183,11 +184,11 @@ pub async fn run(args: UpArgs) -> Result<()> {
     );
 
     // Whichever ends first (a signal, or a part that failed) stops the rest.
-    let outcome = tokio::select! {
-        signal = crate::server::wait_for_signal() => signal,
-        _ = part_ended(&server_task) => Ok(()),
-        _ = part_ended(&agent_task) => Ok(()),
-    };
+    tokio::select! {
+        _ = signals.received() => {}
+        _ = part_ended(&server_task) => {}
+        _ = part_ended(&agent_task) => {}
+    }
     let _ = stop_agent.send(());
     let agent_result = agent_task.await;
     let _ = stop_server.send(());
@@ -199,7 +200,7 @@ pub async fn run(args: UpArgs) -> Result<()> {
             Ok(Ok(())) => {}
         }
     }
-    outcome
+    Ok(())
 }
 
 /// Resolves when a part of `keel up` has stopped on its own.
