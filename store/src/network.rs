@@ -264,6 +264,14 @@ impl PeerLink {
         outage.reported = Some(now);
     }
 
+    /// Records how one message to `peer` fared.
+    fn observe<T, E: std::fmt::Display>(&self, peer: NodeId, addr: &str, result: &Result<T, E>) {
+        match result {
+            Ok(_) => self.delivered(peer, addr),
+            Err(e) => self.failed(peer, addr, e),
+        }
+    }
+
     fn delivered(&self, peer: NodeId, addr: &str) {
         if self.answering.load(Ordering::Relaxed) {
             return;
@@ -356,10 +364,7 @@ impl PeerNetwork {
     }
 
     fn observe<T, E: std::fmt::Display>(&self, result: &Result<T, E>) {
-        match result {
-            Ok(_) => self.link.delivered(self.target, &self.addr),
-            Err(e) => self.link.failed(self.target, &self.addr, e),
-        }
+        self.link.observe(self.target, &self.addr, result);
     }
 
     async fn call_once<Req, Resp>(&mut self, kind: u32, request: &Req, option: &RPCOption) -> RpcResult<Resp>
@@ -482,10 +487,7 @@ impl RaftNetworkV2<TypeConfig> for PeerNetwork {
                             .map_err(|e| RPCError::Network(NetworkError::from_string(e)))?;
                     decoded.map_err(unreachable)
                 });
-                match &result {
-                    Ok(_) => link.delivered(target, &addr),
-                    Err(e) => link.failed(target, &addr, e),
-                }
+                link.observe(target, &addr, &result);
                 result
             });
             let ended_by_filter = futures::stream::once(async move {

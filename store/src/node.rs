@@ -262,7 +262,7 @@ impl Store {
             }
         });
         let store = Store { inner };
-        store.spawn(Store::count_leader_changes);
+        store.spawn(Store::follow_leadership_and_membership);
         store.serve_peers(peer_listener);
         store.inner.raft.run();
 
@@ -292,9 +292,10 @@ impl Store {
 
     /// Counts and logs each new leader this member learns of, as etcd does: a change to a
     /// known leader from another or from none (so a leader lost and elected again counts, when
-    /// this member noticed the gap). The server metrics change only with the vote, state,
-    /// leader or membership, not with every applied entry, so this wakes rarely.
-    async fn count_leader_changes(self) {
+    /// this member noticed the gap); and logs each committed change of who is in the cluster.
+    /// The server metrics change only with the vote, state, leader or membership, not with
+    /// every applied entry, so this wakes rarely.
+    async fn follow_leadership_and_membership(self) {
         let mut metrics = self.inner.raft.server_metrics();
         let mut last = None;
         let mut last_members = Vec::new();
